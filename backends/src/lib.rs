@@ -1,0 +1,27 @@
+//! The boundaries between the pipeline and the services it stands on, one trait each, with
+//! their embedded implementations (the one-process default) and the resolver that picks an
+//! implementation from a URL.
+//!
+//! - `log`: [`MessageLog`], partitioned, durable, with consumer groups (Kafka, embedded).
+//! - `store`: [`MessageStore`], the query-first tables of ARCHITECTURE.md (ScyllaDB, embedded SQLite).
+//! - `cache`: [`Presence`], [`RecentMessages`], [`RateLimiter`], [`IdempotencyKeys`] (Redis, in-process).
+//! - `bus`: [`DeliveryBus`], how the router reaches the deliverer node holding a socket.
+//! - `status_writer`: batches receipts and failures into the store and the status topic.
+//! - `resolver`: `ESH_LOG`, `ESH_STORE`, `ESH_CACHE` URLs → implementations.
+//! - `testsuite` (feature `testsuite`): one conformance suite per trait, run against every implementation.
+
+pub mod bus;
+pub mod cache;
+pub mod error;
+pub mod log;
+pub mod resolver;
+pub mod status_writer;
+pub mod store;
+#[cfg(feature = "testsuite")]
+pub mod testsuite;
+
+pub use bus::{DeliveryBus, NodeEvent, NodeId};
+pub use cache::{Claim, IdempotencyKeys, Presence, RateDecision, RateLimiter, RecentMessages, StoredAnswer};
+pub use error::{BackendError, ErrorKind};
+pub use log::{Consumed, LogConsumer, MessageLog, Record};
+pub use store::{MessageStore, OneWayRole};

@@ -1,0 +1,61 @@
+//! The message log: topics split into partitions by key, per-partition order, consumer
+//! groups with committed offsets, and redelivery of whatever a group had not committed
+//! when it stopped or crashed (at-least-once).
+
+mod embedded;
+
+pub use embedded::EmbeddedMessageLog;
+
+use async_trait::async_trait;
+use std::time::Duration;
+
+use crate::error::BackendError;
+
+/// A record to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Decides the partition: records with the same key keep their order.
+    pub key: String,
+    pub value: Vec<u8>,
+}
+
+/// A record read by a consumer, with its position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consumed {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    pub key: String,
+    pub value: Vec<u8>,
+}
+
+#[async_trait]
+pub trait MessageLog: Send + Sync + 'static {
+    /// Appends `records` to `topic`, each to its key's partition, in the given order per
+    /// partition; returns only once every record is durable (survives kill -9).
+    async fn append(&self, topic: &str, records: Vec<Record>) -> Result<(), BackendError>;
+
+    /// Joins consumer group `group` on `topics` (listed highest priority first). The group's
+    /// partitions are shared among its live members; a member starts after the group's
+    /// committed offset of each partition it gets.
+    async fn subscribe(&self, group: &str, topics: &[&str]) -> Result<Box<dyn LogConsumer>, BackendError>;
+
+    /// Records of `topic` appended but not yet committed by `group` (its backlog).
+    async fn lag(&self, group: &str, topic: &str) -> Result<u64, BackendError>;
+
+    /// Succeeds while the log can take appends (readiness check).
+    async fn check(&self) -> Result<(), BackendError>;
+}
+
+#[async_trait]
+pub trait LogConsumer: Send {
+    /// Waits up to `wait` for records and returns at most `max`, drained from the topics in
+    /// subscription order (a higher-priority topic's records come first), in offset order
+    /// within each partition. Returns an empty batch when nothing arrived in time.
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Consumed>, BackendError>;
+
+    /// Commits the group's position past each given record (the highest offset per
+    /// partition wins); committed records are not delivered again to the group, uncommitted
+    /// ones are, after a restart or a rebalance.
+    async fn commit(&mut self, records: &[Consumed]) -> Result<(), BackendError>;
+}

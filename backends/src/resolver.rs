@@ -1,0 +1,99 @@
+//! Picks each backend from its URL (`ESH_LOG`, `ESH_STORE`, `ESH_CACHE`): unset means the
+//! embedded implementation under the data directory; an unknown or not-yet-supported
+//! scheme is a typed error at start-up, never a silent fallback.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::bus::{DeliveryBus, EmbeddedDeliveryBus};
+use crate::cache::{
+    EmbeddedIdempotencyKeys, EmbeddedPresence, EmbeddedRateLimiter, EmbeddedRecentMessages, IdempotencyKeys,
+    Presence, RateLimiter, RecentMessages,
+};
+use crate::error::BackendError;
+use crate::log::{EmbeddedMessageLog, MessageLog};
+use crate::store::{EmbeddedMessageStore, MessageStore};
+
+/// Where each backend is; `None` selects the embedded one.
+#[derive(Debug, Clone, Default)]
+pub struct BackendUrls {
+    pub log: Option<String>,
+    pub store: Option<String>,
+    pub cache: Option<String>,
+    /// Where embedded backends keep their files.
+    pub data_dir: PathBuf,
+    /// Partitions of each embedded log topic.
+    pub log_partitions: u32,
+}
+
+/// Every backend the stages use, shared.
+#[derive(Clone)]
+pub struct Backends {
+    pub log: Arc<dyn MessageLog>,
+    pub store: Arc<dyn MessageStore>,
+    pub presence: Arc<dyn Presence>,
+    pub recent: Arc<dyn RecentMessages>,
+    pub rate_limiter: Arc<dyn RateLimiter>,
+    pub idempotency: Arc<dyn IdempotencyKeys>,
+    pub bus: Arc<dyn DeliveryBus>,
+}
+
+/// The scheme of a backend URL, or `embedded` when unset.
+fn scheme(url: &Option<String>) -> Result<&str, BackendError> {
+    let Some(url) = url else { return Ok("embedded") };
+    url.split_once("://").map(|(scheme, _)| scheme).ok_or_else(|| BackendError::UnsupportedUrl {
+        url: url.clone(),
+        reason: "expected scheme://…".into(),
+    })
+}
+
+fn unsupported(url: &Option<String>, known: &str) -> BackendError {
+    BackendError::UnsupportedUrl {
+        url: url.clone().unwrap_or_default(),
+        reason: format!("this build supports {known}"),
+    }
+}
+
+/// Opens every backend named by `urls`.
+pub async fn resolve(urls: &BackendUrls) -> Result<Backends, BackendError> {
+    std::fs::create_dir_all(&urls.data_dir)?;
+    let log: Arc<dyn MessageLog> = match scheme(&urls.log)? {
+        "embedded" => Arc::new(EmbeddedMessageLog::open(&urls.data_dir.join("log"), urls.log_partitions.max(1))?),
+        _ => return Err(unsupported(&urls.log, "the embedded log (ESH_LOG unset)")),
+    };
+    let store: Arc<dyn MessageStore> = match scheme(&urls.store)? {
+        "embedded" => Arc::new(EmbeddedMessageStore::open(&urls.data_dir.join("store.sqlite3"))?),
+        _ => return Err(unsupported(&urls.store, "the embedded store (ESH_STORE unset)")),
+    };
+    match scheme(&urls.cache)? {
+        "embedded" => {}
+        _ => return Err(unsupported(&urls.cache, "the in-process cache (ESH_CACHE unset)")),
+    }
+    Ok(Backends {
+        log,
+        store,
+        presence: Arc::new(EmbeddedPresence::new()),
+        recent: Arc::new(EmbeddedRecentMessages::new()),
+        rate_limiter: Arc::new(EmbeddedRateLimiter::new()),
+        idempotency: Arc::new(EmbeddedIdempotencyKeys::new()),
+        bus: Arc::new(EmbeddedDeliveryBus::new()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn unknown_schemes_are_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let urls = BackendUrls {
+            log: Some("carrier-pigeon://coop".into()),
+            data_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        };
+        assert!(matches!(resolve(&urls).await, Err(BackendError::UnsupportedUrl { .. })));
+        let urls = BackendUrls { store: Some("no-scheme".into()), data_dir: dir.path().to_path_buf(), ..Default::default() };
+        assert!(matches!(resolve(&urls).await, Err(BackendError::UnsupportedUrl { .. })));
+    }
+}

@@ -1,0 +1,122 @@
+//! The message store: query-first tables (ARCHITECTURE.md "Data model"), one per read —
+//! messages by conversation and time, one-way messages by recipient and by sender,
+//! conversations by participant and last activity, undelivered messages by recipient,
+//! status with a version, attempts by message, dead letters by time, broadcasts by id.
+//! Nothing here assumes SQL: every read is a key plus a range, every write is keyed.
+
+mod embedded;
+
+pub use embedded::EmbeddedMessageStore;
+
+use async_trait::async_trait;
+use esh_common::{
+    Attempt, Broadcast, BroadcastRecipient, Conversation, ConversationSummary, DeadLetter, Message, Millis,
+    StatusApplied, StatusChange, StatusCounts, User,
+};
+
+use crate::error::BackendError;
+
+/// Which side of one-way messages a history read is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OneWayRole {
+    /// Messages the user received (mobile).
+    Recipient,
+    /// Messages the user sent, broadcasts included (business).
+    Sender,
+}
+
+#[async_trait]
+pub trait MessageStore: Send + Sync + 'static {
+    /// Adds a user; `Conflict` if the id is taken.
+    async fn create_user(&self, user: &User) -> Result<(), BackendError>;
+    /// Replaces the stored user with the same id; `NotFound` if there is none.
+    async fn update_user(&self, user: &User) -> Result<(), BackendError>;
+    /// The user with this id.
+    async fn user(&self, id: &str) -> Result<Option<User>, BackendError>;
+    /// The users among `ids` that exist, in no particular order.
+    async fn users(&self, ids: &[String]) -> Result<Vec<User>, BackendError>;
+
+    /// The conversation of this business and mobile user; created atomically with `new_id`
+    /// at `now` if the pair has none (two racing callers get the same conversation).
+    async fn conversation_for_pair(
+        &self,
+        business_id: &str,
+        mobile_id: &str,
+        new_id: &str,
+        now: Millis,
+    ) -> Result<Conversation, BackendError>;
+    /// The conversation with this id.
+    async fn conversation(&self, id: &str) -> Result<Option<Conversation>, BackendError>;
+    /// `user`'s conversations ordered by (updated_at, id) descending, starting strictly
+    /// after `after` (the last item of the previous page), with last message and unread count.
+    async fn conversations(
+        &self,
+        user: &str,
+        after: Option<(Millis, String)>,
+        limit: usize,
+    ) -> Result<Vec<ConversationSummary>, BackendError>;
+
+    /// Stores messages with their status (version 1), conversation activity, unread counts
+    /// and undelivered entries, all in one transaction (Req 10.1). A message whose id is
+    /// already stored is skipped, so inserting again is harmless (Req 10.3).
+    async fn insert_messages(&self, messages: &[Message]) -> Result<(), BackendError>;
+    /// The message with this id, with its current status.
+    async fn message(&self, id: &str) -> Result<Option<Message>, BackendError>;
+    /// The stored messages among `ids`, in no particular order.
+    async fn messages(&self, ids: &[String]) -> Result<Vec<Message>, BackendError>;
+    /// Chat messages of a conversation with id < `before`, newest first, at most `limit`.
+    async fn conversation_messages(
+        &self,
+        conversation_id: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Message>, BackendError>;
+    /// One-way messages of `user` in `role` with id < `before`, newest first, at most `limit`.
+    async fn one_way_messages(
+        &self,
+        user: &str,
+        role: OneWayRole,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Message>, BackendError>;
+    /// Messages to `recipient` whose status is `sent` (not yet delivered), with id > `after`,
+    /// oldest first, at most `limit`.
+    async fn undelivered(&self, recipient: &str, after: Option<&str>, limit: usize)
+        -> Result<Vec<Message>, BackendError>;
+
+    /// Applies status changes in one transaction. Each takes effect only if it moves the
+    /// message's status forward (`Status::can_move_to`), checked and written against the
+    /// status row's version (optimistic concurrency, Req 10.2); changes to unknown messages
+    /// and no-op changes are skipped. `Failed` adds a dead letter, leaving `Failed` removes
+    /// it; unread counts and broadcast counts follow. Returns the changes that took effect.
+    async fn apply_status(&self, changes: &[StatusChange]) -> Result<Vec<StatusApplied>, BackendError>;
+
+    /// Appends delivery attempts to their messages' timelines (Req 4.7).
+    async fn record_attempts(&self, attempts: &[Attempt]) -> Result<(), BackendError>;
+    /// The attempts of a message, oldest first.
+    async fn attempts(&self, message_id: &str) -> Result<Vec<Attempt>, BackendError>;
+    /// Dead letters newest first (by failed_at then message id), starting strictly after `after`.
+    async fn dead_letters(
+        &self,
+        after: Option<(Millis, String)>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, BackendError>;
+
+    /// Records a broadcast as accepted, with all its recipients; `Conflict` if the id exists.
+    async fn create_broadcast(&self, broadcast: &Broadcast) -> Result<(), BackendError>;
+    /// The broadcast with this id (recipients included).
+    async fn broadcast(&self, id: &str) -> Result<Option<Broadcast>, BackendError>;
+    /// Counts of the broadcast's messages by status; recipients whose message is not yet
+    /// created count as `sent`, so the counts always add up to the total.
+    async fn broadcast_counts(&self, id: &str) -> Result<Option<StatusCounts>, BackendError>;
+    /// Recipients of a broadcast in request order from index `from`, at most `limit`.
+    async fn broadcast_recipients(
+        &self,
+        id: &str,
+        from: usize,
+        limit: usize,
+    ) -> Result<Vec<BroadcastRecipient>, BackendError>;
+
+    /// Succeeds while the store can be read and written (readiness check).
+    async fn check(&self) -> Result<(), BackendError>;
+}

@@ -1,0 +1,1 @@
+//! Conformance of `Presence`, `RecentMessages`, `RateLimiter` and `IdempotencyKeys`.

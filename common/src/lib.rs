@@ -1,0 +1,22 @@
+//! Shared vocabulary of every Esh3ar stage: ids, times, the message model and its status
+//! state machine, the retry schedule, the public error type, tokens and topic names.
+//!
+//! Nothing here does I/O. `model` holds the types the contract (API.md) speaks of,
+//! `status` the forward-only status rules, `retry` the delivery backoff, `error` the
+//! `{"error": {...}}` answer, `auth` HS256 tokens.
+
+pub mod auth;
+pub mod error;
+pub mod http;
+pub mod ingress;
+pub mod ids;
+pub mod model;
+pub mod retry;
+pub mod status;
+pub mod time;
+pub mod topics;
+
+pub use error::{ApiError, ErrorCode};
+pub use model::*;
+pub use status::Status;
+pub use time::Millis;

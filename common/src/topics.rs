@@ -1,0 +1,27 @@
+//! Log topic names of API.md ("Kafka topics"); the embedded log uses the same names.
+
+use crate::model::Priority;
+
+pub const MESSAGES_HIGH: &str = "esh.messages.high";
+pub const MESSAGES_NORMAL: &str = "esh.messages.normal";
+pub const MESSAGES_LOW: &str = "esh.messages.low";
+pub const STATUS: &str = "esh.status.v1";
+pub const PUSH: &str = "esh.push.v1";
+pub const DEAD_LETTERS: &str = "esh.dead-letters.v1";
+pub const INGEST: &str = "esh.ingest.v1";
+
+/// Message topics, highest priority first (the order the router drains them in).
+pub const MESSAGES_BY_PRIORITY: [&str; 3] = [MESSAGES_HIGH, MESSAGES_NORMAL, MESSAGES_LOW];
+
+pub fn messages_topic(priority: Priority) -> &'static str {
+    match priority {
+        Priority::High => MESSAGES_HIGH,
+        Priority::Normal => MESSAGES_NORMAL,
+        Priority::Low => MESSAGES_LOW,
+    }
+}
+
+/// Consumer group of the router stage on the message topics.
+pub const ROUTER_GROUP: &str = "router";
+/// Consumer group that turns status events into `status` frames for senders.
+pub const NOTIFIER_GROUP: &str = "notifier";
