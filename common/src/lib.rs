@@ -15,6 +15,7 @@ pub mod retry;
 pub mod status;
 pub mod time;
 pub mod topics;
+pub mod view;
 
 pub use error::{ApiError, ErrorCode};
 pub use model::*;

@@ -1,1 +1,141 @@
-//! ingest
+//! ingest: the HTTP API of Esh3ar (API.md) and the front door of the message pipeline.
+//!
+//! It authenticates (admin token or HS256 user token, the user re-read from the directory
+//! on every request), validates, authorizes, rate-limits and deduplicates sends, then makes
+//! each accepted message durable in the store and in the log (`esh.messages.*`) before it
+//! answers `202`. Reads (messages, history, conversations, broadcasts, dead letters) come
+//! from the store, the first page of a conversation from the recent-message cache.
+//!
+//! Where things are:
+//! - `send`: the one send path of one-way messages, chat (HTTP and the WebSocket `send`
+//!   frame through [`ChatIngress`]) and broadcasts: idempotency, rate limits, backlog.
+//! - `users`, `messages`, `conversations`, `broadcasts`, `admin`: the other endpoints.
+//! - `auth` (the `Caller` extractor), `body` (the JSON body extractor), `cursor` (page
+//!   limits and opaque cursors), `views` (answer shapes): shared by every handler.
+//! - `health`, `metrics`, `openapi`: operations endpoints.
+//!
+//! Choices where API.md leaves room:
+//! - A JSON body needs `Content-Type: application/json` (or `…+json`); anything else is
+//!   `415 unsupported_media_type`. Bodies that may be empty (`POST /v1/users/{id}/tokens`)
+//!   need no content type when empty.
+//! - `GET /v1/one-way-messages` and `GET /v1/conversations` are for business and mobile
+//!   users: an admin gets `403`.
+//! - The backlog (records of `esh.messages.*` not yet committed by the router) refuses low
+//!   and normal priority above `backlog_limit`, high priority only above twice that.
+
+mod admin;
+mod auth;
+mod body;
+mod broadcasts;
+mod conversations;
+mod cursor;
+mod health;
+mod messages;
+mod metrics;
+mod openapi;
+mod send;
+mod users;
+mod views;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use axum::routing::{get, post};
+use axum::Router;
+use esh_backends::resolver::Backends;
+use esh_backends::status_writer::StatusWriter;
+use esh_common::auth::TokenKeys;
+use esh_common::ingress::{ChatIngress, ChatRequest};
+use esh_common::{ApiError, Message};
+
+/// Limits of the HTTP API; every field has the default of API.md.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    /// Sends per sender per 60 s window (`ESH_RATE_LIMIT_PER_MINUTE`, default 100).
+    pub rate_limit_per_minute: u64,
+    /// Broadcast recipients per business per 3600 s window (`ESH_BROADCAST_RECIPIENTS_PER_HOUR`, default 1,000,000).
+    pub broadcast_recipients_per_hour: u64,
+    /// Unprocessed records of the message topics above which sends are refused (default 10,000).
+    pub backlog_limit: u64,
+    /// Largest JSON body of every endpoint but broadcasts (default 64 KiB).
+    pub max_body_bytes: usize,
+    /// Largest JSON body of `POST /v1/broadcasts` (default 8 MiB).
+    pub max_broadcast_body_bytes: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            rate_limit_per_minute: 100,
+            broadcast_recipients_per_hour: 1_000_000,
+            backlog_limit: 10_000,
+            max_body_bytes: 64 * 1024,
+            max_broadcast_body_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// The HTTP API with everything it stands on; shared by every request.
+pub struct Ingest {
+    backends: Backends,
+    keys: TokenKeys,
+    admin_token: String,
+    status_writer: StatusWriter,
+    config: IngestConfig,
+    metrics: metrics::Metrics,
+    activity: conversations::ActivityClock,
+}
+
+impl Ingest {
+    /// An API over these backends; `admin_token` is the value of `ESH_ADMIN_TOKEN`.
+    pub fn new(
+        backends: Backends,
+        keys: TokenKeys,
+        admin_token: String,
+        status_writer: StatusWriter,
+        config: IngestConfig,
+    ) -> Arc<Self> {
+        Arc::new(Ingest { backends, keys, admin_token, status_writer, config,
+            metrics: metrics::Metrics::default(),
+            activity: conversations::ActivityClock::default(),
+        })
+    }
+
+    /// Every HTTP route of API.md this crate serves, plus /health/*, /metrics,
+    /// /v1/openapi.json and JSON 404/405 fallbacks.
+    pub fn routes(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/v1/users", post(users::create))
+            .route("/v1/users/{id}", get(users::get).patch(users::update))
+            .route("/v1/users/{id}/tokens", post(users::issue_token))
+            .route("/v1/messages", post(send::post_one_way))
+            .route("/v1/broadcasts", post(send::post_broadcast))
+            .route("/v1/chat/messages", post(send::post_chat))
+            .route("/v1/broadcasts/{id}", get(broadcasts::get))
+            .route("/v1/broadcasts/{id}/messages", get(broadcasts::messages))
+            .route("/v1/messages/{id}", get(messages::get))
+            .route("/v1/messages/{id}/delivered", post(messages::delivered))
+            .route("/v1/messages/{id}/read", post(messages::read))
+            .route("/v1/messages/{id}/attempts", get(messages::attempts))
+            .route("/v1/one-way-messages", get(messages::one_way_history))
+            .route("/v1/conversations", get(conversations::list))
+            .route("/v1/conversations/{id}/messages", get(conversations::messages))
+            .route("/v1/admin/dead-letters", get(admin::dead_letters))
+            .route("/v1/admin/dead-letters/{message_id}/retry", post(admin::retry))
+            .route("/health/live", get(health::live))
+            .route("/health/ready", get(health::ready))
+            .route("/metrics", get(metrics::render))
+            .route("/v1/openapi.json", get(openapi::document))
+            .fallback(views::not_found)
+            .layer(axum::middleware::from_fn(views::json_errors))
+            .layer(axum::middleware::from_fn_with_state(self.clone(), metrics::track))
+            .with_state(self.clone())
+    }
+}
+
+#[async_trait]
+impl ChatIngress for Ingest {
+    async fn send_chat(&self, sender_id: &str, request: ChatRequest) -> Result<Message, ApiError> {
+        send::send_chat(self, sender_id, request).await
+    }
+}

@@ -1,1 +1,466 @@
-//! router
+//! The router stage: it takes messages off the log and hands them to the deliverer node
+//! that holds each recipient's sockets, and tells senders about status changes.
+//!
+//! Two consumers run side by side (see [`run`]):
+//!
+//! - the **message router**, consumer group `router` on `esh.messages.{high,normal,low}`
+//!   (subscribed in that order, so high priority drains first — Req 5.2). Per batch of at
+//!   most 100 records (Req 5.3) it decodes the envelopes, expands broadcasts into one stored
+//!   message and one log record per recipient, skips messages that are already delivered,
+//!   read or failed (a batch redelivered after a crash), looks up presence once, and sends
+//!   one bus batch per deliverer node. Offline recipients get their messages replayed when
+//!   they connect; [`hand_off_offline`] is where push notifications plug in later.
+//! - the **status notifier**, consumer group `notifier` on `esh.status.v1`: every
+//!   `delivered`, `read` or `failed` change becomes a `status` event for the sender's nodes
+//!   (Req 9.6).
+//!
+//! Both commit offsets only after their effects are done (at-least-once, Req 4.6); every
+//! effect is idempotent by message id. A transient backend error backs off and retries the
+//! same batch without committing; an undecodable record is logged and skipped (committed)
+//! so that it cannot wedge its partition.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Duration;
+
+use esh_backends::resolver::Backends;
+use esh_backends::{BackendError, Consumed, ErrorKind, LogConsumer, NodeEvent, NodeId, Record};
+use esh_common::{topics, Broadcast, Message, Status};
+use esh_schemas::{MessageEnvelope, StatusEvent};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Settings of the router stage.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// records per batch
+    pub batch_size: usize,
+    /// How long one poll of the log waits for records before returning an empty batch.
+    pub poll_wait: Duration,
+    /// Broadcast messages stored (one store transaction) and appended per step of an expansion.
+    pub broadcast_chunk: usize,
+    /// First wait after a transient backend error; it doubles on each further failure.
+    pub retry_initial: Duration,
+    /// Longest wait between retries of a failing batch.
+    pub retry_max: Duration,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            batch_size: 100,
+            poll_wait: Duration::from_millis(50),
+            broadcast_chunk: 1000,
+            retry_initial: Duration::from_millis(100),
+            retry_max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Runs the message router (group "router" on esh.messages.high/normal/low) and the status notifier (group "notifier"
+/// on esh.status.v1) until `shutdown` is cancelled; finishes the batch in hand and commits before returning.
+pub async fn run(backends: Backends, config: RouterConfig, shutdown: CancellationToken) -> Result<(), BackendError> {
+    // Stops both consumers when either fails for good.
+    let stop = shutdown.child_token();
+    let mut consumers = JoinSet::new();
+    consumers.spawn(route_messages(backends.clone(), config.clone(), stop.clone()));
+    consumers.spawn(notify_senders(backends, config, stop.clone()));
+    let mut outcome = Ok(());
+    while let Some(joined) = consumers.join_next().await {
+        let result = match joined {
+            Ok(result) => result,
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(_) => Ok(()),
+        };
+        if let Err(error) = result {
+            tracing::error!(%error, "router stage stopped");
+            stop.cancel();
+            if outcome.is_ok() {
+                outcome = Err(error);
+            }
+        }
+    }
+    outcome
+}
+
+/// Exponential backoff between retries of a failing step.
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    fn new(config: &RouterConfig) -> Self {
+        Backoff { initial: config.retry_initial, max: config.retry_max, next: config.retry_initial }
+    }
+
+    fn reset(&mut self) {
+        self.next = self.initial;
+    }
+
+    /// After `error` while doing `what`: `Err` if retrying cannot help, `Ok(false)` if
+    /// `shutdown` came during the wait (stop without committing), `Ok(true)` to retry.
+    async fn retry(&mut self, error: BackendError, what: &str, shutdown: &CancellationToken) -> Result<bool, BackendError> {
+        if error.kind() != ErrorKind::Transient {
+            return Err(error);
+        }
+        tracing::warn!(%error, step = what, wait_ms = self.next.as_millis() as u64, "router step failed, retrying");
+        let wait = self.next;
+        self.next = (self.next * 2).min(self.max);
+        tokio::select! {
+            _ = shutdown.cancelled() => Ok(false),
+            _ = tokio::time::sleep(wait) => Ok(true),
+        }
+    }
+}
+
+/// Joins `group` on `topics`, retrying transient failures; `None` on shutdown.
+async fn subscribe(
+    backends: &Backends,
+    group: &str,
+    topics: &[&str],
+    backoff: &mut Backoff,
+    shutdown: &CancellationToken,
+) -> Result<Option<Box<dyn LogConsumer>>, BackendError> {
+    loop {
+        match backends.log.subscribe(group, topics).await {
+            Ok(consumer) => return Ok(Some(consumer)),
+            Err(error) => {
+                if !backoff.retry(error, "subscribe", shutdown).await? {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
+/// Polls one batch, retrying transient failures; `None` on shutdown.
+async fn poll(
+    consumer: &mut dyn LogConsumer,
+    config: &RouterConfig,
+    backoff: &mut Backoff,
+    shutdown: &CancellationToken,
+) -> Result<Option<Vec<Consumed>>, BackendError> {
+    loop {
+        match consumer.poll(config.batch_size, config.poll_wait).await {
+            Ok(records) => return Ok(Some(records)),
+            Err(error) => {
+                if !backoff.retry(error, "poll", shutdown).await? {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
+/// Commits `records`, retrying transient failures; `false` on shutdown (they are redelivered).
+async fn commit(
+    consumer: &mut dyn LogConsumer,
+    records: &[Consumed],
+    backoff: &mut Backoff,
+    shutdown: &CancellationToken,
+) -> Result<bool, BackendError> {
+    loop {
+        match consumer.commit(records).await {
+            Ok(()) => return Ok(true),
+            Err(error) => {
+                if !backoff.retry(error, "commit", shutdown).await? {
+                    return Ok(false);
+                }
+            }
+        }
+    }
+}
+
+/// The message router loop.
+async fn route_messages(backends: Backends, config: RouterConfig, shutdown: CancellationToken) -> Result<(), BackendError> {
+    let mut backoff = Backoff::new(&config);
+    let Some(mut consumer) =
+        subscribe(&backends, topics::ROUTER_GROUP, &topics::MESSAGES_BY_PRIORITY, &mut backoff, &shutdown).await?
+    else {
+        return Ok(());
+    };
+    while !shutdown.is_cancelled() {
+        let Some(records) = poll(consumer.as_mut(), &config, &mut backoff, &shutdown).await? else { break };
+        if records.is_empty() {
+            continue;
+        }
+        let mut batch = RouteBatch::decode(&records);
+        loop {
+            match batch.run(&backends, &config).await {
+                Ok(()) => break,
+                Err(error) => {
+                    if !backoff.retry(error, "route batch", &shutdown).await? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        if !commit(consumer.as_mut(), &records, &mut backoff, &shutdown).await? {
+            return Ok(());
+        }
+        backoff.reset();
+    }
+    Ok(())
+}
+
+/// The work of one batch of message records. `run` may be called again after an error and
+/// resumes where it stopped (a broadcast's finished chunks are not redone).
+#[derive(Debug, Default)]
+struct RouteBatch {
+    /// Broadcasts still to expand: the topic they came from and the next recipient index.
+    broadcasts: VecDeque<(Broadcast, String, usize)>,
+    /// Messages to hand to their recipients' nodes, in record order (high priority first).
+    messages: Vec<Message>,
+}
+
+impl RouteBatch {
+    /// Decodes the records; undecodable ones are logged and left out (their offsets are
+    /// committed with the batch).
+    fn decode(records: &[Consumed]) -> Self {
+        let mut batch = RouteBatch::default();
+        for record in records {
+            match esh_schemas::decode::<MessageEnvelope>(&record.value) {
+                Ok(MessageEnvelope::Message { message }) => batch.messages.push(message),
+                Ok(MessageEnvelope::Broadcast { broadcast }) => {
+                    batch.broadcasts.push_back((broadcast, record.topic.clone(), 0));
+                }
+                Err(error) => tracing::error!(
+                    topic = %record.topic,
+                    partition = record.partition,
+                    offset = record.offset,
+                    %error,
+                    "skipping undecodable message record"
+                ),
+            }
+        }
+        batch
+    }
+
+    async fn run(&mut self, backends: &Backends, config: &RouterConfig) -> Result<(), BackendError> {
+        while let Some((broadcast, topic, next)) = self.broadcasts.front_mut() {
+            let total = broadcast.recipient_ids.len();
+            let end = (*next + config.broadcast_chunk.max(1)).min(total);
+            expand_broadcast(backends, broadcast, topic, *next..end).await?;
+            *next = end;
+            if end >= total {
+                self.broadcasts.pop_front();
+            }
+        }
+        if !self.messages.is_empty() {
+            deliver(backends, &self.messages).await?;
+            self.messages.clear();
+        }
+        Ok(())
+    }
+}
+
+/// Stores the messages of recipients `range` of `broadcast` (one transaction; inserting
+/// again after a crash is harmless, the ids are derived) and then appends one record per
+/// recipient to `topic`, keyed like any one-way message, for the router to deliver.
+async fn expand_broadcast(
+    backends: &Backends,
+    broadcast: &Broadcast,
+    topic: &str,
+    range: std::ops::Range<usize>,
+) -> Result<(), BackendError> {
+    let messages: Vec<Message> = range.clone().filter_map(|index| broadcast.message(index)).collect();
+    if messages.len() < range.len() {
+        tracing::error!(
+            broadcast = %broadcast.id,
+            first_message_id = %broadcast.first_message_id,
+            skipped = range.len() - messages.len(),
+            "broadcast recipients without a derivable message id are skipped"
+        );
+    }
+    if messages.is_empty() {
+        return Ok(());
+    }
+    backends.store.insert_messages(&messages).await?;
+    let records = messages
+        .iter()
+        .map(|message| Record { key: message.partition_key(), value: esh_schemas::encode(&MessageEnvelope::Message { message: message.clone() }) })
+        .collect();
+    backends.log.append(topic, records).await
+}
+
+/// Hands `messages` to the deliverer nodes of their recipients.
+async fn deliver(backends: &Backends, messages: &[Message]) -> Result<(), BackendError> {
+    // Duplicates inside one batch (a record appended twice) are delivered once.
+    let mut seen = HashSet::with_capacity(messages.len());
+    let unique: Vec<&Message> = messages.iter().filter(|m| seen.insert(m.id.as_str())).collect();
+    let ids: Vec<String> = unique.iter().map(|m| m.id.clone()).collect();
+    let mut stored: HashMap<String, Message> =
+        backends.store.messages(&ids).await?.into_iter().map(|m| (m.id.clone(), m)).collect();
+
+    let mut missing = Vec::new();
+    let mut pending = Vec::with_capacity(unique.len());
+    for message in unique {
+        match stored.remove(&message.id) {
+            // Already done: this record is a redelivery after a crash or a duplicate.
+            Some(current) if matches!(current.status, Status::Delivered | Status::Read | Status::Failed) => {
+                tracing::debug!(message = %current.id, status = current.status.as_str(), "skipping finished message");
+            }
+            Some(current) => pending.push(current),
+            None => {
+                // Ingest stores before it appends, so this is a record from elsewhere:
+                // persist it (idempotent) so that receipts and replays find it.
+                missing.push(message.clone());
+                pending.push(message.clone());
+            }
+        }
+    }
+    if !missing.is_empty() {
+        tracing::warn!(count = missing.len(), "storing logged messages missing from the store");
+        backends.store.insert_messages(&missing).await?;
+    }
+    if pending.is_empty() {
+        return Ok(());
+    }
+
+    let mut recipients: Vec<String> = pending.iter().map(|m| m.recipient_id.clone()).collect();
+    recipients.sort_unstable();
+    recipients.dedup();
+    let located = backends.presence.locate(&recipients).await?;
+
+    let mut by_node: HashMap<&NodeId, Vec<NodeEvent>> = HashMap::new();
+    let mut offline = Vec::new();
+    for message in pending {
+        match located.get(&message.recipient_id).map(Vec::as_slice) {
+            Some([nodes @ .., last]) => {
+                for node in nodes {
+                    by_node.entry(node).or_default().push(NodeEvent::Message(message.clone()));
+                }
+                by_node.entry(last).or_default().push(NodeEvent::Message(message));
+            }
+            _ => offline.push(message),
+        }
+    }
+    for (node, events) in by_node {
+        backends.bus.send(node, events).await?;
+    }
+    hand_off_offline(&offline);
+    Ok(())
+}
+
+/// Push hand-off point (Req 3.2): recipients with no socket anywhere. Today their messages
+/// wait in the store and are replayed when they connect; the push-worker stage
+/// (`esh.push.v1`, FCM/APNs) plugs in here in a later issue.
+fn hand_off_offline(offline: &[Message]) {
+    if !offline.is_empty() {
+        tracing::trace!(count = offline.len(), "recipients offline, messages wait for their next connection");
+    }
+}
+
+/// The status notifier loop.
+async fn notify_senders(backends: Backends, config: RouterConfig, shutdown: CancellationToken) -> Result<(), BackendError> {
+    let mut backoff = Backoff::new(&config);
+    let Some(mut consumer) = subscribe(&backends, topics::NOTIFIER_GROUP, &[topics::STATUS], &mut backoff, &shutdown).await?
+    else {
+        return Ok(());
+    };
+    while !shutdown.is_cancelled() {
+        let Some(records) = poll(consumer.as_mut(), &config, &mut backoff, &shutdown).await? else { break };
+        if records.is_empty() {
+            continue;
+        }
+        let events = decode_status_events(&records);
+        loop {
+            match notify(&backends, &events).await {
+                Ok(()) => break,
+                Err(error) => {
+                    if !backoff.retry(error, "notify senders", &shutdown).await? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        if !commit(consumer.as_mut(), &records, &mut backoff, &shutdown).await? {
+            return Ok(());
+        }
+        backoff.reset();
+    }
+    Ok(())
+}
+
+/// The status events senders hear about: `delivered`, `read` and `failed` (the `202` or
+/// `accepted` already said `sent`). Undecodable records are logged and skipped.
+fn decode_status_events(records: &[Consumed]) -> Vec<StatusEvent> {
+    records
+        .iter()
+        .filter_map(|record| match esh_schemas::decode::<StatusEvent>(&record.value) {
+            Ok(event) => Some(event),
+            Err(error) => {
+                tracing::error!(
+                    topic = %record.topic,
+                    partition = record.partition,
+                    offset = record.offset,
+                    %error,
+                    "skipping undecodable status record"
+                );
+                None
+            }
+        })
+        .filter(|event| matches!(event.status, Status::Delivered | Status::Read | Status::Failed))
+        .collect()
+}
+
+/// Sends each event to every node holding a socket of the message's sender.
+async fn notify(backends: &Backends, events: &[StatusEvent]) -> Result<(), BackendError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut senders: Vec<String> = events.iter().map(|e| e.sender_id.clone()).collect();
+    senders.sort_unstable();
+    senders.dedup();
+    let located = backends.presence.locate(&senders).await?;
+    let mut by_node: HashMap<&NodeId, Vec<NodeEvent>> = HashMap::new();
+    for event in events {
+        for node in located.get(&event.sender_id).into_iter().flatten() {
+            by_node.entry(node).or_default().push(NodeEvent::Status {
+                user: event.sender_id.clone(),
+                message_id: event.message_id.clone(),
+                status: event.status,
+                at: event.at,
+            });
+        }
+    }
+    for (node, events) in by_node {
+        backends.bus.send(node, events).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn consumed(value: Vec<u8>) -> Consumed {
+        Consumed { topic: topics::MESSAGES_NORMAL.into(), partition: 0, offset: 7, key: "k".into(), value }
+    }
+
+    #[test]
+    fn undecodable_records_are_left_out_of_the_batch() {
+        let batch = RouteBatch::decode(&[consumed(b"{not json".to_vec()), consumed(vec![0xff, 0x00])]);
+        assert!(batch.messages.is_empty() && batch.broadcasts.is_empty());
+    }
+
+    #[test]
+    fn only_delivered_read_and_failed_reach_senders_req_9_6() {
+        let event = |status| StatusEvent {
+            message_id: "m".into(),
+            sender_id: "b".into(),
+            recipient_id: "u".into(),
+            conversation_id: None,
+            broadcast_id: None,
+            previous: Status::Pending,
+            status,
+            at: esh_common::Millis(1),
+            version: 2,
+        };
+        let records: Vec<Consumed> =
+            Status::ALL.iter().map(|s| consumed(esh_schemas::encode(&event(*s)))).collect();
+        let kept: Vec<Status> = decode_status_events(&records).iter().map(|e| e.status).collect();
+        assert_eq!(kept, [Status::Delivered, Status::Read, Status::Failed]);
+    }
+}

@@ -23,6 +23,8 @@ pub const RECENT_MESSAGES: usize = 50;
 pub const RECENT_TTL: Duration = Duration::from_secs(300);
 /// How long an idempotency key is remembered.
 pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How long a `RecentMessages::fill_token` stays usable (a store read takes far less).
+pub const FILL_WINDOW: Duration = Duration::from_secs(30);
 
 #[async_trait]
 pub trait Presence: Send + Sync + 'static {
@@ -41,10 +43,18 @@ pub trait Presence: Send + Sync + 'static {
 pub trait RecentMessages: Send + Sync + 'static {
     /// The cached newest messages of a conversation (oldest first), if cached within `ttl`.
     async fn get(&self, conversation_id: &str) -> Result<Option<Vec<Message>>, BackendError>;
-    /// Caches the newest messages of a conversation (at most `RECENT_MESSAGES`) for `ttl`.
+    /// Caches the newest messages of a conversation (the last `RECENT_MESSAGES` of those given,
+    /// oldest first) for `ttl`, unconditionally: a reader filling from the store uses `fill`.
     async fn put(&self, conversation_id: &str, messages: Vec<Message>, ttl: Duration) -> Result<(), BackendError>;
     /// Drops the entries of these conversations (called on every write to them, Req 10.4).
     async fn invalidate(&self, conversation_ids: &[String]) -> Result<(), BackendError>;
+    /// A token to take before reading a conversation from the store to `fill` the cache.
+    async fn fill_token(&self, conversation_id: &str) -> Result<u64, BackendError>;
+    /// Caches like `put` unless the conversation was invalidated after `token` was taken (the
+    /// read may predate that write); a token older than `FILL_WINDOW` may be refused. Says
+    /// whether it cached.
+    async fn fill(&self, conversation_id: &str, token: u64, messages: Vec<Message>, ttl: Duration)
+        -> Result<bool, BackendError>;
 }
 
 /// The outcome of a rate-limit check.
@@ -52,7 +62,7 @@ pub trait RecentMessages: Send + Sync + 'static {
 pub enum RateDecision {
     /// Counted; the permit undoes it with `refund` if the request is refused later.
     Allowed { permit: u64 },
-    /// Not counted: retry after this long.
+    /// Not counted: retry after this long (more than zero, at most the window).
     Limited { retry_after: Duration },
 }
 

@@ -1,29 +1,498 @@
-//! PLACEHOLDER: replaced by the durable embedded log.
+//! The embedded message log: the durable, partitioned log of one-process mode, with the
+//! semantics of the Kafka one (per-partition order, consumer groups, committed offsets,
+//! redelivery of what was not committed) and the durability of an fsync'd append.
+//!
+//! - `codec`: the key → partition hash (Kafka's murmur2) and the CRC-checked frames on disk.
+//! - `storage`: topics, partitions, segment files, recovery, the in-memory tail and reads.
+//! - `groups`: consumer groups, partition assignment and the durable commit log.
+//! - `writer`: the one thread that writes, with group commit (one `fdatasync` per file
+//!   for everything queued).
+//!
+//! Data lives under `dir`: `<topic>/<partition>/<base offset>.log` segments,
+//! `__consumer_offsets/commits.log`, and `__lock`, which keeps a second process out.
+//! Records become visible to consumers only once durable. Segments that every group
+//! knowing the topic has committed past are deleted (retention), except the active one;
+//! a topic no group ever subscribed to keeps everything.
+
+mod codec;
+mod groups;
+mod storage;
+mod writer;
+
 use async_trait::async_trait;
-use std::path::Path;
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
 use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use self::codec::{MAX_BODY, RECORD_OVERHEAD};
+use self::groups::{CommitLog, Group, Groups, Position};
+use self::storage::{lock, valid_topic_name, Topic, MAX_PARTITIONS};
+use self::writer::{Request, Writer};
 use super::{Consumed, LogConsumer, MessageLog, Record};
 use crate::error::BackendError;
 
-pub struct EmbeddedMessageLog;
+/// Settings of the embedded log; `Default` gives the production values.
+#[derive(Debug, Clone)]
+pub struct EmbeddedLogOptions {
+    /// Partitions of each new topic (1..=4096); existing topics keep their count.
+    pub partitions: u32,
+    /// A segment file is rolled once it would grow past this many bytes.
+    pub segment_bytes: u64,
+    /// Bytes of recent records kept in memory per partition for readers.
+    pub tail_bytes: usize,
+    /// Most records the writer makes durable with one sync per file (group commit).
+    pub max_group_records: usize,
+    /// Most bytes the writer makes durable with one sync per file (group commit).
+    pub max_group_bytes: usize,
+    /// Requests queued for the writer before callers wait.
+    pub queue_capacity: usize,
+    /// Largest key plus value of one record.
+    pub max_record_bytes: usize,
+}
+
+impl Default for EmbeddedLogOptions {
+    fn default() -> Self {
+        EmbeddedLogOptions {
+            partitions: 8,
+            segment_bytes: 64 << 20,
+            tail_bytes: 1 << 20,
+            max_group_records: 1000,
+            max_group_bytes: 4 << 20,
+            queue_capacity: 1024,
+            max_record_bytes: 8 << 20,
+        }
+    }
+}
+
+/// What the callers and the writer thread share.
+pub(crate) struct Shared {
+    dir: PathBuf,
+    options: EmbeddedLogOptions,
+    topics: RwLock<HashMap<String, Arc<Topic>>>,
+    groups: Groups,
+    /// Why the writer stopped taking appends, if it did.
+    failure: Mutex<Option<String>>,
+    writer_alive: AtomicBool,
+}
+
+impl Shared {
+    fn topic(&self, name: &str) -> Option<Arc<Topic>> {
+        self.topics.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+    }
+
+    fn topic_names(&self) -> Vec<String> {
+        self.topics.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
+    }
+
+    /// The topic `name`, created (durably, with the configured partition count) if new.
+    fn topic_or_create(&self, name: &str) -> Result<Arc<Topic>, BackendError> {
+        if let Some(topic) = self.topic(name) {
+            return Ok(topic);
+        }
+        if !valid_topic_name(name) {
+            return Err(BackendError::Conflict(format!("invalid topic name {name:?}")));
+        }
+        let mut topics = self.topics.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(topic) = topics.get(name) {
+            return Ok(topic.clone());
+        }
+        let topic = Arc::new(Topic::create(&self.dir, name, self.options.partitions)?);
+        topics.insert(name.to_owned(), topic.clone());
+        Ok(topic)
+    }
+
+    fn failure(&self) -> Option<String> {
+        lock(&self.failure).clone()
+    }
+
+    fn fail(&self, reason: String) {
+        lock(&self.failure).get_or_insert(reason);
+    }
+}
+
+/// Owns the writer thread; the last handle (log or consumer) to go stops it.
+struct Core {
+    shared: Arc<Shared>,
+    requests: Option<mpsc::Sender<Request>>,
+    thread: Option<JoinHandle<()>>,
+    /// Holds the directory lock until the writer is done.
+    _lock: File,
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        // Closing the channel lets the writer finish what is queued, then return.
+        self.requests.take();
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("embedded log writer panicked");
+            }
+        }
+    }
+}
+
+fn stopped() -> BackendError {
+    BackendError::Unavailable("embedded log writer stopped".into())
+}
+
+impl Core {
+    /// Hands `request` to the writer and waits for its answer.
+    async fn call(&self, request: impl FnOnce(writer::Reply) -> Request) -> Result<(), BackendError> {
+        if let Some(failure) = self.shared.failure() {
+            return Err(BackendError::Unavailable(failure));
+        }
+        let Some(requests) = &self.requests else { return Err(stopped()) };
+        let (reply, answer) = oneshot::channel();
+        requests.send(request(reply)).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// The topic `name`, created off the async threads when new.
+    async fn topic(&self, name: &str) -> Result<Arc<Topic>, BackendError> {
+        if let Some(topic) = self.shared.topic(name) {
+            return Ok(topic);
+        }
+        let shared = self.shared.clone();
+        let name = name.to_owned();
+        tokio::task::spawn_blocking(move || shared.topic_or_create(&name))
+            .await
+            .map_err(|e| BackendError::Unavailable(format!("topic creation stopped: {e}")))?
+    }
+}
+
+/// The durable embedded log (see the module docs).
+pub struct EmbeddedMessageLog {
+    core: Arc<Core>,
+}
 
 impl EmbeddedMessageLog {
-    pub fn open(_dir: &Path, _partitions: u32) -> Result<Self, BackendError> {
-        todo!()
+    /// Opens (or creates) the log in `dir`, new topics getting `partitions` partitions,
+    /// with the default options; recovers from a crash (torn tails are cut off).
+    pub fn open(dir: &Path, partitions: u32) -> Result<Self, BackendError> {
+        Self::open_with(dir, EmbeddedLogOptions { partitions, ..EmbeddedLogOptions::default() })
+    }
+
+    /// Opens (or creates) the log in `dir` with `options`; fails with `Unavailable` when
+    /// another process has it open and with `Corrupt` when its files are damaged beyond a
+    /// torn tail.
+    pub fn open_with(dir: &Path, options: EmbeddedLogOptions) -> Result<Self, BackendError> {
+        if !(1..=MAX_PARTITIONS).contains(&options.partitions) {
+            return Err(BackendError::Conflict(format!(
+                "log partitions must be between 1 and {MAX_PARTITIONS}, not {}",
+                options.partitions
+            )));
+        }
+        let mut options = options;
+        options.max_record_bytes = options.max_record_bytes.min(MAX_BODY - RECORD_OVERHEAD);
+        options.queue_capacity = options.queue_capacity.max(1);
+        options.max_group_records = options.max_group_records.max(1);
+        fs::create_dir_all(dir)?;
+        let lock_file = OpenOptions::new().write(true).create(true).truncate(false).open(dir.join("__lock"))?;
+        match lock_file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(BackendError::Unavailable(format!("log directory {} is in use", dir.display())))
+            }
+            Err(fs::TryLockError::Error(error)) => return Err(error.into()),
+        }
+
+        let mut topics = HashMap::new();
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+            if !entry.file_type()?.is_dir() || !valid_topic_name(&name) {
+                continue;
+            }
+            match Topic::open(&entry.path(), &name)? {
+                Some(topic) => {
+                    topics.insert(name, Arc::new(topic));
+                }
+                None => tracing::warn!(topic = %name, "ignoring a topic whose creation never finished"),
+            }
+        }
+
+        let (commits, positions) = CommitLog::open(&dir.join("__consumer_offsets"))?;
+        let groups = Groups::default();
+        for position in positions {
+            let fits = topics.get(&position.topic).is_none_or(|t: &Arc<Topic>| position.partition < t.partitions.len() as u32);
+            if fits {
+                groups.get_or_create(&position.group).state.lock().unwrap_or_else(|p| p.into_inner()).advance(
+                    &position.topic,
+                    position.partition,
+                    position.offset,
+                );
+            }
+        }
+        let mut live_positions = Vec::new();
+        for (name, group) in groups.all() {
+            lock(&group.state).positions(&name, &mut live_positions);
+        }
+
+        let shared = Arc::new(Shared {
+            dir: dir.to_owned(),
+            options,
+            topics: RwLock::new(topics),
+            groups,
+            failure: Mutex::new(None),
+            writer_alive: AtomicBool::new(true),
+        });
+        let (requests, receiver) = mpsc::channel(shared.options.queue_capacity);
+        let writer = Writer { shared: shared.clone(), commits, requests: receiver, live_positions: live_positions.len() };
+        let thread = std::thread::Builder::new().name("esh-log-writer".into()).spawn(move || writer.run())?;
+        Ok(EmbeddedMessageLog {
+            core: Arc::new(Core { shared, requests: Some(requests), thread: Some(thread), _lock: lock_file }),
+        })
     }
 }
 
 #[async_trait]
 impl MessageLog for EmbeddedMessageLog {
-    async fn append(&self, _topic: &str, _records: Vec<Record>) -> Result<(), BackendError> { todo!() }
-    async fn subscribe(&self, _group: &str, _topics: &[&str]) -> Result<Box<dyn LogConsumer>, BackendError> { todo!() }
-    async fn lag(&self, _group: &str, _topic: &str) -> Result<u64, BackendError> { todo!() }
-    async fn check(&self) -> Result<(), BackendError> { todo!() }
+    async fn append(&self, topic: &str, records: Vec<Record>) -> Result<(), BackendError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let limit = self.core.shared.options.max_record_bytes;
+        if let Some(big) = records.iter().find(|r| r.key.len() + r.value.len() > limit) {
+            return Err(BackendError::Conflict(format!(
+                "a record of {} bytes exceeds the log's {limit}-byte limit",
+                big.key.len() + big.value.len()
+            )));
+        }
+        let topic = self.core.topic(topic).await?;
+        self.core.call(|reply| Request::Append { topic, records, reply }).await
+    }
+
+    async fn subscribe(&self, group: &str, topics: &[&str]) -> Result<Box<dyn LogConsumer>, BackendError> {
+        if group.is_empty() || group.len() > usize::from(u16::MAX) {
+            return Err(BackendError::Conflict("a consumer group name must have 1 to 65535 bytes".into()));
+        }
+        let mut subscribed: Vec<Arc<Topic>> = Vec::with_capacity(topics.len());
+        for name in topics {
+            if subscribed.iter().any(|t| t.name == *name) {
+                continue;
+            }
+            subscribed.push(self.core.topic(name).await?);
+        }
+        let shared = &self.core.shared;
+        let handle = shared.groups.get_or_create(group);
+        // Make the group known on each topic durably, so retention keeps its backlog.
+        let unknown: Vec<Position> = {
+            let state = lock(&handle.state);
+            subscribed
+                .iter()
+                .filter(|topic| !state.knows(&topic.name))
+                .flat_map(|topic| {
+                    topic.partitions.iter().enumerate().map(|(p, partition)| Position {
+                        group: group.to_owned(),
+                        topic: topic.name.clone(),
+                        partition: p as u32,
+                        offset: partition.start.load(Ordering::Acquire),
+                    })
+                })
+                .collect()
+        };
+        if !unknown.is_empty() {
+            self.core.call(|reply| Request::Commit { positions: unknown, reply }).await?;
+        }
+        let notify = Arc::new(Notify::new());
+        for topic in &subscribed {
+            topic.subscribe(&notify);
+        }
+        let member_topics = subscribed.iter().map(|t| (t.name.clone(), t.partitions.len() as u32)).collect();
+        let member = lock(&handle.state).join(member_topics, notify.clone());
+        Ok(Box::new(EmbeddedConsumer {
+            core: self.core.clone(),
+            group_name: group.to_owned(),
+            group: handle,
+            member,
+            notify,
+            owned: vec![Vec::new(); subscribed.len()],
+            turn: vec![0; subscribed.len()],
+            topics: subscribed,
+            generation: 0,
+        }))
+    }
+
+    async fn lag(&self, group: &str, topic: &str) -> Result<u64, BackendError> {
+        let shared = &self.core.shared;
+        let Some(topic) = shared.topic(topic) else { return Ok(0) };
+        let group = shared.groups.get(group);
+        let state = group.as_ref().map(|g| lock(&g.state));
+        let lag = topic
+            .partitions
+            .iter()
+            .enumerate()
+            .map(|(p, partition)| {
+                let committed = state.as_ref().map_or(0, |s| s.committed(&topic.name, p as u32));
+                let start = partition.start.load(Ordering::Acquire);
+                partition.end.load(Ordering::Acquire).saturating_sub(committed.max(start))
+            })
+            .sum();
+        Ok(lag)
+    }
+
+    async fn check(&self) -> Result<(), BackendError> {
+        let shared = &self.core.shared;
+        if !shared.writer_alive.load(Ordering::Acquire) {
+            return Err(stopped());
+        }
+        if let Some(failure) = shared.failure() {
+            return Err(BackendError::Unavailable(failure));
+        }
+        let probe = shared.dir.join("__check");
+        tokio::task::spawn_blocking(move || {
+            File::create(&probe)?.write_all(b"ok")?;
+            fs::remove_file(&probe)
+        })
+        .await
+        .map_err(|e| BackendError::Unavailable(format!("log check stopped: {e}")))?
+        .map_err(|e| BackendError::Unavailable(format!("log directory is not writable: {e}")))
+    }
 }
-#[allow(dead_code)]
-struct C;
+
+/// A member of a consumer group.
+struct EmbeddedConsumer {
+    core: Arc<Core>,
+    group_name: String,
+    group: Arc<Group>,
+    member: u64,
+    /// Woken by appends to the subscribed topics and by rebalances.
+    notify: Arc<Notify>,
+    /// Subscribed topics, highest priority first.
+    topics: Vec<Arc<Topic>>,
+    /// The group generation `owned` reflects.
+    generation: u64,
+    /// Per topic: owned partitions with the offset to read next.
+    owned: Vec<Vec<(u32, u64)>>,
+    /// Per topic: which owned partition the next poll starts with (fairness).
+    turn: Vec<usize>,
+}
+
+impl EmbeddedConsumer {
+    /// Picks up a new assignment: a partition kept keeps its position (or the committed
+    /// offset if the group moved past it); a new one starts at the committed offset.
+    fn refresh(&mut self) {
+        let state = lock(&self.group.state);
+        if state.generation == self.generation {
+            return;
+        }
+        self.generation = state.generation;
+        for (i, topic) in self.topics.iter().enumerate() {
+            let previous = std::mem::take(&mut self.owned[i]);
+            self.owned[i] = state
+                .owned(&topic.name, self.member)
+                .into_iter()
+                .map(|p| {
+                    let committed = state.committed(&topic.name, p);
+                    let kept = previous.iter().find(|(q, _)| *q == p).map(|(_, position)| *position);
+                    (p, kept.map_or(committed, |position| position.max(committed)))
+                })
+                .collect();
+        }
+    }
+
+    /// Takes up to `max` available records without waiting: topics in priority order,
+    /// owned partitions in turn within a topic.
+    async fn take(&mut self, max: usize) -> Result<Vec<Consumed>, BackendError> {
+        let mut out = Vec::new();
+        for i in 0..self.topics.len() {
+            let count = self.owned[i].len();
+            if count == 0 {
+                continue;
+            }
+            let first = self.turn[i] % count;
+            self.turn[i] = (first + 1) % count;
+            let topic = self.topics[i].clone();
+            for k in 0..count {
+                let slot = (first + k) % count;
+                let (partition, mut position) = self.owned[i][slot];
+                let source = &topic.partitions[partition as usize];
+                let mut failure = None;
+                while out.len() < max {
+                    match source.read(&topic.name, partition, position, max - out.len()).await {
+                        Ok((records, next)) => {
+                            position = next;
+                            if records.is_empty() {
+                                break;
+                            }
+                            out.extend(records);
+                        }
+                        Err(error) => {
+                            failure = Some(error);
+                            break;
+                        }
+                    }
+                }
+                self.owned[i][slot].1 = position;
+                if let Some(error) = failure {
+                    if out.is_empty() {
+                        return Err(error);
+                    }
+                    // Hand out what was read; the failing partition is retried next poll.
+                    tracing::error!(%error, topic = %topic.name, partition, "cannot read the log");
+                    return Ok(out);
+                }
+                if out.len() >= max {
+                    return Ok(out);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 #[async_trait]
-impl LogConsumer for C {
-    async fn poll(&mut self, _max: usize, _wait: Duration) -> Result<Vec<Consumed>, BackendError> { todo!() }
-    async fn commit(&mut self, _records: &[Consumed]) -> Result<(), BackendError> { todo!() }
+impl LogConsumer for EmbeddedConsumer {
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Consumed>, BackendError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            self.refresh();
+            let records = self.take(max).await?;
+            if !records.is_empty() || max == 0 {
+                return Ok(records);
+            }
+            // A wake-up sent since the last check is kept, so none is lost.
+            if tokio::time::timeout_at(deadline, self.notify.notified()).await.is_err() {
+                return Ok(records);
+            }
+        }
+    }
+
+    async fn commit(&mut self, records: &[Consumed]) -> Result<(), BackendError> {
+        let mut highest: HashMap<(&str, u32), u64> = HashMap::new();
+        for record in records {
+            let next = highest.entry((record.topic.as_str(), record.partition)).or_insert(0);
+            *next = (*next).max(record.offset + 1);
+        }
+        let mut positions = Vec::with_capacity(highest.len());
+        for ((topic, partition), offset) in highest {
+            let Some(stored) = self.core.shared.topic(topic) else {
+                return Err(BackendError::NotFound(format!("topic {topic:?}")));
+            };
+            let end = stored.partitions.get(partition as usize).map(|p| p.end.load(Ordering::Acquire));
+            if end.is_none_or(|end| offset > end) {
+                return Err(BackendError::Conflict(format!(
+                    "cannot commit offset {} of {topic}/{partition}: no such record",
+                    offset - 1
+                )));
+            }
+            positions.push(Position { group: self.group_name.clone(), topic: topic.to_owned(), partition, offset });
+        }
+        if positions.is_empty() {
+            return Ok(());
+        }
+        self.core.call(|reply| Request::Commit { positions, reply }).await
+    }
+}
+
+impl Drop for EmbeddedConsumer {
+    fn drop(&mut self) {
+        lock(&self.group.state).leave(self.member);
+    }
 }

@@ -4,7 +4,7 @@
 
 mod embedded;
 
-pub use embedded::EmbeddedMessageLog;
+pub use embedded::{EmbeddedLogOptions, EmbeddedMessageLog};
 
 use async_trait::async_trait;
 use std::time::Duration;

@@ -1,0 +1,154 @@
+//! The tables, one per read (ARCHITECTURE.md "Data model"). Every read is a key plus a
+//! range and every write is keyed, so that each table maps onto a ScyllaDB table:
+//! the `WITHOUT ROWID` tables are clustered by their primary key exactly like a
+//! ScyllaDB partition key plus clustering columns.
+
+use rusqlite::Connection;
+
+use super::engine::{corrupt, Failure};
+
+/// The schema version this build writes (`PRAGMA user_version`).
+const VERSION: i64 = 1;
+
+const SCHEMA: &str = r"
+-- Users by id.
+CREATE TABLE IF NOT EXISTS users (
+    id TEXT NOT NULL PRIMARY KEY,
+    kind TEXT NOT NULL,
+    display_name TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    permissions TEXT NOT NULL,
+    verified INTEGER NOT NULL,
+    notifications_enabled INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- Messages by id, with their status row (status, status_changed_at, error, version).
+-- A rowid table: rows carry up to 16 KB of content, too big to cluster well.
+CREATE TABLE IF NOT EXISTS messages (
+    id TEXT NOT NULL PRIMARY KEY,
+    kind TEXT NOT NULL,
+    sender_id TEXT NOT NULL,
+    recipient_id TEXT NOT NULL,
+    conversation_id TEXT,
+    broadcast_id TEXT,
+    priority TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    status_changed_at INTEGER NOT NULL,
+    error TEXT,
+    version INTEGER NOT NULL,
+    media_ids TEXT NOT NULL,
+    content TEXT NOT NULL
+);
+
+-- Chat messages by conversation, in id (= time) order.
+CREATE TABLE IF NOT EXISTS chat_messages (
+    conversation_id TEXT NOT NULL,
+    id TEXT NOT NULL,
+    PRIMARY KEY (conversation_id, id)
+) WITHOUT ROWID;
+
+-- One-way messages by recipient.
+CREATE TABLE IF NOT EXISTS received_messages (
+    recipient_id TEXT NOT NULL,
+    id TEXT NOT NULL,
+    PRIMARY KEY (recipient_id, id)
+) WITHOUT ROWID;
+
+-- One-way messages by sender (a business's broadcasts' messages included).
+CREATE TABLE IF NOT EXISTS sent_messages (
+    sender_id TEXT NOT NULL,
+    id TEXT NOT NULL,
+    PRIMARY KEY (sender_id, id)
+) WITHOUT ROWID;
+
+-- Messages whose status is `sent`, by recipient.
+CREATE TABLE IF NOT EXISTS undelivered (
+    recipient_id TEXT NOT NULL,
+    id TEXT NOT NULL,
+    PRIMARY KEY (recipient_id, id)
+) WITHOUT ROWID;
+
+-- Conversations by id; updated_at and last_message_id follow the newest message.
+CREATE TABLE IF NOT EXISTS conversations (
+    id TEXT NOT NULL PRIMARY KEY,
+    business_id TEXT NOT NULL,
+    mobile_id TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    last_message_id TEXT
+) WITHOUT ROWID;
+
+-- The one conversation of a business and mobile pair.
+CREATE TABLE IF NOT EXISTS conversation_pairs (
+    business_id TEXT NOT NULL,
+    mobile_id TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    PRIMARY KEY (business_id, mobile_id)
+) WITHOUT ROWID;
+
+-- Each participant's conversations by last activity, with that participant's unread count.
+CREATE TABLE IF NOT EXISTS user_conversations (
+    user_id TEXT NOT NULL,
+    updated_at INTEGER NOT NULL,
+    conversation_id TEXT NOT NULL,
+    last_message_id TEXT,
+    unread INTEGER NOT NULL,
+    PRIMARY KEY (user_id, updated_at, conversation_id)
+) WITHOUT ROWID;
+
+-- Delivery attempts by message, in the order recorded.
+CREATE TABLE IF NOT EXISTS attempts (
+    message_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    channel TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    error TEXT,
+    PRIMARY KEY (message_id, seq)
+) WITHOUT ROWID;
+
+-- Dead letters by time (present while their message is `failed`).
+CREATE TABLE IF NOT EXISTS dead_letters (
+    failed_at INTEGER NOT NULL,
+    message_id TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    error TEXT NOT NULL,
+    PRIMARY KEY (failed_at, message_id)
+) WITHOUT ROWID;
+
+-- Broadcasts by id; the recipient list is one JSON array, kept last in the row.
+CREATE TABLE IF NOT EXISTS broadcasts (
+    id TEXT NOT NULL PRIMARY KEY,
+    sender_id TEXT NOT NULL,
+    priority TEXT NOT NULL,
+    first_message_id TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    media_ids TEXT NOT NULL,
+    content TEXT NOT NULL,
+    recipient_ids TEXT NOT NULL
+);
+
+-- A broadcast's message counts by status (a counter table); recipients without a
+-- message row yet are counted as `sent`.
+CREATE TABLE IF NOT EXISTS broadcast_counts (
+    broadcast_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (broadcast_id, status)
+) WITHOUT ROWID;
+";
+
+/// Creates the tables if they are missing; refuses a file written by a newer schema.
+pub(super) fn migrate(connection: &Connection) -> Result<(), Failure> {
+    let version: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if version > VERSION {
+        return Err(corrupt(format!("store schema version {version} is newer than this build's {VERSION}")));
+    }
+    if version == VERSION {
+        return Ok(());
+    }
+    connection.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {VERSION}; COMMIT;"))?;
+    Ok(())
+}

@@ -1,0 +1,78 @@
+//! Dead letters: `GET /v1/admin/dead-letters` (newest first) and
+//! `POST /v1/admin/dead-letters/{message_id}/retry` (back to `sent`, appended to its topic again).
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use esh_backends::Record;
+use esh_common::{topics, ApiError, DeadLetter, Millis, Status, StatusChange};
+use esh_schemas::{encode, MessageEnvelope};
+
+use crate::auth::Caller;
+use crate::body::PathId;
+use crate::cursor::{invalid_cursor, split_page, Cursor, PageQuery};
+use crate::views::{self, ErrorBody, Page, RetriedView};
+use crate::Ingest;
+
+#[utoipa::path(get, path = "/v1/admin/dead-letters", tag = "admin",
+    params(("limit" = Option<u32>, Query, description = "1..200, default 50"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    responses((status = 200, description = "newest first", body = Page<DeadLetter>),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn dead_letters(
+    State(ingest): State<Arc<Ingest>>,
+    caller: Caller,
+    query: PageQuery,
+) -> Result<Response, ApiError> {
+    let after = match query.cursor {
+        None => None,
+        Some(Cursor::DeadLetter { failed_at, message_id }) => Some((failed_at, message_id)),
+        Some(_) => return Err(invalid_cursor()),
+    };
+    caller.require_admin()?;
+    let letters = ingest.backends.store.dead_letters(after, query.limit + 1).await?;
+    let (items, more) = split_page(letters, query.limit);
+    let next_cursor = match items.last() {
+        Some(last) if more => {
+            Some(Cursor::DeadLetter { failed_at: last.failed_at, message_id: last.message_id.clone() }.encode())
+        }
+        _ => None,
+    };
+    Ok(views::json(StatusCode::OK, &Page { items, next_cursor }))
+}
+
+#[utoipa::path(post, path = "/v1/admin/dead-letters/{message_id}/retry", tag = "admin",
+    params(("message_id" = String, Path, description = "id of the failed message")),
+    responses((status = 202, description = "back to sent, delivered again", body = RetriedView),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "the message is not dead", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn retry(
+    State(ingest): State<Arc<Ingest>>,
+    caller: Caller,
+    PathId(message_id): PathId,
+) -> Result<Response, ApiError> {
+    caller.require_admin()?;
+    let mut message = ingest.load_message(&message_id).await?;
+    let not_dead = || ApiError::conflict("the message is not dead-lettered");
+    if message.status != Status::Failed {
+        return Err(not_dead());
+    }
+    let now = Millis::now();
+    let change = StatusChange { message_id: message.id.clone(), status: Status::Sent, at: now, error: None, attempts: 0 };
+    let applied = ingest.status_writer.apply(vec![change]).await?;
+    if applied.is_empty() {
+        // Another retry won the race.
+        return Err(not_dead());
+    }
+    message.status = Status::Sent;
+    message.status_changed_at = now;
+    message.error = None;
+    let topic = topics::messages_topic(message.priority);
+    let record = Record { key: message.partition_key(), value: encode(&MessageEnvelope::Message { message }) };
+    ingest.append(topic, record).await?;
+    Ok(views::json(StatusCode::ACCEPTED, &RetriedView { message_id, status: Status::Sent }))
+}

@@ -1,0 +1,133 @@
+//! Who is calling: the `Caller` extractor, the first check of every protected route (401).
+//!
+//! A bearer token is either the admin token (`ESH_ADMIN_TOKEN`) or an HS256 user token whose
+//! `sub` must still exist in the directory. The user is read from the store on every
+//! request, so permission changes and removals take effect at once (API.md: within 1 s).
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
+use esh_common::{ApiError, User, UserKind};
+
+use crate::Ingest;
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone)]
+pub(crate) enum Caller {
+    /// The holder of the admin token.
+    Admin,
+    /// A user of the directory, as stored right now (admin-kind users act as admin).
+    User(User),
+}
+
+impl Caller {
+    /// Whether the caller may do what only admins may.
+    pub(crate) fn is_admin(&self) -> bool {
+        match self {
+            Caller::Admin => true,
+            Caller::User(user) => user.kind == UserKind::Admin,
+        }
+    }
+
+    /// The caller's directory entry (none for the admin token).
+    pub(crate) fn user(&self) -> Option<&User> {
+        match self {
+            Caller::Admin => None,
+            Caller::User(user) => Some(user),
+        }
+    }
+
+    /// Whether the caller is the user `id`.
+    pub(crate) fn is(&self, id: &str) -> bool {
+        self.user().is_some_and(|user| user.id == id)
+    }
+
+    /// The caller's user when it is a business or mobile user; admins get `403`.
+    pub(crate) fn participant(&self) -> Result<&User, ApiError> {
+        match self.user() {
+            Some(user) if matches!(user.kind, UserKind::Business | UserKind::Mobile) => Ok(user),
+            _ => Err(ApiError::forbidden("only business and mobile users have this resource")),
+        }
+    }
+
+    /// `Ok` for admins, `403` for everyone else.
+    pub(crate) fn require_admin(&self) -> Result<(), ApiError> {
+        if self.is_admin() {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden("admin only"))
+        }
+    }
+}
+
+impl FromRequestParts<Arc<Ingest>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, ingest: &Arc<Ingest>) -> Result<Self, Self::Rejection> {
+        let token = bearer_token(&parts.headers)?;
+        ingest.authenticate(token).await
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthenticated("missing bearer token"))?
+        .to_str()
+        .map_err(|_| ApiError::unauthenticated("malformed authorization header"))?;
+    let (scheme, token) = value.trim().split_once(' ').ok_or_else(|| ApiError::unauthenticated("expected a bearer token"))?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err(ApiError::unauthenticated("expected a bearer token"));
+    }
+    Ok(token)
+}
+
+/// Compares secrets without an early exit on the first differing byte.
+fn same_secret(given: &str, expected: &str) -> bool {
+    given.len() == expected.len() && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+impl Ingest {
+    /// The caller holding `token`: the admin token, or a valid user token of an existing user.
+    pub(crate) async fn authenticate(&self, token: &str) -> Result<Caller, ApiError> {
+        if !self.admin_token.is_empty() && same_secret(token, &self.admin_token) {
+            return Ok(Caller::Admin);
+        }
+        let claims = self.keys.verify(token)?;
+        match self.backends.store.user(&claims.sub).await? {
+            Some(user) => Ok(Caller::User(user)),
+            None => Err(ApiError::unauthenticated("unknown user")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn bearer_tokens_are_parsed_strictly() {
+        let mut headers = HeaderMap::new();
+        assert!(bearer_token(&headers).is_err());
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer abc"));
+        assert_eq!(bearer_token(&headers).unwrap(), "abc");
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer  abc "));
+        assert_eq!(bearer_token(&headers).unwrap(), "abc");
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert!(bearer_token(&headers).is_err());
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer"));
+        assert!(bearer_token(&headers).is_err());
+    }
+
+    #[test]
+    fn secrets_compare_exactly() {
+        assert!(same_secret("abc", "abc"));
+        assert!(!same_secret("abd", "abc"));
+        assert!(!same_secret("ab", "abc"));
+    }
+}

@@ -1,0 +1,143 @@
+//! One message (`GET /v1/messages/{id}`, receipts, attempts) and one-way history.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use esh_backends::OneWayRole;
+use esh_common::view::MessageView;
+use esh_common::{ApiError, Message, Millis, Status, StatusChange, UserKind};
+
+use crate::auth::Caller;
+use crate::body::PathId;
+use crate::cursor::{invalid_cursor, split_page, Cursor, PageQuery};
+use crate::views::{self, AttemptsView, ErrorBody, Page};
+use crate::Ingest;
+
+impl Ingest {
+    /// The message with this id, or 404.
+    pub(crate) async fn load_message(&self, id: &str) -> Result<Message, ApiError> {
+        self.backends.store.message(id).await?.ok_or_else(|| ApiError::not_found("unknown message"))
+    }
+}
+
+/// A page of messages from a store read of `limit + 1` items, newest first: the page is
+/// answered oldest first and its cursor leads to the items older than its oldest one.
+pub(crate) fn message_page(newest_first: Vec<Message>, limit: usize) -> Response {
+    let (mut messages, more) = split_page(newest_first, limit);
+    messages.reverse();
+    let next_cursor = if more { messages.first().map(|oldest| Cursor::Before(oldest.id.clone()).encode()) } else { None };
+    let items: Vec<MessageView<'_>> = messages.iter().map(|message| MessageView::new(message, Vec::new())).collect();
+    views::json(StatusCode::OK, &Page { items, next_cursor })
+}
+
+/// The `before` id of a message-page cursor; other cursors are 400.
+pub(crate) fn before_id(query: &PageQuery) -> Result<Option<&str>, ApiError> {
+    match &query.cursor {
+        None => Ok(None),
+        Some(Cursor::Before(id)) => Ok(Some(id)),
+        Some(_) => Err(invalid_cursor()),
+    }
+}
+
+#[utoipa::path(get, path = "/v1/messages/{id}", tag = "messages",
+    params(("id" = String, Path, description = "message id")),
+    responses((status = 200, body = MessageView), (status = 401, body = ErrorBody),
+        (status = 403, description = "neither sender nor recipient", body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn get(
+    State(ingest): State<Arc<Ingest>>,
+    caller: Caller,
+    PathId(id): PathId,
+) -> Result<Response, ApiError> {
+    let message = ingest.load_message(&id).await?;
+    if !(caller.is_admin() || caller.is(&message.sender_id) || caller.is(&message.recipient_id)) {
+        return Err(ApiError::forbidden("only the sender and the recipient may read this message"));
+    }
+    Ok(views::json(StatusCode::OK, &MessageView::new(&message, Vec::new())))
+}
+
+#[utoipa::path(post, path = "/v1/messages/{id}/delivered", tag = "messages",
+    params(("id" = String, Path, description = "message id")),
+    responses((status = 204, description = "delivered (a receipt that does not move the status is a no-op)"),
+        (status = 401, body = ErrorBody), (status = 403, description = "not the recipient", body = ErrorBody),
+        (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn delivered(
+    State(ingest): State<Arc<Ingest>>,
+    caller: Caller,
+    PathId(id): PathId,
+) -> Result<StatusCode, ApiError> {
+    ingest.receipt(&caller, &id, Status::Delivered).await
+}
+
+#[utoipa::path(post, path = "/v1/messages/{id}/read", tag = "messages",
+    params(("id" = String, Path, description = "message id")),
+    responses((status = 204, description = "read (implies delivered)"),
+        (status = 401, body = ErrorBody), (status = 403, description = "not the recipient", body = ErrorBody),
+        (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn read(
+    State(ingest): State<Arc<Ingest>>,
+    caller: Caller,
+    PathId(id): PathId,
+) -> Result<StatusCode, ApiError> {
+    ingest.receipt(&caller, &id, Status::Read).await
+}
+
+impl Ingest {
+    /// A receipt of the recipient, applied through the status writer (durable before 204).
+    /// `read` from `sent` is one forward move, so it implies `delivered`.
+    async fn receipt(&self, caller: &Caller, id: &str, status: Status) -> Result<StatusCode, ApiError> {
+        let message = self.load_message(id).await?;
+        if !caller.is(&message.recipient_id) {
+            return Err(ApiError::forbidden("only the recipient may acknowledge a message"));
+        }
+        if message.status.can_move_to(status) {
+            let change = StatusChange { message_id: message.id, status, at: Millis::now(), error: None, attempts: 0 };
+            self.status_writer.apply(vec![change]).await?;
+        }
+        Ok(StatusCode::NO_CONTENT)
+    }
+}
+
+#[utoipa::path(get, path = "/v1/messages/{id}/attempts", tag = "messages",
+    params(("id" = String, Path, description = "message id")),
+    responses((status = 200, body = AttemptsView), (status = 401, body = ErrorBody),
+        (status = 403, description = "not the sender", body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn attempts(
+    State(ingest): State<Arc<Ingest>>,
+    caller: Caller,
+    PathId(id): PathId,
+) -> Result<Response, ApiError> {
+    let message = ingest.load_message(&id).await?;
+    if !(caller.is_admin() || caller.is(&message.sender_id)) {
+        return Err(ApiError::forbidden("only the sender may read delivery attempts"));
+    }
+    let items = ingest.backends.store.attempts(&message.id).await?;
+    Ok(views::json(StatusCode::OK, &AttemptsView { items }))
+}
+
+#[utoipa::path(get, path = "/v1/one-way-messages", tag = "messages",
+    params(("limit" = Option<u32>, Query, description = "1..200, default 50"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    responses((status = 200, description = "mobile: received; business: sent, broadcasts included; oldest first", body = Page<MessageView>),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, description = "admins have no one-way history", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn one_way_history(
+    State(ingest): State<Arc<Ingest>>,
+    caller: Caller,
+    query: PageQuery,
+) -> Result<Response, ApiError> {
+    let before = before_id(&query)?;
+    let user = caller.participant()?;
+    let role = match user.kind {
+        UserKind::Business => OneWayRole::Sender,
+        _ => OneWayRole::Recipient,
+    };
+    let messages = ingest.backends.store.one_way_messages(&user.id, role, before, query.limit + 1).await?;
+    Ok(message_page(messages, query.limit))
+}
