@@ -1,1 +1,25 @@
-fn main() {}
+//! What the log carries: encoding and decoding `MessageEnvelope` records (one message,
+//! and a broadcast of 1,000 recipients).
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use esh_benches::{broadcast, chat_message, quick};
+use esh_schemas::{decode, encode, MessageEnvelope};
+use std::hint::black_box;
+
+fn codec(c: &mut Criterion) {
+    let message = MessageEnvelope::Message { message: chat_message("c1", "b1", "m1") };
+    let message_bytes = encode(&message);
+    let wide = MessageEnvelope::Broadcast { broadcast: broadcast("b1", 1000) };
+    let wide_bytes = encode(&wide);
+
+    let mut group = c.benchmark_group("envelope");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("encode message", |b| b.iter(|| encode(black_box(&message))));
+    group.bench_function("decode message", |b| b.iter(|| decode::<MessageEnvelope>(black_box(&message_bytes))));
+    group.bench_function("encode broadcast 1000", |b| b.iter(|| encode(black_box(&wide))));
+    group.bench_function("decode broadcast 1000", |b| b.iter(|| decode::<MessageEnvelope>(black_box(&wide_bytes))));
+    group.finish();
+}
+
+criterion_group! { name = benches; config = quick(); targets = codec }
+criterion_main!(benches);

@@ -62,7 +62,8 @@ pub(crate) async fn retry(
         return Err(not_dead());
     }
     let now = Millis::now();
-    let change = StatusChange { message_id: message.id.clone(), status: Status::Sent, at: now, error: None, attempts: 0 };
+    let change =
+        StatusChange { message_id: message.id.clone(), status: Status::Sent, at: now, error: None, attempts: 0 };
     let applied = ingest.status_writer.apply(vec![change]).await?;
     if applied.is_empty() {
         // Another retry won the race.

@@ -78,7 +78,8 @@ fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
         .ok_or_else(|| ApiError::unauthenticated("missing bearer token"))?
         .to_str()
         .map_err(|_| ApiError::unauthenticated("malformed authorization header"))?;
-    let (scheme, token) = value.trim().split_once(' ').ok_or_else(|| ApiError::unauthenticated("expected a bearer token"))?;
+    let (scheme, token) =
+        value.trim().split_once(' ').ok_or_else(|| ApiError::unauthenticated("expected a bearer token"))?;
     let token = token.trim();
     if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
         return Err(ApiError::unauthenticated("expected a bearer token"));

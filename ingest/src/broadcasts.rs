@@ -16,7 +16,8 @@ use crate::Ingest;
 impl Ingest {
     /// The broadcast with this id if the caller may see it: 404 unknown, 403 not its sender.
     async fn visible_broadcast(&self, caller: &Caller, id: &str) -> Result<Broadcast, ApiError> {
-        let broadcast = self.backends.store.broadcast(id).await?.ok_or_else(|| ApiError::not_found("unknown broadcast"))?;
+        let broadcast =
+            self.backends.store.broadcast(id).await?.ok_or_else(|| ApiError::not_found("unknown broadcast"))?;
         if !(caller.is_admin() || caller.is(&broadcast.sender_id)) {
             return Err(ApiError::forbidden("only the sender may read this broadcast"));
         }

@@ -12,10 +12,12 @@
 //! API.md allows. A walk that fits in one page has no second pass.
 //!
 //! A conversation's `updated_at` is its last message's `created_at`, stamped before the
-//! message is stored; a message stored after the walk started may carry an earlier stamp.
-//! So `since` is the earliest stamp of the chat sends still in flight in this process
-//! (`ActivityClock`), not just the current time. (Several ingest nodes would need the
-//! store to stamp activity itself.)
+//! message is stored, so a message stored after the walk started may carry an earlier
+//! stamp. The `ActivityClock` makes "moved after the walk started" exact in this process:
+//! `since` lies below the stamp of every send still in flight, and every later stamp lies
+//! above it, so pass 2 takes `updated_at > since` and a conversation that was quiet
+//! during the walk is not repeated. (Several ingest nodes would need the store to stamp
+//! activity itself.)
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -108,7 +110,7 @@ pub(crate) async fn list(
 }
 
 impl Ingest {
-    /// `user`'s conversations active at or after `since` with an id above `after_id`, by id,
+    /// `user`'s conversations active after `since` with an id above `after_id`, by id,
     /// at most `limit` (pass 2 of the walk).
     async fn moved_since(
         &self,
@@ -125,7 +127,7 @@ impl Ingest {
             let mut reached_older = false;
             for summary in batch {
                 let conversation = &summary.conversation;
-                if conversation.updated_at < since {
+                if conversation.updated_at <= since {
                     reached_older = true;
                     break;
                 }
@@ -186,7 +188,8 @@ impl Ingest {
                 // A full cache entry may have older messages behind it: say so with one more.
                 if newest_first.len() >= RECENT_MESSAGES && newest_first.len() <= limit {
                     if let Some(oldest) = newest_first.last() {
-                        let older = self.backends.store.conversation_messages(&conversation.id, Some(&oldest.id), 1).await?;
+                        let older =
+                            self.backends.store.conversation_messages(&conversation.id, Some(&oldest.id), 1).await?;
                         newest_first.extend(older);
                     }
                 }
@@ -214,11 +217,20 @@ fn is_current(cached: &[Message], conversation: &Conversation) -> bool {
     }
 }
 
-/// The stamps of chat messages between their `created_at` and their store insert.
+/// The stamps of messages between their `created_at` and their store insert, and the
+/// `since` of conversation-list walks: every stamp in flight when a walk starts is above
+/// its `since`, and so is every stamp issued after.
 #[derive(Default)]
 pub(crate) struct ActivityClock {
+    state: Mutex<ClockState>,
+}
+
+#[derive(Default)]
+struct ClockState {
     /// stamp → sends in flight with it
-    in_flight: Mutex<BTreeMap<i64, usize>>,
+    in_flight: BTreeMap<i64, usize>,
+    /// The latest `since` handed out; later stamps are above it.
+    last_since: i64,
 }
 
 /// A send in flight; it leaves the clock when dropped.
@@ -228,33 +240,39 @@ pub(crate) struct Stamp<'a> {
 }
 
 impl ActivityClock {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<i64, usize>> {
-        self.in_flight.lock().unwrap_or_else(|poison| poison.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, ClockState> {
+        self.state.lock().unwrap_or_else(|poison| poison.into_inner())
     }
 
-    /// Stamps a new message with the current time, until the returned guard is dropped.
+    /// Stamps a new message with the current time (at least 1 ms after the last `since`),
+    /// until the returned guard is dropped.
     pub(crate) fn stamp(&self) -> Stamp<'_> {
-        let mut in_flight = self.lock();
-        let at = Millis::now();
-        *in_flight.entry(at.0).or_default() += 1;
+        let mut state = self.lock();
+        let at = Millis(Millis::now().0.max(state.last_since + 1));
+        *state.in_flight.entry(at.0).or_default() += 1;
         Stamp { clock: self, at }
     }
 
-    /// The earliest activity time a conversation can still get from a send in flight.
+    /// The start of a walk: below every stamp in flight and every stamp issued later.
     fn since(&self) -> Millis {
-        let in_flight = self.lock();
-        let now = Millis::now();
-        in_flight.keys().next().map_or(now, |earliest| Millis(*earliest).min(now))
+        let mut state = self.lock();
+        let now = Millis::now().0;
+        let since = match state.in_flight.keys().next() {
+            Some(earliest) => now.min(earliest - 1),
+            None => now,
+        };
+        state.last_since = state.last_since.max(since);
+        Millis(since)
     }
 }
 
 impl Drop for Stamp<'_> {
     fn drop(&mut self) {
-        let mut in_flight = self.clock.lock();
-        if let Some(count) = in_flight.get_mut(&self.at.0) {
+        let mut state = self.clock.lock();
+        if let Some(count) = state.in_flight.get_mut(&self.at.0) {
             *count -= 1;
             if *count == 0 {
-                in_flight.remove(&self.at.0);
+                state.in_flight.remove(&self.at.0);
             }
         }
     }
@@ -265,15 +283,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn since_is_the_earliest_stamp_in_flight() {
+    fn since_lies_below_stamps_in_flight_and_stamps_issued_later() {
         let clock = ActivityClock::default();
         let first = clock.stamp();
         std::thread::sleep(std::time::Duration::from_millis(3));
         let second = clock.stamp();
-        assert_eq!(clock.since(), first.at);
+        assert!(clock.since() < first.at);
         drop(first);
-        assert_eq!(clock.since(), second.at);
+        assert!(clock.since() < second.at);
         drop(second);
-        assert!(clock.since() >= Millis::now().plus_ms(-1));
+        let since = clock.since();
+        assert!(since >= Millis::now().plus_ms(-1));
+        // Even within the same millisecond, a later stamp is above it.
+        assert!(clock.stamp().at > since);
     }
 }

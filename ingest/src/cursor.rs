@@ -75,11 +75,9 @@ impl Cursor {
         let id = |s: &str| ids::is_id(s).then(|| s.to_owned());
         match (kind, rest.as_slice()) {
             ("m", [message]) => Some(Cursor::Before(id(message)?)),
-            ("c", [since, updated_at, conversation]) => Some(Cursor::Activity {
-                since: millis(since)?,
-                updated_at: millis(updated_at)?,
-                id: id(conversation)?,
-            }),
+            ("c", [since, updated_at, conversation]) => {
+                Some(Cursor::Activity { since: millis(since)?, updated_at: millis(updated_at)?, id: id(conversation)? })
+            }
             ("C", [since, after]) => Some(Cursor::Moved {
                 since: millis(since)?,
                 after_id: if after.is_empty() { None } else { Some(id(after)?) },

@@ -84,6 +84,8 @@ pub struct Ingest {
     config: IngestConfig,
     metrics: metrics::Metrics,
     activity: conversations::ActivityClock,
+    /// This instance, for work that must outlive the request that started it.
+    me: std::sync::Weak<Ingest>,
 }
 
 impl Ingest {
@@ -95,9 +97,15 @@ impl Ingest {
         status_writer: StatusWriter,
         config: IngestConfig,
     ) -> Arc<Self> {
-        Arc::new(Ingest { backends, keys, admin_token, status_writer, config,
+        Arc::new_cyclic(|me| Ingest {
+            backends,
+            keys,
+            admin_token,
+            status_writer,
+            config,
             metrics: metrics::Metrics::default(),
             activity: conversations::ActivityClock::default(),
+            me: me.clone(),
         })
     }
 

@@ -27,7 +27,8 @@ impl Ingest {
 pub(crate) fn message_page(newest_first: Vec<Message>, limit: usize) -> Response {
     let (mut messages, more) = split_page(newest_first, limit);
     messages.reverse();
-    let next_cursor = if more { messages.first().map(|oldest| Cursor::Before(oldest.id.clone()).encode()) } else { None };
+    let next_cursor =
+        if more { messages.first().map(|oldest| Cursor::Before(oldest.id.clone()).encode()) } else { None };
     let items: Vec<MessageView<'_>> = messages.iter().map(|message| MessageView::new(message, Vec::new())).collect();
     views::json(StatusCode::OK, &Page { items, next_cursor })
 }

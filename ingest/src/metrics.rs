@@ -77,7 +77,10 @@ impl Metrics {
         out.push_str("# TYPE esh_ingest_request_duration_seconds histogram\n");
         for (route, histogram) in &series.durations {
             for (bound, count) in BUCKETS.iter().zip(histogram.buckets) {
-                let _ = writeln!(out, "esh_ingest_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {count}");
+                let _ = writeln!(
+                    out,
+                    "esh_ingest_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {count}"
+                );
             }
             let _ = writeln!(
                 out,

@@ -286,7 +286,7 @@ pub(crate) async fn post_one_way(
             headers.get(IDEMPOTENCY_HEADER),
         )
     });
-    ingest.send(&caller, input).await
+    ingest.send_detached(caller, input).await
 }
 
 #[utoipa::path(post, path = "/v1/chat/messages", tag = "messages", request_body = ChatMessageRequest,
@@ -313,7 +313,7 @@ pub(crate) async fn post_chat(
             headers.get(IDEMPOTENCY_HEADER),
         )
     });
-    ingest.send(&caller, input).await
+    ingest.send_detached(caller, input).await
 }
 
 #[utoipa::path(post, path = "/v1/broadcasts", tag = "broadcasts", request_body = BroadcastRequest,
@@ -340,12 +340,13 @@ pub(crate) async fn post_broadcast(
             headers.get(IDEMPOTENCY_HEADER),
         )
     });
-    ingest.send(&caller, input).await
+    ingest.send_detached(caller, input).await
 }
 
 /// `ChatIngress::send_chat`: the WebSocket `send` frame, through the same path as HTTP.
 pub(crate) async fn send_chat(ingest: &Ingest, sender_id: &str, request: ChatRequest) -> Result<Message, ApiError> {
-    let sender = ingest.backends.store.user(sender_id).await?.ok_or_else(|| ApiError::unauthenticated("unknown user"))?;
+    let sender =
+        ingest.backends.store.user(sender_id).await?.ok_or_else(|| ApiError::unauthenticated("unknown user"))?;
     let input = SendInput::new(
         SendKind::Chat,
         vec![request.to],
@@ -355,7 +356,7 @@ pub(crate) async fn send_chat(ingest: &Ingest, sender_id: &str, request: ChatReq
         request.idempotency_key,
         None,
     );
-    let accepted = ingest.send(&Caller::User(sender), input).await?;
+    let accepted = ingest.send_detached(Caller::User(sender), input).await?;
     if let Some(message) = accepted.message {
         return Ok(message);
     }
@@ -367,6 +368,18 @@ pub(crate) async fn send_chat(ingest: &Ingest, sender_id: &str, request: ChatReq
 }
 
 impl Ingest {
+    /// Runs `send` on a task of its own, so that a caller that goes away (a closed
+    /// connection drops the handler) cannot cut a send off between its effects and the
+    /// settling of its idempotency key and rate-limit permits.
+    async fn send_detached(&self, caller: Caller, input: Result<SendInput, ApiError>) -> Result<Accepted, ApiError> {
+        let Some(ingest) = self.me.upgrade() else {
+            return Err(ApiError::new(ErrorCode::Unavailable, "ingest is shutting down"));
+        };
+        tokio::spawn(async move { ingest.send(&caller, input).await })
+            .await
+            .map_err(|error| ApiError::internal(format!("send task failed: {error}")))?
+    }
+
     /// Runs a send request (already parsed, or the error its body gave) from `caller`.
     async fn send(&self, caller: &Caller, input: Result<SendInput, ApiError>) -> Result<Accepted, ApiError> {
         let Some(sender) = caller.user() else {
@@ -413,7 +426,12 @@ impl Ingest {
     }
 
     /// Counts the request against the sender's limits, then checks and performs it.
-    async fn send_counted(&self, sender: &User, input: &SendInput, permits: &mut Permits) -> Result<Accepted, ApiError> {
+    async fn send_counted(
+        &self,
+        sender: &User,
+        input: &SendInput,
+        permits: &mut Permits,
+    ) -> Result<Accepted, ApiError> {
         let limit = self.config.rate_limit_per_minute;
         self.acquire(permits, format!("send:{}", sender.id), 1, limit, SEND_WINDOW).await?;
         if input.kind == SendKind::Broadcast {
@@ -486,7 +504,10 @@ impl Ingest {
                 tracing::warn!(%error, "cannot invalidate cached conversation");
             }
         }
-        let record = Record { key: message.partition_key(), value: encode(&MessageEnvelope::Message { message: message.clone() }) };
+        let record = Record {
+            key: message.partition_key(),
+            value: encode(&MessageEnvelope::Message { message: message.clone() }),
+        };
         self.append(topics::messages_topic(message.priority), record).await?;
         drop(stamp);
         let body = serde_json::to_vec(&MessageView::new(&message, Vec::new()))
@@ -509,10 +530,12 @@ impl Ingest {
             created_at: Millis::now(),
         };
         self.backends.store.create_broadcast(&broadcast).await?;
-        let accepted = BroadcastAccepted { id: broadcast.id.clone(), total: total as u64, created_at: broadcast.created_at };
+        let accepted =
+            BroadcastAccepted { id: broadcast.id.clone(), total: total as u64, created_at: broadcast.created_at };
         let record = Record { key: broadcast.id.clone(), value: encode(&MessageEnvelope::Broadcast { broadcast }) };
         self.append(topics::messages_topic(input.priority), record).await?;
-        let body = serde_json::to_vec(&accepted).map_err(|e| ApiError::internal(format!("cannot encode answer: {e}")))?;
+        let body =
+            serde_json::to_vec(&accepted).map_err(|e| ApiError::internal(format!("cannot encode answer: {e}")))?;
         Ok(Accepted { answer: StoredAnswer { status: 202, body }, message: None })
     }
 
@@ -539,11 +562,12 @@ impl Ingest {
 
     /// Every broadcast recipient must be an existing mobile user; else 400 listing up to 100 others.
     async fn check_broadcast_recipients_exist(&self, recipients: &[String]) -> Result<(), ApiError> {
-        let mut mobile: HashSet<String> = HashSet::with_capacity(recipients.len());
-        for chunk in recipients.chunks(USER_LOOKUP_CHUNK) {
-            let users = self.backends.store.users(chunk).await?;
-            mobile.extend(users.into_iter().filter(|user| user.kind == UserKind::Mobile).map(|user| user.id));
-        }
+        // Chunks are looked up at once; the store's reader pool bounds the parallelism.
+        let store = &self.backends.store;
+        let found =
+            futures::future::try_join_all(recipients.chunks(USER_LOOKUP_CHUNK).map(|chunk| store.users(chunk))).await?;
+        let mobile: HashSet<String> =
+            found.into_iter().flatten().filter(|user| user.kind == UserKind::Mobile).map(|user| user.id).collect();
         let unknown: Vec<&String> = recipients.iter().filter(|id| !mobile.contains(*id)).collect();
         if unknown.is_empty() {
             return Ok(());
@@ -580,11 +604,16 @@ impl Ingest {
             let claim = self.backends.idempotency.claim(key, fingerprint, IDEMPOTENCY_TTL).await?;
             match claim {
                 Claim::New => return Ok(KeyState::Held),
-                Claim::Done { fingerprint: held, answer } if held == fingerprint => return Ok(KeyState::Replay(answer)),
+                Claim::Done { fingerprint: held, answer } if held == fingerprint => {
+                    return Ok(KeyState::Replay(answer))
+                }
                 Claim::InFlight { fingerprint: held } if held == fingerprint => {
                     if Instant::now() >= deadline {
-                        return Err(ApiError::new(ErrorCode::Unavailable, "the first request with this key is still running")
-                            .with_retry_after(Duration::from_secs(1)));
+                        return Err(ApiError::new(
+                            ErrorCode::Unavailable,
+                            "the first request with this key is still running",
+                        )
+                        .with_retry_after(Duration::from_secs(1)));
                     }
                     tokio::time::sleep(IN_FLIGHT_POLL).await;
                 }
@@ -607,8 +636,10 @@ impl Ingest {
                 permits.taken.push((key, permit));
                 Ok(())
             }
-            Ok(RateDecision::Limited { retry_after }) => Err(ApiError::new(ErrorCode::RateLimited, "rate limit exceeded")
-                .with_retry_after(retry_after.clamp(Duration::from_secs(1), MAX_RETRY_AFTER))),
+            Ok(RateDecision::Limited { retry_after }) => {
+                Err(ApiError::new(ErrorCode::RateLimited, "rate limit exceeded")
+                    .with_retry_after(retry_after.clamp(Duration::from_secs(1), MAX_RETRY_AFTER)))
+            }
             Err(error) => {
                 // Limits protect the pipeline; an unreachable limiter must not stop every send.
                 tracing::warn!(%error, "rate limiter unavailable, request not counted");
@@ -689,9 +720,8 @@ mod tests {
 
     #[test]
     fn content_is_counted_in_unicode_scalar_values() {
-        let make = |content: String| {
-            SendInput::new(SendKind::OneWay, vec!["m".into()], content, None, None, None, None)
-        };
+        let make =
+            |content: String| SendInput::new(SendKind::OneWay, vec!["m".into()], content, None, None, None, None);
         assert!(make("é".repeat(4096)).is_ok());
         assert!(make("é".repeat(4097)).is_err());
         assert!(make(String::new()).is_err());

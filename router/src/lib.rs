@@ -9,7 +9,7 @@
 //!   message and one log record per recipient, skips messages that are already delivered,
 //!   read or failed (a batch redelivered after a crash), looks up presence once, and sends
 //!   one bus batch per deliverer node. Offline recipients get their messages replayed when
-//!   they connect; [`hand_off_offline`] is where push notifications plug in later.
+//!   they connect; `hand_off_offline` is where push notifications plug in later.
 //! - the **status notifier**, consumer group `notifier` on `esh.status.v1`: every
 //!   `delivered`, `read` or `failed` change becomes a `status` event for the sender's nodes
 //!   (Req 9.6).

@@ -1,1 +1,98 @@
-fn main() {}
+//! `esh`: runs the platform (`esh`, `esh serve`) or talks to a running one (`esh listen`,
+//! `esh send`, `esh chat`, `esh broadcast`, `esh user create`, `esh token`).
+//!
+//! Logs go to stderr (filtered by `RUST_LOG`); answers and frames go to stdout as JSON.
+//! SIGTERM or SIGINT stops the platform in order and the process exits 0.
+
+mod client;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use esh_server::{Config, Platform};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(name = "esh", version, about = "Esh3ar messaging platform: `esh` alone runs every stage in one process")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs every stage in one process (the default when no subcommand is given).
+    Serve(Box<Config>),
+    #[command(flatten)]
+    Client(client::Command),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let serving = matches!(cli.command, None | Some(Command::Serve(_)));
+    init_logging(if serving { "info" } else { "warn" });
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("esh: cannot start the runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async move {
+        match cli.command {
+            None => serve(Config::from_env().unwrap_or_else(|error| error.exit())).await,
+            Some(Command::Serve(config)) => serve(*config).await,
+            Some(Command::Client(command)) => client::run(command).await,
+        }
+    });
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("esh: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let data_dir = config.data_dir.clone();
+    let platform = Platform::start_with_shutdown(config, shutdown.clone()).await.context("cannot start")?;
+    if let Some(token) = platform.generated_admin_token() {
+        println!(
+            "admin token (generated now, shown once, kept in {}): {token}",
+            data_dir.join("admin_token").display()
+        );
+    }
+    println!("esh3ar listening on http://{}", platform.addr());
+    tokio::spawn(stop_on_signal(shutdown));
+    platform.wait().await.context("stopped with an error")
+}
+
+/// Cancels `shutdown` on the first SIGTERM or SIGINT; a second one exits at once.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut terminate, mut interrupt) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(terminate), Ok(interrupt)) => (terminate, interrupt),
+        (Err(error), _) | (_, Err(error)) => {
+            tracing::error!(%error, "cannot listen for signals; stop the process with SIGKILL");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    shutdown.cancel();
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    tracing::warn!("second signal: exiting without finishing the shutdown");
+    std::process::exit(130);
+}

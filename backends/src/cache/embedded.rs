@@ -100,7 +100,7 @@ impl<V> ExpiringMap<V> {
     /// Examines at most `SWEEP_BATCH` slots that are due, reclaiming expired entries.
     fn sweep(&mut self, now: Instant) {
         for _ in 0..SWEEP_BATCH {
-            if !self.due.peek().is_some_and(|Reverse((due, _))| *due <= now) {
+            if self.due.peek().is_none_or(|Reverse((due, _))| *due > now) {
                 return;
             }
             let Some(Reverse((due, key))) = self.due.pop() else { return };
@@ -221,16 +221,19 @@ impl Presence for EmbeddedPresence {
     }
 }
 
-/// Invalidations numbered in order and remembered for `FILL_WINDOW`, so that `fill` can tell
-/// whether its conversation was invalidated after its token was taken.
+/// Invalidations numbered in order; each conversation's latest is remembered for
+/// `FILL_WINDOW`, so that `fill` can tell whether its conversation was invalidated after its
+/// token was taken. Memory is bounded by the conversations written within the window, not by
+/// the writes.
 #[derive(Default)]
 struct Invalidations {
     /// The number of the latest invalidation (0: none yet); a token is this number.
     last: u64,
-    /// Conversation → number of its latest remembered invalidation.
-    latest: HashMap<String, u64>,
-    /// (forget at, number, conversation), oldest first.
-    remembered: VecDeque<(Instant, u64, String)>,
+    /// Conversation → (number of its latest invalidation, when that is forgotten).
+    latest: HashMap<String, (u64, Instant)>,
+    /// Each conversation of `latest` once, roughly in the order they are due to be forgotten
+    /// (one invalidated again goes to the back when its old due time comes).
+    queue: VecDeque<(Instant, String)>,
     /// The highest number forgotten: tokens below it are refused, since an invalidation
     /// after them may be forgotten.
     forgotten: u64,
@@ -239,27 +242,36 @@ struct Invalidations {
 impl Invalidations {
     fn record(&mut self, conversation: &str, now: Instant) {
         self.last += 1;
-        self.latest.insert(conversation.to_owned(), self.last);
-        self.remembered.push_back((now + FILL_WINDOW, self.last, conversation.to_owned()));
+        let until = now + FILL_WINDOW;
+        match self.latest.get_mut(conversation) {
+            Some(latest) => *latest = (self.last, until),
+            None => {
+                self.latest.insert(conversation.to_owned(), (self.last, until));
+                self.queue.push_back((until, conversation.to_owned()));
+            }
+        }
     }
 
-    /// Forgets at most `budget` invalidations older than `FILL_WINDOW`.
+    /// Forgets invalidations older than `FILL_WINDOW`, examining at most `budget` conversations.
     fn forget(&mut self, now: Instant, budget: usize) {
         for _ in 0..budget {
-            if !self.remembered.front().is_some_and(|(until, _, _)| *until <= now) {
+            if self.queue.front().is_none_or(|(until, _)| *until > now) {
                 return;
             }
-            let Some((_, number, conversation)) = self.remembered.pop_front() else { return };
-            self.forgotten = number;
-            if self.latest.get(&conversation) == Some(&number) {
+            let Some((_, conversation)) = self.queue.pop_front() else { return };
+            let Some(&(number, until)) = self.latest.get(&conversation) else { continue };
+            if until <= now {
                 self.latest.remove(&conversation);
+                self.forgotten = self.forgotten.max(number);
+            } else {
+                self.queue.push_back((until, conversation));
             }
         }
     }
 
     /// Whether a read that began when `token` was taken may be cached.
     fn fresh(&self, conversation: &str, token: u64) -> bool {
-        token >= self.forgotten && self.latest.get(conversation).is_none_or(|number| *number <= token)
+        token >= self.forgotten && self.latest.get(conversation).is_none_or(|(number, _)| *number <= token)
     }
 }
 
@@ -298,7 +310,7 @@ impl EmbeddedRecentMessages {
     #[cfg(test)]
     fn held(&self) -> (usize, usize) {
         let state = lock(&self.state);
-        (state.conversations.held(), state.invalidations.remembered.len())
+        (state.conversations.held(), state.invalidations.queue.len())
     }
 }
 
@@ -614,6 +626,26 @@ mod tests {
             recent.get("none").await.unwrap();
         }
         assert_eq!(keys.held(), 0);
+        assert_eq!(recent.held(), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hot_conversation_is_remembered_once_and_until_its_latest_invalidation_is_old() {
+        let recent = EmbeddedRecentMessages::new();
+        let hot = ["hot".to_owned()];
+        for _ in 0..1000 {
+            recent.invalidate(&hot).await.unwrap();
+        }
+        assert_eq!(recent.held(), (0, 1), "one entry however often it is written");
+        tokio::time::advance(FILL_WINDOW / 2).await;
+        let token = recent.fill_token("hot").await.unwrap();
+        recent.invalidate(&hot).await.unwrap();
+        tokio::time::advance(FILL_WINDOW / 2).await;
+        recent.get("hot").await.unwrap();
+        assert_eq!(recent.held(), (0, 1), "the latest invalidation is still young");
+        assert!(!recent.fill("hot", token, Vec::new(), SECOND).await.unwrap(), "written after the token");
+        tokio::time::advance(FILL_WINDOW / 2).await;
+        recent.get("hot").await.unwrap();
         assert_eq!(recent.held(), (0, 0));
     }
 

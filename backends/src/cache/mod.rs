@@ -24,7 +24,7 @@ pub const RECENT_TTL: Duration = Duration::from_secs(300);
 /// How long an idempotency key is remembered.
 pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
 /// How long a `RecentMessages::fill_token` stays usable (a store read takes far less).
-pub const FILL_WINDOW: Duration = Duration::from_secs(30);
+pub const FILL_WINDOW: Duration = Duration::from_secs(10);
 
 #[async_trait]
 pub trait Presence: Send + Sync + 'static {

@@ -160,9 +160,15 @@ impl Groups {
 /// The durable record of committed offsets: one frame per commit, last one wins.
 pub(crate) struct CommitLog {
     path: PathBuf,
-    file: File,
+    file: Arc<File>,
     size: u64,
     /// Frames in the file.
+    frames: usize,
+}
+
+/// Frames written but not yet synced.
+pub(crate) struct Staged {
+    bytes: u64,
     frames: usize,
 }
 
@@ -205,26 +211,33 @@ impl CommitLog {
         };
         sync_dir(dir)?;
         let frames = positions.len();
-        Ok((CommitLog { path, file, size, frames }, positions))
+        Ok((CommitLog { path, file: Arc::new(file), size, frames }, positions))
     }
 
-    /// Appends `positions` and syncs; on failure the file is cut back to where it was.
-    pub(crate) fn append(&mut self, positions: &[Position]) -> io::Result<()> {
-        if positions.is_empty() {
-            return Ok(());
-        }
+    /// Writes `positions` after the last durable frame without syncing (the writer syncs
+    /// it with the group's other files, then calls [`CommitLog::confirm`]); on failure the
+    /// file is cut back to where it was.
+    pub(crate) fn stage(&mut self, positions: &[Position]) -> io::Result<Staged> {
         let mut bytes = Vec::with_capacity(positions.len() * 64);
         for p in positions {
             encode_commit(&mut bytes, &p.group, &p.topic, p.partition, p.offset);
         }
-        let written = self.file.write_all_at(&bytes, self.size).and_then(|()| self.file.sync_data());
-        if let Err(error) = written {
+        if let Err(error) = self.file.write_all_at(&bytes, self.size) {
             let _ = self.file.set_len(self.size);
             return Err(error);
         }
-        self.size += bytes.len() as u64;
-        self.frames += positions.len();
-        Ok(())
+        Ok(Staged { bytes: bytes.len() as u64, frames: positions.len() })
+    }
+
+    /// The file to sync after [`CommitLog::stage`].
+    pub(crate) fn file(&self) -> &Arc<File> {
+        &self.file
+    }
+
+    /// Counts staged frames as durable once synced.
+    pub(crate) fn confirm(&mut self, staged: Staged) {
+        self.size += staged.bytes;
+        self.frames += staged.frames;
     }
 
     /// Whether the file holds many more frames than `live` positions.
@@ -239,9 +252,70 @@ impl CommitLog {
             encode_commit(&mut bytes, &p.group, &p.topic, p.partition, p.offset);
         }
         super::storage::write_atomically(&self.path, &bytes)?;
-        self.file = OpenOptions::new().read(true).write(true).open(&self.path)?;
+        self.file = Arc::new(OpenOptions::new().read(true).write(true).open(&self.path)?);
         self.size = bytes.len() as u64;
         self.frames = live.len();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn position(group: &str, partition: u32, offset: u64) -> Position {
+        Position { group: group.into(), topic: "t".into(), partition, offset }
+    }
+
+    #[test]
+    fn partitions_go_round_robin_and_move_when_members_leave() {
+        let mut state = GroupState::default();
+        let a = state.join(vec![("t".into(), 4), ("u".into(), 1)], Arc::new(Notify::new()));
+        assert_eq!(state.owned("t", a), [0, 1, 2, 3]);
+        let b = state.join(vec![("t".into(), 4)], Arc::new(Notify::new()));
+        assert_eq!(state.owned("t", a), [0, 2]);
+        assert_eq!(state.owned("t", b), [1, 3]);
+        assert_eq!(state.owned("u", a), [0], "only members subscribed to a topic share it");
+        let generation = state.generation;
+        state.leave(a);
+        assert!(state.generation > generation);
+        assert_eq!(state.owned("t", b), [0, 1, 2, 3]);
+        assert!(state.owned("u", b).is_empty());
+    }
+
+    #[test]
+    fn committed_offsets_only_move_forward() {
+        let mut state = GroupState::default();
+        assert!(!state.knows("t"));
+        assert!(state.advance("t", 1, 0), "becoming known is a change");
+        assert!(state.knows("t"));
+        assert!(state.advance("t", 1, 10));
+        assert!(!state.advance("t", 1, 5));
+        assert_eq!(state.committed("t", 1), 10);
+        assert_eq!(state.committed("t", 0), 0);
+        assert!(!state.advance("t", MAX_PARTITIONS, 1), "hostile partition numbers are ignored");
+    }
+
+    /// The commit log keeps only live positions after compaction and reads back the same
+    /// state after a reopen (last write wins).
+    #[test]
+    fn the_commit_log_compacts_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, positions) = CommitLog::open(dir.path()).unwrap();
+        assert!(positions.is_empty());
+        for offset in 1..=(COMPACT_AFTER as u64 / 2 + 1) {
+            let staged = log.stage(&[position("router", 0, offset), position("notifier", 1, offset * 2)]).unwrap();
+            log.confirm(staged);
+        }
+        assert!(log.wants_compaction(2));
+        let live = [position("router", 0, 5001), position("notifier", 1, 10002)];
+        log.compact(&live).unwrap();
+        assert!(!log.wants_compaction(2));
+        let staged = log.stage(&[position("router", 0, 6000)]).unwrap();
+        log.confirm(staged);
+        drop(log);
+        let (_, positions) = CommitLog::open(dir.path()).unwrap();
+        let read: Vec<(String, u32, u64)> = positions.into_iter().map(|p| (p.group, p.partition, p.offset)).collect();
+        assert_eq!(read, [("router".into(), 0, 5001), ("notifier".into(), 1, 10002), ("router".into(), 0, 6000)]);
     }
 }

@@ -1,22 +1,27 @@
 //! The writer thread: the only code that changes files. It takes requests from a bounded
-//! channel, writes everything queued (up to a record and byte budget) and makes the whole
-//! group durable with one `fdatasync` per touched file (group commit), then publishes the
-//! records to readers, wakes consumers and answers every caller.
+//! channel, writes everything queued (up to a record and byte budget: appends to their
+//! partitions' active segments, commits to the commit log), makes the whole group durable
+//! with one `fdatasync` per touched file, the files synced in parallel (group commit; on
+//! ext4 concurrent syncs share one journal commit, so touching 8 partitions costs about
+//! one sync, not 8), then publishes the records to readers, wakes consumers and answers
+//! every caller.
 //!
-//! Failures: a failed write is undone (files cut back) and the group's callers get the
-//! error; a failed `fdatasync` leaves the page cache untrustworthy, so the log stops
-//! taking appends (`check` fails) until it is reopened, which recovers from the files.
+//! Failures: a failed write is undone (files cut back) and the callers whose requests it
+//! held get the error; a failed `fdatasync` leaves the page cache untrustworthy, so the
+//! log stops taking requests (`check` fails) until it is reopened and recovers from the
+//! files.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
 use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{encode_record, partition_for};
-use super::groups::{CommitLog, Position};
+use super::groups::{CommitLog, Position, Staged};
 use super::storage::{lock, sync_dir, Segment, TailRecord, Topic};
 use super::Shared;
 use crate::error::BackendError;
@@ -59,17 +64,86 @@ struct Pending {
     written: Option<(Arc<File>, u64)>,
 }
 
-enum WriteError {
-    /// Nothing of the group is left in the files.
-    Undone(io::Error),
-    /// The files may hold part of the group or lost writes: stop.
-    Fatal(io::Error),
+fn copy_error(error: &io::Error) -> BackendError {
+    BackendError::Io(io::Error::new(error.kind(), error.to_string()))
+}
+
+fn answer(replies: Vec<Reply>, outcome: impl Fn() -> Result<(), BackendError>) {
+    for reply in replies {
+        let _ = reply.send(outcome());
+    }
+}
+
+/// A file to sync and where to report the outcome.
+type SyncJob = (Arc<File>, std_mpsc::Sender<io::Result<()>>);
+
+/// Threads that `fdatasync` files in parallel with the writer.
+pub(crate) struct Syncer {
+    jobs: Option<std_mpsc::Sender<SyncJob>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Syncer {
+    /// Starts `helpers` sync threads (0: the writer syncs every file itself, one by one).
+    pub(crate) fn start(helpers: usize) -> io::Result<Syncer> {
+        let (jobs, queue) = std_mpsc::channel::<SyncJob>();
+        let queue = Arc::new(Mutex::new(queue));
+        let mut threads = Vec::with_capacity(helpers);
+        for i in 0..helpers {
+            let queue = queue.clone();
+            let thread = std::thread::Builder::new().name(format!("esh-log-sync-{i}")).spawn(move || loop {
+                let job = lock(&queue).recv();
+                let Ok((file, done)) = job else { return };
+                let _ = done.send(file.sync_data());
+            })?;
+            threads.push(thread);
+        }
+        Ok(Syncer { jobs: Some(jobs), threads })
+    }
+
+    /// Syncs every file (data and the size needed to read it), in parallel; the first
+    /// error wins.
+    fn sync(&self, files: &[Arc<File>]) -> io::Result<()> {
+        let Some((first, rest)) = files.split_first() else { return Ok(()) };
+        let (done, results) = std_mpsc::channel();
+        let mut delegated = 0;
+        let mut outcome = Ok(());
+        for file in rest {
+            let sent = match (&self.jobs, self.threads.is_empty()) {
+                (Some(jobs), false) => jobs.send((file.clone(), done.clone())).is_ok(),
+                _ => false,
+            };
+            if sent {
+                delegated += 1;
+            } else if let Err(error) = file.sync_data() {
+                outcome = Err(error);
+            }
+        }
+        if let Err(error) = first.sync_data() {
+            outcome = outcome.and(Err(error));
+        }
+        for _ in 0..delegated {
+            let result = results.recv().unwrap_or_else(|_| Err(io::Error::other("a sync thread stopped")));
+            outcome = outcome.and(result);
+        }
+        outcome
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        self.jobs.take();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
 }
 
 pub(crate) struct Writer {
     pub(crate) shared: Arc<Shared>,
     pub(crate) commits: CommitLog,
     pub(crate) requests: mpsc::Receiver<Request>,
+    pub(crate) syncer: Syncer,
     /// Live positions at the last compaction (or open).
     pub(crate) live_positions: usize,
 }
@@ -80,16 +154,6 @@ struct AliveGuard(Arc<Shared>);
 impl Drop for AliveGuard {
     fn drop(&mut self) {
         self.0.writer_alive.store(false, Ordering::Release);
-    }
-}
-
-fn copy_error(error: &io::Error) -> BackendError {
-    BackendError::Io(io::Error::new(error.kind(), error.to_string()))
-}
-
-fn answer(replies: Vec<Reply>, outcome: impl Fn() -> Result<(), BackendError>) {
-    for reply in replies {
-        let _ = reply.send(outcome());
     }
 }
 
@@ -116,78 +180,107 @@ impl Writer {
         tracing::debug!("embedded log writer stopped");
     }
 
+    /// Writes, syncs and publishes one group.
     fn process(&mut self, group: Vec<Request>) {
-        let mut appends = Vec::new();
-        let mut commits = Vec::new();
+        let mut append_replies = Vec::new();
+        let mut commit_replies = Vec::new();
+        let mut pending: Vec<Pending> = Vec::new();
+        let mut slots: HashMap<(*const Topic, u32), usize> = HashMap::new();
+        let mut positions = Vec::new();
         for request in group {
             match request {
-                Request::Append { topic, records, reply } => appends.push((topic, records, reply)),
-                Request::Commit { positions, reply } => commits.push((positions, reply)),
+                Request::Append { topic, records, reply } => {
+                    encode(&mut pending, &mut slots, &topic, records);
+                    append_replies.push(reply);
+                }
+                Request::Commit { positions: mut more, reply } => {
+                    positions.append(&mut more);
+                    commit_replies.push(reply);
+                }
             }
         }
         if let Some(failure) = self.shared.failure() {
-            let replies = appends.into_iter().map(|a| a.2).chain(commits.into_iter().map(|c| c.1)).collect();
-            answer(replies, || Err(BackendError::Unavailable(failure.clone())));
+            answer(append_replies, || Err(BackendError::Unavailable(failure.clone())));
+            answer(commit_replies, || Err(BackendError::Unavailable(failure.clone())));
             return;
         }
-        if !appends.is_empty() {
-            self.append(appends);
+
+        // Write; what fails to write is undone and answered at once.
+        let mut files: Vec<Arc<File>> = Vec::new();
+        if !pending.is_empty() {
+            match self.write(&mut pending) {
+                Ok(()) => {
+                    for (file, _) in pending.iter().filter_map(|p| p.written.as_ref()) {
+                        if !files.iter().any(|f| Arc::ptr_eq(f, file)) {
+                            files.push(file.clone());
+                        }
+                    }
+                }
+                Err(error) => {
+                    answer(std::mem::take(&mut append_replies), || Err(copy_error(&error)));
+                    pending.clear();
+                }
+            }
         }
-        if !commits.is_empty() {
-            self.commit(commits);
+        let changes = self.changed(positions);
+        let mut staged: Option<Staged> = None;
+        if !changes.is_empty() {
+            match self.commits.stage(&changes) {
+                Ok(s) => {
+                    staged = Some(s);
+                    files.push(self.commits.file().clone());
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot write committed offsets");
+                    answer(std::mem::take(&mut commit_replies), || Err(copy_error(&error)));
+                }
+            }
         }
+
+        // One sync per touched file, all at once.
+        if let Err(error) = self.syncer.sync(&files) {
+            tracing::error!(%error, "log files can no longer be trusted; the log stops until restart");
+            self.shared.fail(format!("log stopped after a failed sync: {error}"));
+            answer(append_replies, || Err(copy_error(&error)));
+            answer(commit_replies, || Err(copy_error(&error)));
+            return;
+        }
+
+        self.publish(pending);
+        answer(append_replies, || Ok(()));
+        if let Some(staged) = staged {
+            self.commits.confirm(staged);
+            let mut touched: Vec<&str> = Vec::new();
+            for position in &changes {
+                let group = self.shared.groups.get_or_create(&position.group);
+                lock(&group.state).advance(&position.topic, position.partition, position.offset);
+                if !touched.contains(&position.topic.as_str()) {
+                    touched.push(&position.topic);
+                }
+            }
+            // Retention before answering: a caller that sees its commit done also sees
+            // the space freed (deletions are rare, one per consumed segment).
+            self.retain(touched.into_iter());
+            self.compact_if_needed();
+        }
+        answer(commit_replies, || Ok(()));
     }
 
-    fn append(&mut self, appends: Vec<(Arc<Topic>, Vec<Record>, Reply)>) {
-        let mut pending: Vec<Pending> = Vec::new();
-        let mut slots: HashMap<(*const Topic, u32), usize> = HashMap::new();
-        let mut replies = Vec::with_capacity(appends.len());
-        for (topic, records, reply) in appends {
-            let count = topic.partitions.len() as u32;
-            for record in records {
-                let partition = partition_for(&record.key, count);
-                let slot = *slots.entry((Arc::as_ptr(&topic), partition)).or_insert_with(|| {
-                    let first = topic.partitions[partition as usize].end.load(Ordering::Acquire);
-                    pending.push(Pending {
-                        topic: topic.clone(),
-                        partition,
-                        first,
-                        next: first,
-                        bytes: Vec::new(),
-                        frames: Vec::new(),
-                        records: Vec::new(),
-                        written: None,
-                    });
-                    pending.len() - 1
-                });
-                let p = &mut pending[slot];
-                p.frames.push(p.bytes.len());
-                encode_record(&mut p.bytes, p.next, &record.key, &record.value);
-                p.records.push(TailRecord { offset: p.next, key: record.key, value: record.value });
-                p.next += 1;
-            }
-            replies.push(reply);
-        }
-        match self.write(&mut pending) {
-            Ok(()) => {
-                self.publish(pending);
-                answer(replies, || Ok(()));
-            }
-            Err(WriteError::Undone(error)) => {
-                tracing::error!(%error, "log append failed; nothing of it was kept");
-                answer(replies, || Err(copy_error(&error)));
-            }
-            Err(WriteError::Fatal(error)) => {
-                tracing::error!(%error, "log files can no longer be trusted; appends stop until restart");
-                self.shared.fail(format!("log stopped after a failed sync: {error}"));
-                answer(replies, || Err(copy_error(&error)));
-            }
-        }
+    /// The positions that move a group forward (or make a topic known to it).
+    fn changed(&self, positions: Vec<Position>) -> Vec<Position> {
+        positions
+            .into_iter()
+            .filter(|position| {
+                let group = self.shared.groups.get_or_create(&position.group);
+                let state = lock(&group.state);
+                !state.knows(&position.topic) || state.committed(&position.topic, position.partition) < position.offset
+            })
+            .collect()
     }
 
-    /// Writes every pending batch to its partition's active segment (rolling it when full),
-    /// then syncs each touched file once.
-    fn write(&self, pending: &mut [Pending]) -> Result<(), WriteError> {
+    /// Writes every pending batch to its partition's active segment, rolling it when
+    /// full; on failure cuts every file written back and returns the error.
+    fn write(&self, pending: &mut [Pending]) -> io::Result<()> {
         let segment_bytes = self.shared.options.segment_bytes;
         for i in 0..pending.len() {
             let p = &pending[i];
@@ -199,7 +292,7 @@ impl Writer {
                     debug_assert_eq!(active.end, p.first);
                     match Segment::create(&partition.dir, p.first) {
                         Ok(segment) => state.segments.push(segment),
-                        Err(error) => return Err(undo(pending, error)),
+                        Err(error) => return Err(self.undo(pending, error)),
                     }
                 }
                 let active = state.active();
@@ -209,17 +302,26 @@ impl Writer {
             let outcome = file.write_all_at(&p.bytes, pos);
             pending[i].written = Some((file, pos));
             if let Err(error) = outcome {
-                return Err(undo(pending, error));
-            }
-        }
-        let mut synced = HashSet::new();
-        for p in pending.iter() {
-            let Some((file, _)) = &p.written else { continue };
-            if synced.insert(Arc::as_ptr(file)) {
-                file.sync_data().map_err(WriteError::Fatal)?;
+                return Err(self.undo(pending, error));
             }
         }
         Ok(())
+    }
+
+    /// Cuts every file already written back to its length before the group. If even that
+    /// fails, the files cannot be trusted: the log stops.
+    fn undo(&self, pending: &[Pending], error: io::Error) -> io::Error {
+        tracing::error!(%error, "log append failed; undoing it");
+        for p in pending {
+            if let Some((file, pos)) = &p.written {
+                if let Err(undo_error) = file.set_len(*pos) {
+                    tracing::error!(%undo_error, "cannot undo a failed log write; the log stops until restart");
+                    self.shared.fail(format!("log stopped after a failed write: {error}"));
+                    break;
+                }
+            }
+        }
+        error
     }
 
     /// Makes written records visible: index, tail, end offset; then wakes consumers.
@@ -249,37 +351,6 @@ impl Writer {
         }
     }
 
-    fn commit(&mut self, commits: Vec<(Vec<Position>, Reply)>) {
-        let mut replies = Vec::with_capacity(commits.len());
-        let mut changes = Vec::new();
-        for (positions, reply) in commits {
-            for position in positions {
-                let group = self.shared.groups.get_or_create(&position.group);
-                let state = lock(&group.state);
-                if !state.knows(&position.topic) || state.committed(&position.topic, position.partition) < position.offset {
-                    changes.push(position);
-                }
-            }
-            replies.push(reply);
-        }
-        if let Err(error) = self.commits.append(&changes) {
-            tracing::error!(%error, "cannot persist committed offsets");
-            answer(replies, || Err(copy_error(&error)));
-            return;
-        }
-        let mut touched: Vec<&str> = Vec::new();
-        for position in &changes {
-            let group = self.shared.groups.get_or_create(&position.group);
-            lock(&group.state).advance(&position.topic, position.partition, position.offset);
-            if !touched.contains(&position.topic.as_str()) {
-                touched.push(&position.topic);
-            }
-        }
-        answer(replies, || Ok(()));
-        self.retain(touched.into_iter());
-        self.compact_if_needed();
-    }
-
     /// Deletes the segments of `topics` that every group knowing the topic has committed
     /// past (never the active segment; nothing while no group knows the topic).
     fn retain<'a>(&self, topics: impl Iterator<Item = &'a str>) {
@@ -298,18 +369,19 @@ impl Writer {
                 let Some(floor) = floor else { break };
                 let removed: Vec<std::path::PathBuf> = {
                     let mut state = lock(&partition.state);
-                    let whole = state.segments.iter().take(state.segments.len() - 1).take_while(|s| s.end <= floor).count();
+                    let whole =
+                        state.segments.iter().take(state.segments.len() - 1).take_while(|s| s.end <= floor).count();
                     let removed = state.segments.drain(..whole).map(|s| s.path).collect();
                     partition.start.store(state.segments[0].base, Ordering::Release);
                     removed
                 };
                 // Oldest first, each durable before the next, so a crash never leaves a gap.
                 for path in &removed {
-                    let deleted = std::fs::remove_file(path).and_then(|()| sync_dir(&partition.dir));
-                    match deleted {
-                        Ok(()) => tracing::debug!(file = %path.display(), "deleted a consumed log segment"),
-                        Err(error) => tracing::warn!(file = %path.display(), %error, "cannot delete a consumed log segment"),
+                    if let Err(error) = std::fs::remove_file(path).and_then(|()| sync_dir(&partition.dir)) {
+                        tracing::warn!(file = %path.display(), %error, "cannot delete a consumed log segment");
+                        break;
                     }
+                    tracing::debug!(file = %path.display(), "deleted a consumed log segment");
                 }
             }
         }
@@ -330,15 +402,34 @@ impl Writer {
     }
 }
 
-/// Cuts every file already written back to its length before the group.
-fn undo(pending: &[Pending], error: io::Error) -> WriteError {
-    for p in pending {
-        if let Some((file, pos)) = &p.written {
-            if let Err(undo_error) = file.set_len(*pos) {
-                tracing::error!(%undo_error, "cannot undo a failed log write");
-                return WriteError::Fatal(error);
-            }
-        }
+/// Encodes `records` into the pending batch of each one's partition, assigning offsets.
+fn encode(
+    pending: &mut Vec<Pending>,
+    slots: &mut HashMap<(*const Topic, u32), usize>,
+    topic: &Arc<Topic>,
+    records: Vec<Record>,
+) {
+    let count = topic.partitions.len() as u32;
+    for record in records {
+        let partition = partition_for(&record.key, count);
+        let slot = *slots.entry((Arc::as_ptr(topic), partition)).or_insert_with(|| {
+            let first = topic.partitions[partition as usize].end.load(Ordering::Acquire);
+            pending.push(Pending {
+                topic: topic.clone(),
+                partition,
+                first,
+                next: first,
+                bytes: Vec::new(),
+                frames: Vec::new(),
+                records: Vec::new(),
+                written: None,
+            });
+            pending.len() - 1
+        });
+        let p = &mut pending[slot];
+        p.frames.push(p.bytes.len());
+        encode_record(&mut p.bytes, p.next, &record.key, &record.value);
+        p.records.push(TailRecord { offset: p.next, key: record.key, value: record.value });
+        p.next += 1;
     }
-    WriteError::Undone(error)
 }

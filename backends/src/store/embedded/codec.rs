@@ -177,7 +177,8 @@ pub(super) fn broadcast_from_row(row: &Row<'_>) -> Result<Broadcast, Failure> {
     let recipient_ids: String = row.get(7)?;
     Ok(Broadcast {
         sender_id: row.get(1)?,
-        priority: parse_priority(&priority).ok_or_else(|| corrupt(format!("{owner}: unknown priority {priority:?}")))?,
+        priority: parse_priority(&priority)
+            .ok_or_else(|| corrupt(format!("{owner}: unknown priority {priority:?}")))?,
         first_message_id: row.get(3)?,
         created_at: Millis(row.get(4)?),
         media_ids: decode_list(&media_ids, &owner)?,

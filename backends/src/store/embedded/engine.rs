@@ -52,9 +52,7 @@ pub(super) fn from_sqlite(error: rusqlite::Error) -> BackendError {
     match &error {
         rusqlite::Error::SqliteFailure(failure, _) => match failure.code {
             ErrorCode::ConstraintViolation => BackendError::Conflict(format!("sqlite: {error}")),
-            ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => {
-                BackendError::Corrupt(format!("sqlite: {error}"))
-            }
+            ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => BackendError::Corrupt(format!("sqlite: {error}")),
             _ => BackendError::Unavailable(format!("sqlite: {error}")),
         },
         rusqlite::Error::FromSqlConversionFailure(..)
@@ -95,7 +93,10 @@ pub(super) fn open_writer(path: &Path) -> Result<Connection, Failure> {
     configure(&connection, 16 * 1024)?;
     let mode: String = connection.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(Failure(BackendError::Unavailable(format!("cannot switch {} to WAL (got {mode})", path.display()))));
+        return Err(Failure(BackendError::Unavailable(format!(
+            "cannot switch {} to WAL (got {mode})",
+            path.display()
+        ))));
     }
     connection.pragma_update(None, "synchronous", "FULL")?;
     connection.pragma_update(None, "foreign_keys", false)?;
@@ -191,9 +192,8 @@ pub(super) struct Writer {
 impl Writer {
     pub(super) fn start(connection: Connection) -> Result<Writer, BackendError> {
         let (jobs, queue) = mpsc::channel(WRITE_QUEUE);
-        let thread = std::thread::Builder::new()
-            .name("esh-store-writer".into())
-            .spawn(move || write_loop(connection, queue))?;
+        let thread =
+            std::thread::Builder::new().name("esh-store-writer".into()).spawn(move || write_loop(connection, queue))?;
         Ok(Writer { jobs, thread: Some(thread) })
     }
 

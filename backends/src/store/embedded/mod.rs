@@ -172,9 +172,7 @@ impl MessageStore for EmbeddedMessageStore {
     ) -> Result<Vec<Message>, BackendError> {
         let recipient = recipient.to_owned();
         let after = after.map(str::to_owned);
-        self.readers
-            .read(move |connection| reads::undelivered(connection, &recipient, after.as_deref(), limit))
-            .await
+        self.readers.read(move |connection| reads::undelivered(connection, &recipient, after.as_deref(), limit)).await
     }
 
     async fn apply_status(&self, changes: &[StatusChange]) -> Result<Vec<StatusApplied>, BackendError> {
@@ -238,7 +236,9 @@ impl MessageStore for EmbeddedMessageStore {
         }
         self.readers
             .read(|connection| {
-                connection.prepare_cached("SELECT count(*) FROM sqlite_schema")?.query_row([], |row| row.get::<_, i64>(0))?;
+                connection
+                    .prepare_cached("SELECT count(*) FROM sqlite_schema")?
+                    .query_row([], |row| row.get::<_, i64>(0))?;
                 Ok(())
             })
             .await

@@ -2,8 +2,8 @@
 //! run on a pooled read-only connection.
 
 use esh_common::{
-    ids, Attempt, Broadcast, BroadcastRecipient, Conversation, ConversationSummary, DeadLetter, Message, Millis, Status,
-    StatusCounts, User,
+    ids, Attempt, Broadcast, BroadcastRecipient, Conversation, ConversationSummary, DeadLetter, Message, Millis,
+    Status, StatusCounts, User,
 };
 use rusqlite::{params, Connection, OptionalExtension, Params, Row};
 
@@ -125,7 +125,8 @@ fn collect_messages(connection: &Connection, sql: &str, parameters: impl Params)
 }
 
 pub(super) fn message(connection: &Connection, id: &str) -> Result<Option<Message>, Failure> {
-    let mut statement = connection.prepare_cached(concat!("SELECT ", message_columns!(), " FROM messages m WHERE m.id = ?1"))?;
+    let mut statement =
+        connection.prepare_cached(concat!("SELECT ", message_columns!(), " FROM messages m WHERE m.id = ?1"))?;
     let mut rows = statement.query([id])?;
     rows.next()?.map(message_from_row).transpose()
 }
@@ -152,7 +153,9 @@ pub(super) fn conversation_messages(
         Some(before) => collect_messages(
             connection,
             concat!(
-                "SELECT ", message_columns!(), " FROM chat_messages c CROSS JOIN messages m ON m.id = c.id \
+                "SELECT ",
+                message_columns!(),
+                " FROM chat_messages c CROSS JOIN messages m ON m.id = c.id \
                  WHERE c.conversation_id = ?1 AND c.id < ?2 ORDER BY c.id DESC LIMIT ?3"
             ),
             params![conversation_id, before, limit],
@@ -160,7 +163,9 @@ pub(super) fn conversation_messages(
         None => collect_messages(
             connection,
             concat!(
-                "SELECT ", message_columns!(), " FROM chat_messages c CROSS JOIN messages m ON m.id = c.id \
+                "SELECT ",
+                message_columns!(),
+                " FROM chat_messages c CROSS JOIN messages m ON m.id = c.id \
                  WHERE c.conversation_id = ?1 ORDER BY c.id DESC LIMIT ?2"
             ),
             params![conversation_id, limit],
@@ -180,7 +185,9 @@ pub(super) fn one_way_messages(
         (OneWayRole::Recipient, Some(before)) => collect_messages(
             connection,
             concat!(
-                "SELECT ", message_columns!(), " FROM received_messages o CROSS JOIN messages m ON m.id = o.id \
+                "SELECT ",
+                message_columns!(),
+                " FROM received_messages o CROSS JOIN messages m ON m.id = o.id \
                  WHERE o.recipient_id = ?1 AND o.id < ?2 ORDER BY o.id DESC LIMIT ?3"
             ),
             params![user, before, limit],
@@ -188,7 +195,9 @@ pub(super) fn one_way_messages(
         (OneWayRole::Recipient, None) => collect_messages(
             connection,
             concat!(
-                "SELECT ", message_columns!(), " FROM received_messages o CROSS JOIN messages m ON m.id = o.id \
+                "SELECT ",
+                message_columns!(),
+                " FROM received_messages o CROSS JOIN messages m ON m.id = o.id \
                  WHERE o.recipient_id = ?1 ORDER BY o.id DESC LIMIT ?2"
             ),
             params![user, limit],
@@ -196,7 +205,9 @@ pub(super) fn one_way_messages(
         (OneWayRole::Sender, Some(before)) => collect_messages(
             connection,
             concat!(
-                "SELECT ", message_columns!(), " FROM sent_messages o CROSS JOIN messages m ON m.id = o.id \
+                "SELECT ",
+                message_columns!(),
+                " FROM sent_messages o CROSS JOIN messages m ON m.id = o.id \
                  WHERE o.sender_id = ?1 AND o.id < ?2 ORDER BY o.id DESC LIMIT ?3"
             ),
             params![user, before, limit],
@@ -204,7 +215,9 @@ pub(super) fn one_way_messages(
         (OneWayRole::Sender, None) => collect_messages(
             connection,
             concat!(
-                "SELECT ", message_columns!(), " FROM sent_messages o CROSS JOIN messages m ON m.id = o.id \
+                "SELECT ",
+                message_columns!(),
+                " FROM sent_messages o CROSS JOIN messages m ON m.id = o.id \
                  WHERE o.sender_id = ?1 ORDER BY o.id DESC LIMIT ?2"
             ),
             params![user, limit],
@@ -223,7 +236,9 @@ pub(super) fn undelivered(
         Some(after) => collect_messages(
             connection,
             concat!(
-                "SELECT ", message_columns!(), " FROM undelivered u CROSS JOIN messages m ON m.id = u.id \
+                "SELECT ",
+                message_columns!(),
+                " FROM undelivered u CROSS JOIN messages m ON m.id = u.id \
                  WHERE u.recipient_id = ?1 AND u.id > ?2 ORDER BY u.id LIMIT ?3"
             ),
             params![recipient_id, after, limit],
@@ -231,7 +246,9 @@ pub(super) fn undelivered(
         None => collect_messages(
             connection,
             concat!(
-                "SELECT ", message_columns!(), " FROM undelivered u CROSS JOIN messages m ON m.id = u.id \
+                "SELECT ",
+                message_columns!(),
+                " FROM undelivered u CROSS JOIN messages m ON m.id = u.id \
                  WHERE u.recipient_id = ?1 ORDER BY u.id LIMIT ?2"
             ),
             params![recipient_id, limit],

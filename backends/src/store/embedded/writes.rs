@@ -158,11 +158,14 @@ pub(super) fn insert_messages(connection: &Connection, messages: &[Message]) -> 
 /// message is its newest) and the recipient's unread count (unless it is already read).
 fn record_activity(connection: &Connection, conversation_id: &str, message: &Message) -> Result<(), Failure> {
     let conversation = connection
-        .prepare_cached(
-            "SELECT business_id, mobile_id, updated_at, last_message_id FROM conversations WHERE id = ?1",
-        )?
+        .prepare_cached("SELECT business_id, mobile_id, updated_at, last_message_id FROM conversations WHERE id = ?1")?
         .query_row([conversation_id], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, i64>(2)?, row.get::<_, Option<String>>(3)?))
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, i64>(2)?,
+                row.get::<_, Option<String>>(3)?,
+            ))
         })
         .optional()?;
     let Some((business_id, mobile_id, updated_at, last_message_id)) = conversation else {
@@ -397,9 +400,8 @@ pub(super) fn create_broadcast(connection: &Connection, broadcast: &Broadcast) -
         return Err(Failure(BackendError::Conflict(format!("broadcast {} exists", broadcast.id))));
     }
     let total = i64::try_from(broadcast.recipient_ids.len()).map_err(|_| corrupt("broadcast too large"))?;
-    let mut counter = connection.prepare_cached(
-        "INSERT OR REPLACE INTO broadcast_counts (broadcast_id, status, count) VALUES (?1, ?2, ?3)",
-    )?;
+    let mut counter = connection
+        .prepare_cached("INSERT OR REPLACE INTO broadcast_counts (broadcast_id, status, count) VALUES (?1, ?2, ?3)")?;
     for status in Status::ALL {
         let count = if status == Status::Sent { total } else { 0 };
         counter.execute(params![broadcast.id, status.as_str(), count])?;

@@ -87,7 +87,6 @@ async fn account(ctx: &Ctx, spec: &UserSpec) -> anyhow::Result<Account> {
 }
 
 /// Ids `{prefix}-{tag}{i}` for i in 0..n.
-pub(crate) fn ids(prefix: &str, tag: &str, n: usize) -> impl Iterator<Item = String> + '_ {
-    let tag = tag.to_owned();
+pub(crate) fn ids<'a>(prefix: &'a str, tag: &'a str, n: usize) -> impl Iterator<Item = String> + 'a {
     (0..n).map(move |i| format!("{prefix}-{tag}{i}"))
 }

@@ -99,6 +99,8 @@ pub(crate) struct Stats {
     pub(crate) foreign: AtomicU64,
     pub(crate) status_frames: AtomicU64,
     pub(crate) disconnects: AtomicU64,
+    /// Sockets that could not be opened.
+    pub(crate) connect_failures: AtomicU64,
     pub(crate) last_delivery_us: AtomicU64,
     /// Refusals by HTTP status or error code.
     pub(crate) refused: Mutex<BTreeMap<String, u64>>,
@@ -133,6 +135,7 @@ impl Stats {
             foreign: AtomicU64::new(0),
             status_frames: AtomicU64::new(0),
             disconnects: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
             last_delivery_us: AtomicU64::new(0),
             refused: Mutex::new(BTreeMap::new()),
             first_error: Mutex::new(None),
@@ -210,10 +213,9 @@ impl Stats {
         }
     }
 
-    /// Starts counting from now: everything scheduled earlier is warm-up.
-    pub(crate) fn start_measuring(&self) {
-        let now = now_us();
-        self.measure_from_us.store(now, Relaxed);
+    /// Counts only what is scheduled from `from_us` on: everything earlier is warm-up.
+    pub(crate) fn start_measuring(&self, from_us: u64) {
+        self.measure_from_us.store(from_us, Relaxed);
         for counter in [&self.sent, &self.accepted, &self.errors, &self.expected, &self.delivered, &self.duplicates] {
             counter.store(0, Relaxed);
         }

@@ -42,6 +42,43 @@ pub(crate) fn sample(pid: u32) -> Option<ProcSample> {
     Some(ProcSample { cpu_s: (utime + stime) as f64 / clock_ticks(), rss_kib: kib("VmRSS:"), hwm_kib: kib("VmHWM:") })
 }
 
+/// CPU seconds of each thread of `pid` by thread id, with the thread's name.
+pub(crate) fn threads(pid: u32) -> std::collections::HashMap<u32, (String, f64)> {
+    let mut out = std::collections::HashMap::new();
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
+    let ticks = clock_ticks();
+    for entry in entries.flatten() {
+        let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let name = stat[open + 1..close].to_owned();
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let cpu = fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+            + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+        out.insert(tid, (name, cpu as f64 / ticks));
+    }
+    out
+}
+
+/// CPU seconds spent by each thread name of `pid` between two `threads` snapshots.
+pub(crate) fn thread_cpu_delta(
+    before: &std::collections::HashMap<u32, (String, f64)>,
+    after: &std::collections::HashMap<u32, (String, f64)>,
+) -> std::collections::BTreeMap<String, f64> {
+    let mut by_name = std::collections::BTreeMap::new();
+    for (tid, (name, cpu)) in after {
+        let earlier = before.get(tid).map_or(0.0, |(_, cpu)| *cpu);
+        let spent = cpu - earlier;
+        if spent > 0.0 {
+            *by_name.entry(name.clone()).or_insert(0.0) += spent;
+        }
+    }
+    for value in by_name.values_mut() {
+        *value = (*value * 1000.0).round() / 1000.0;
+    }
+    by_name
+}
+
 /// The generator's own CPU seconds (user + system), from getrusage.
 pub(crate) fn self_cpu_s() -> f64 {
     match getrusage(UsageWho::RUSAGE_SELF) {
@@ -74,5 +111,24 @@ pub(crate) fn raise_nofile(want: u64) -> u64 {
     match setrlimit(Resource::RLIMIT_NOFILE, target, hard) {
         Ok(()) => target,
         Err(_) => soft,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_cpu_and_memory_of_a_process_from_proc() {
+        // Burn a little CPU so that the sample has something to show.
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+        let own = sample(std::process::id()).expect("our own /proc entry");
+        assert!(own.rss_kib > 0 && own.hwm_kib >= own.rss_kib);
+        assert!(own.cpu_s >= 0.0 && self_cpu_s() > 0.0);
+        assert!(sample(u32::MAX).is_none(), "no such process");
     }
 }

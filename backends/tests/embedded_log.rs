@@ -1,0 +1,640 @@
+//! The embedded log: the conformance suite every `MessageLog` passes, then what only a
+//! log with files has to show: restarts, crashes (a real kill -9 of a child process),
+//! torn and corrupt files, retention, and concurrent appends.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use esh_backends::log::{EmbeddedLogOptions, EmbeddedMessageLog};
+use esh_backends::testsuite::log as suite;
+use esh_backends::{BackendError, Consumed, LogConsumer, MessageLog, Record};
+use tempfile::TempDir;
+
+fn open(dir: &Path) -> Arc<dyn MessageLog> {
+    Arc::new(EmbeddedMessageLog::open(dir, 4).expect("open"))
+}
+
+fn fresh() -> (TempDir, Arc<dyn MessageLog>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path());
+    (dir, log)
+}
+
+fn record(key: &str, value: impl Into<Vec<u8>>) -> Record {
+    Record { key: key.to_owned(), value: value.into() }
+}
+
+fn text(r: &Consumed) -> String {
+    String::from_utf8_lossy(&r.value).into_owned()
+}
+
+/// Polls until `count` records came, or panics after 10 s.
+async fn collect(consumer: &mut dyn LogConsumer, count: usize) -> Vec<Consumed> {
+    let started = Instant::now();
+    let mut out = Vec::new();
+    while out.len() < count {
+        assert!(started.elapsed() < Duration::from_secs(10), "only {} of {count} records arrived", out.len());
+        out.extend(consumer.poll(count - out.len(), Duration::from_millis(100)).await.expect("poll"));
+    }
+    out
+}
+
+/// Everything a new group can read from `topic` (polls until a quiet 200 ms).
+async fn read_all(log: &dyn MessageLog, group: &str, topic: &str) -> Vec<Consumed> {
+    let mut consumer = log.subscribe(group, &[topic]).await.expect("subscribe");
+    let mut out = Vec::new();
+    loop {
+        let got = consumer.poll(1000, Duration::from_millis(200)).await.expect("poll");
+        if got.is_empty() {
+            return out;
+        }
+        out.extend(got);
+    }
+}
+
+/// Segment files of every partition of `topic`, sorted.
+fn segments(dir: &Path, topic: &str) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for partition in fs::read_dir(dir.join(topic)).expect("topic dir") {
+        let partition = partition.expect("entry").path();
+        if partition.is_dir() {
+            for file in fs::read_dir(&partition).expect("partition dir") {
+                let file = file.expect("entry").path();
+                if file.extension().is_some_and(|e| e == "log") {
+                    files.push(file);
+                }
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// The non-empty segment files of `topic`.
+fn used_segments(dir: &Path, topic: &str) -> Vec<PathBuf> {
+    segments(dir, topic).into_iter().filter(|f| fs::metadata(f).map(|m| m.len() > 0).unwrap_or(false)).collect()
+}
+
+// ---- the conformance suite ----
+
+#[tokio::test]
+async fn suite_records_of_one_key_keep_their_order() {
+    let (_dir, log) = fresh();
+    suite::records_of_one_key_keep_their_order(log).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suite_records_of_different_keys_all_arrive() {
+    let (_dir, log) = fresh();
+    suite::records_of_different_keys_all_arrive(log).await;
+}
+
+#[tokio::test]
+async fn suite_higher_priority_topics_are_drained_first() {
+    let (_dir, log) = fresh();
+    suite::higher_priority_topics_are_drained_first(log).await;
+}
+
+#[tokio::test]
+async fn suite_committed_records_are_not_redelivered() {
+    let (_dir, log) = fresh();
+    suite::committed_records_are_not_redelivered(log).await;
+}
+
+#[tokio::test]
+async fn suite_uncommitted_records_are_redelivered_after_a_crash() {
+    let (_dir, log) = fresh();
+    suite::uncommitted_records_are_redelivered_after_a_crash(log).await;
+}
+
+#[tokio::test]
+async fn suite_group_members_split_partitions() {
+    let (_dir, log) = fresh();
+    suite::group_members_split_partitions(log).await;
+}
+
+#[tokio::test]
+async fn suite_every_group_sees_every_record() {
+    let (_dir, log) = fresh();
+    suite::every_group_sees_every_record(log).await;
+}
+
+#[tokio::test]
+async fn suite_lag_counts_appended_but_uncommitted_records() {
+    let (_dir, log) = fresh();
+    suite::lag_counts_appended_but_uncommitted_records(log).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suite_poll_waits_for_an_append() {
+    let (_dir, log) = fresh();
+    suite::poll_waits_for_an_append(log).await;
+}
+
+#[tokio::test]
+async fn suite_poll_returns_empty_after_its_wait() {
+    let (_dir, log) = fresh();
+    suite::poll_returns_empty_after_its_wait(log).await;
+}
+
+#[tokio::test]
+async fn suite_poll_returns_at_most_max() {
+    let (_dir, log) = fresh();
+    suite::poll_returns_at_most_max(log).await;
+}
+
+#[tokio::test]
+async fn suite_check_succeeds_on_a_working_log() {
+    let (_dir, log) = fresh();
+    suite::check_succeeds_on_a_working_log(log).await;
+}
+
+/// The whole suite through its single entry point, all properties on one shared log (as a
+/// long-lived broker would run it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suite_run_all_on_one_log() {
+    let (_dir, shared) = fresh();
+    suite::run_all(|| {
+        let log = shared.clone();
+        async move { log }
+    })
+    .await;
+}
+
+// ---- durability and recovery ----
+
+/// Req 4.6, 6.1: records and committed offsets survive closing and reopening the log.
+#[tokio::test]
+async fn reopen_keeps_appended_records_and_committed_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = "esh.messages.normal";
+    {
+        let log = open(dir.path());
+        log.append(topic, (0..50).map(|i| record(&format!("c{}", i % 5), format!("{i}"))).collect()).await.unwrap();
+        let mut consumer = log.subscribe("router", &[topic]).await.unwrap();
+        let got = collect(consumer.as_mut(), 50).await;
+        // Within each partition offsets follow append order, so this commits exactly 0..30.
+        let below_30: Vec<Consumed> = got.iter().filter(|r| text(r).parse::<u32>().unwrap() < 30).cloned().collect();
+        consumer.commit(&below_30).await.unwrap();
+        assert_eq!(log.lag("router", topic).await.unwrap(), 20);
+    }
+    let log = open(dir.path());
+    let everything = read_all(log.as_ref(), "auditor", topic).await;
+    assert_eq!(everything.len(), 50, "every appended record is still there");
+    assert_eq!(log.lag("router", topic).await.unwrap(), 20, "the commit survived");
+    let mut consumer = log.subscribe("router", &[topic]).await.unwrap();
+    let rest = collect(consumer.as_mut(), 20).await;
+    let mut values: Vec<u32> = rest.iter().map(|r| text(r).parse().unwrap()).collect();
+    values.sort_unstable();
+    assert_eq!(values, (30..50).collect::<Vec<_>>());
+    assert!(consumer.poll(10, Duration::from_millis(100)).await.unwrap().is_empty(), "committed ones stay committed");
+    // Offsets continue where they were after the restart.
+    log.append(topic, vec![record("c0", "after")]).await.unwrap();
+    let next = collect(consumer.as_mut(), 1).await;
+    let before = everything.iter().filter(|r| r.partition == next[0].partition).map(|r| r.offset).max().unwrap();
+    assert_eq!(next[0].offset, before + 1);
+}
+
+/// The child half of the kill -9 test: appends from 4 tasks forever, printing each
+/// acknowledged batch. Does nothing unless started by the parent.
+#[test]
+fn crash_child() {
+    let Ok(dir) = std::env::var("ESH_LOG_CRASH_DIR") else { return };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async move {
+        let log = open(Path::new(&dir));
+        let mut consumer = log.subscribe("router", &["crash"]).await.unwrap();
+        let mut tasks = Vec::new();
+        for task in 0..4 {
+            let log = log.clone();
+            tasks.push(tokio::spawn(async move {
+                for batch in 0.. {
+                    let records = (0..10).map(|j| record(&format!("t{task}-k{}", j % 3), format!("{task}:{batch}:{j}"))).collect();
+                    log.append("crash", records).await.unwrap();
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "acked {task} {batch}").unwrap();
+                    out.flush().unwrap();
+                }
+            }));
+        }
+        // Also commit as it goes, so the commit log is being written at the kill too.
+        loop {
+            let got = consumer.poll(100, Duration::from_millis(10)).await.unwrap();
+            if let Some(last) = got.iter().find(|r| text(r).ends_with(":0:0")) {
+                consumer.commit(std::slice::from_ref(last)).await.unwrap();
+                writeln!(std::io::stdout().lock(), "committed {} {}", last.partition, last.offset).unwrap();
+            }
+        }
+    });
+}
+
+/// Req 4.6, 6.1 (ARCHITECTURE: "keeps every accepted message across a crash (kill -9)"):
+/// a process killed while appending loses no acknowledged record, and the log reopens.
+#[tokio::test]
+async fn kill_9_loses_no_acknowledged_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
+        .env("ESH_LOG_CRASH_DIR", dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut acked: HashSet<(u32, u32)> = HashSet::new();
+    let mut committed: Vec<(u32, u64)> = Vec::new();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let started = Instant::now();
+    while acked.len() < 300 {
+        assert!(started.elapsed() < Duration::from_secs(60), "the child appended too slowly");
+        let Some(line) = lines.next() else { panic!("the child stopped early") };
+        let line = line.unwrap();
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["acked", task, batch] => {
+                acked.insert((task.parse().unwrap(), batch.parse().unwrap()));
+            }
+            ["committed", partition, offset] => committed.push((partition.parse().unwrap(), offset.parse().unwrap())),
+            _ => {}
+        }
+    }
+    child.kill().unwrap(); // SIGKILL, mid-append
+    child.wait().unwrap();
+    drop(lines);
+
+    let log = open(dir.path());
+    let all = read_all(log.as_ref(), "auditor", "crash").await;
+    let mut seen = HashSet::new();
+    let mut per_key: HashMap<String, Vec<(u32, u32)>> = HashMap::new();
+    for r in &all {
+        assert!(seen.insert((r.partition, r.offset)), "no record twice");
+        let value = text(r);
+        let parts: Vec<u32> = value.split(':').map(|p| p.parse().unwrap()).collect();
+        per_key.entry(r.key.clone()).or_default().push((parts[1], parts[2]));
+    }
+    let values: HashSet<String> = all.iter().map(text).collect();
+    for (task, batch) in &acked {
+        for j in 0..10 {
+            assert!(values.contains(&format!("{task}:{batch}:{j}")), "acknowledged record {task}:{batch}:{j} lost");
+        }
+    }
+    for (key, sequence) in per_key {
+        assert!(sequence.windows(2).all(|w| w[0] < w[1]), "order of {key} broken");
+    }
+    // The group's commits survived too: the router does not start from scratch.
+    if let Some(max_committed) = committed.iter().map(|(_, o)| *o).max() {
+        assert!(max_committed < all.len() as u64);
+        let lag = log.lag("router", "crash").await.unwrap();
+        assert!(lag < all.len() as u64, "lag {lag} counts committed records");
+    }
+    // And the log keeps working.
+    log.append("crash", vec![record("t0-k0", "after")]).await.unwrap();
+}
+
+/// A torn write (garbage after the last record, as a crash mid-append leaves) is cut off
+/// on open; the records before it stay and new appends continue after them.
+#[tokio::test]
+async fn a_torn_tail_is_cut_off_and_earlier_records_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = open(dir.path());
+        log.append("t", (0..10).map(|i| record("one-key", format!("{i}"))).collect()).await.unwrap();
+    }
+    let used = used_segments(dir.path(), "t");
+    assert_eq!(used.len(), 1);
+    let size = fs::metadata(&used[0]).unwrap().len();
+    let mut file = fs::OpenOptions::new().append(true).open(&used[0]).unwrap();
+    file.write_all(&[0x2a, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3]).unwrap();
+    drop(file);
+
+    let log = open(dir.path());
+    assert_eq!(fs::metadata(&used[0]).unwrap().len(), size, "the torn tail was truncated");
+    log.append("t", vec![record("one-key", "10")]).await.unwrap();
+    let all = read_all(log.as_ref(), "g", "t").await;
+    assert_eq!(all.iter().map(text).collect::<Vec<_>>(), (0..=10).map(|i| i.to_string()).collect::<Vec<_>>());
+    assert_eq!(all.iter().map(|r| r.offset).collect::<Vec<_>>(), (0..=10).collect::<Vec<_>>());
+}
+
+/// A record cut in the middle (the file ends inside it) is dropped; the earlier ones stay.
+#[tokio::test]
+async fn a_record_cut_mid_write_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = open(dir.path());
+        for i in 0..10 {
+            log.append("t", vec![record("one-key", format!("value-{i}"))]).await.unwrap();
+        }
+    }
+    let used = used_segments(dir.path(), "t");
+    let size = fs::metadata(&used[0]).unwrap().len();
+    fs::OpenOptions::new().write(true).open(&used[0]).unwrap().set_len(size - 5).unwrap();
+
+    let log = open(dir.path());
+    let all = read_all(log.as_ref(), "g", "t").await;
+    assert_eq!(all.iter().map(text).collect::<Vec<_>>(), (0..9).map(|i| format!("value-{i}")).collect::<Vec<_>>());
+    log.append("t", vec![record("one-key", "again")]).await.unwrap();
+    drop(log);
+    let log = open(dir.path());
+    let all = read_all(log.as_ref(), "g2", "t").await;
+    assert_eq!(all.len(), 10);
+    assert_eq!(all[9].offset, 9);
+}
+
+fn small_segments(partitions: u32) -> EmbeddedLogOptions {
+    EmbeddedLogOptions { partitions, segment_bytes: 1024, tail_bytes: 512, ..EmbeddedLogOptions::default() }
+}
+
+/// Damage before the last segment is not a torn write: the log refuses to open with
+/// `Corrupt` (and does not panic) rather than silently dropping later records.
+#[tokio::test]
+async fn corruption_in_an_older_segment_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = EmbeddedMessageLog::open_with(dir.path(), small_segments(1)).unwrap();
+        for i in 0..40 {
+            log.append("t", vec![record("k", vec![i as u8; 100])]).await.unwrap();
+        }
+    }
+    let files = segments(dir.path(), "t");
+    assert!(files.len() > 2, "segments were rolled: {files:?}");
+    let mut bytes = fs::read(&files[0]).unwrap();
+    bytes[20] ^= 0xff;
+    fs::write(&files[0], bytes).unwrap();
+    match EmbeddedMessageLog::open_with(dir.path(), small_segments(1)) {
+        Err(BackendError::Corrupt(reason)) => assert!(reason.contains("checksum"), "{reason}"),
+        Err(other) => panic!("expected corrupt, got {other}"),
+        Ok(_) => panic!("a damaged older segment must not open silently"),
+    }
+}
+
+/// Hostile bytes in segment and commit files never panic: the log opens (cutting what is
+/// not a valid record) or reports `Corrupt`.
+#[tokio::test]
+async fn hostile_bytes_on_disk_never_panic() {
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut random = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for round in 0..40 {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = open(dir.path());
+            log.append("t", (0..20).map(|i| record(&format!("k{i}"), vec![7; i])).collect()).await.unwrap();
+            let mut consumer = log.subscribe("g", &["t"]).await.unwrap();
+            let got = collect(consumer.as_mut(), 20).await;
+            consumer.commit(&got[..5]).await.unwrap();
+        }
+        let mut victims = segments(dir.path(), "t");
+        victims.push(dir.path().join("__consumer_offsets/commits.log"));
+        for victim in victims {
+            let mut bytes = fs::read(&victim).unwrap();
+            match round % 4 {
+                // Flip random bytes.
+                0 if !bytes.is_empty() => {
+                    for _ in 0..3 {
+                        let i = (random() as usize) % bytes.len();
+                        bytes[i] = random() as u8;
+                    }
+                }
+                // Replace with noise.
+                1 => bytes = (0..(random() % 300)).map(|_| random() as u8).collect(),
+                // Huge declared lengths.
+                2 => bytes.extend_from_slice(&[0xff, 0xff, 0xff, 0x03, 0, 0, 0, 0]),
+                // Cut anywhere.
+                _ => {
+                    let len = bytes.len() as u64;
+                    bytes.truncate((random() % (len + 1)) as usize);
+                }
+            }
+            fs::write(&victim, bytes).unwrap();
+        }
+        match EmbeddedMessageLog::open(dir.path(), 4) {
+            Ok(log) => {
+                let all = read_all(&log, "reader", "t").await;
+                assert!(all.len() <= 20);
+                log.append("t", vec![record("k", "still works")]).await.unwrap();
+            }
+            Err(BackendError::Corrupt(_)) => {}
+            Err(other) => panic!("round {round}: unexpected error {other}"),
+        }
+    }
+}
+
+/// Retention: once every group that knows a topic has committed past a segment, the
+/// segment file is deleted, so the disk does not grow forever.
+#[tokio::test]
+async fn retention_deletes_fully_consumed_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedMessageLog::open_with(dir.path(), small_segments(2)).unwrap();
+    let mut consumer = log.subscribe("router", &["t"]).await.unwrap();
+    for i in 0..100 {
+        log.append("t", vec![record(&format!("k{}", i % 10), vec![b'x'; 100])]).await.unwrap();
+    }
+    let before = segments(dir.path(), "t").len();
+    assert!(before > 8, "small segments were rolled: {before}");
+    let got = collect(consumer.as_mut(), 100).await;
+    consumer.commit(&got).await.unwrap();
+    let after = segments(dir.path(), "t");
+    assert_eq!(after.len(), 2, "only the active segment of each partition is left: {after:?}");
+    assert_eq!(log.lag("router", "t").await.unwrap(), 0);
+    // Reopening works from the remaining segments and keeps offsets going.
+    drop(consumer);
+    drop(log);
+    let log = EmbeddedMessageLog::open_with(dir.path(), small_segments(2)).unwrap();
+    log.append("t", vec![record("k0", "next")]).await.unwrap();
+    let mut consumer = log.subscribe("router", &["t"]).await.unwrap();
+    let next = collect(consumer.as_mut(), 1).await;
+    assert_eq!(text(&next[0]), "next");
+    assert!(next[0].offset > 0);
+}
+
+/// Retention never deletes what a group that knows the topic has not committed, even a
+/// group that is not running (it only subscribed once, in an earlier run).
+#[tokio::test]
+async fn retention_keeps_what_a_lagging_group_has_not_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = EmbeddedMessageLog::open_with(dir.path(), small_segments(1)).unwrap();
+        drop(log.subscribe("notifier", &["t"]).await.unwrap());
+    }
+    let log = EmbeddedMessageLog::open_with(dir.path(), small_segments(1)).unwrap();
+    let mut fast = log.subscribe("router", &["t"]).await.unwrap();
+    for i in 0..60 {
+        log.append("t", vec![record("k", format!("{i:0100}"))]).await.unwrap();
+    }
+    let got = collect(fast.as_mut(), 60).await;
+    fast.commit(&got).await.unwrap();
+    let slow = read_all(&log, "notifier", "t").await;
+    assert_eq!(slow.len(), 60, "the lagging group still gets everything");
+    assert_eq!(log.lag("notifier", "t").await.unwrap(), 60);
+}
+
+/// Records older than the in-memory tail are read back from the segment files, in order
+/// and across segment boundaries.
+#[tokio::test]
+async fn old_records_are_read_from_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = EmbeddedLogOptions { partitions: 1, segment_bytes: 8192, tail_bytes: 0, ..EmbeddedLogOptions::default() };
+    let log = EmbeddedMessageLog::open_with(dir.path(), options).unwrap();
+    for chunk in 0..10 {
+        log.append("t", (0..100).map(|i| record("k", format!("{}", chunk * 100 + i))).collect()).await.unwrap();
+    }
+    assert!(segments(dir.path(), "t").len() > 3);
+    let mut consumer = log.subscribe("g", &["t"]).await.unwrap();
+    let mut all = Vec::new();
+    while all.len() < 1000 {
+        let got = consumer.poll(37, Duration::from_millis(100)).await.unwrap();
+        assert!(!got.is_empty() && got.len() <= 37);
+        all.extend(got);
+    }
+    assert_eq!(all.iter().map(|r| r.offset).collect::<Vec<_>>(), (0..1000).collect::<Vec<_>>());
+    assert_eq!(all.iter().map(text).collect::<Vec<_>>(), (0..1000).map(|i| i.to_string()).collect::<Vec<_>>());
+}
+
+/// Many tasks appending at once: every record lands exactly once, each task's records in
+/// its order (group commit must not lose, duplicate or reorder).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_land_exactly_once() {
+    let (_dir, log) = fresh();
+    let mut tasks = Vec::new();
+    for task in 0..32 {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            for batch in 0..25 {
+                let records = (0..4).map(|j| record(&format!("task-{task}"), format!("{task}:{}", batch * 4 + j))).collect();
+                log.append("busy", records).await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let all = read_all(log.as_ref(), "g", "busy").await;
+    assert_eq!(all.len(), 32 * 100);
+    let mut next: HashMap<String, u32> = HashMap::new();
+    for r in &all {
+        let value = text(r);
+        let (task, n) = value.split_once(':').unwrap();
+        let expected = next.entry(task.to_owned()).or_insert(0);
+        assert_eq!(n.parse::<u32>().unwrap(), *expected, "task {task} out of order");
+        *expected += 1;
+    }
+}
+
+/// Partitioning is stable: a topic keeps the partition count it was created with, so a
+/// key stays in its partition even when the configured count changes.
+#[tokio::test]
+async fn topics_keep_their_partition_count_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = {
+        let log = EmbeddedMessageLog::open(dir.path(), 3).unwrap();
+        log.append("t", vec![record("conversation-42", "a")]).await.unwrap();
+        read_all(&log, "g1", "t").await
+    };
+    let log = EmbeddedMessageLog::open(dir.path(), 16).unwrap();
+    log.append("t", vec![record("conversation-42", "b")]).await.unwrap();
+    let all = read_all(&log, "g2", "t").await;
+    assert_eq!(all.len(), 2);
+    assert!(all.iter().all(|r| r.partition == first[0].partition && r.partition < 3));
+    assert_eq!(fs::read_dir(dir.path().join("t")).unwrap().filter(|e| e.as_ref().unwrap().path().is_dir()).count(), 3);
+}
+
+/// One process at a time: a second open of a directory in use is refused; after the first
+/// log is dropped (its writer stopped) the directory opens again.
+#[tokio::test]
+async fn a_directory_in_use_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedMessageLog::open(dir.path(), 2).unwrap();
+    log.append("t", vec![record("k", "v")]).await.unwrap();
+    assert!(matches!(EmbeddedMessageLog::open(dir.path(), 2), Err(BackendError::Unavailable(_))));
+    drop(log);
+    let log = EmbeddedMessageLog::open(dir.path(), 2).unwrap();
+    log.check().await.unwrap();
+}
+
+/// Topic names become directories: names that could escape the log directory are refused.
+#[tokio::test]
+async fn unsafe_topic_names_are_refused() {
+    let (dir, log) = fresh();
+    for name in ["", "..", "../escape", "a/b", "__consumer_offsets", "sp ace"] {
+        assert!(log.append(name, vec![record("k", "v")]).await.is_err(), "{name:?} accepted");
+        assert!(log.subscribe("g", &[name]).await.is_err(), "{name:?} accepted");
+    }
+    assert!(!dir.path().parent().unwrap().join("escape").exists());
+}
+
+/// Lag is answered from memory: zero for a topic never written, the backlog of a group
+/// never seen (everything retained), and it follows commits.
+#[tokio::test]
+async fn lag_of_unknown_topics_and_groups() {
+    let (_dir, log) = fresh();
+    assert_eq!(log.lag("router", "never-written").await.unwrap(), 0);
+    log.append("t", (0..7).map(|i| record(&format!("k{i}"), "v")).collect()).await.unwrap();
+    assert_eq!(log.lag("never-subscribed", "t").await.unwrap(), 7);
+}
+
+/// A member leaving hands its partitions to the rest of the group, which picks up from
+/// the group's committed offsets (Req 6.1).
+#[tokio::test]
+async fn a_leaving_member_hands_its_partitions_over() {
+    let (_dir, log) = fresh();
+    let mut a = log.subscribe("g", &["t"]).await.unwrap();
+    let mut b = log.subscribe("g", &["t"]).await.unwrap();
+    log.append("t", (0..40).map(|i| record(&format!("k{i}"), format!("{i}"))).collect()).await.unwrap();
+    let from_a = a.poll(100, Duration::from_millis(100)).await.unwrap();
+    let from_b = b.poll(100, Duration::from_millis(100)).await.unwrap();
+    assert_eq!(from_a.len() + from_b.len(), 40);
+    a.commit(&from_a).await.unwrap();
+    drop(b); // without committing
+    let again = collect(a.as_mut(), from_b.len()).await;
+    let again_values: HashSet<String> = again.iter().map(text).collect();
+    assert_eq!(again_values, from_b.iter().map(text).collect::<HashSet<_>>());
+    assert!(a.poll(100, Duration::from_millis(100)).await.unwrap().is_empty());
+}
+
+/// A waiting member is woken by a rebalance that gives it partitions with a backlog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_member_is_woken_by_a_rebalance() {
+    let (_dir, log) = fresh();
+    let mut a = log.subscribe("g", &["t"]).await.unwrap();
+    let mut b = log.subscribe("g", &["t"]).await.unwrap();
+    log.append("t", (0..40).map(|i| record(&format!("k{i}"), format!("{i}"))).collect()).await.unwrap();
+    let from_b = b.poll(100, Duration::from_millis(100)).await.unwrap();
+    let from_a = a.poll(100, Duration::from_millis(100)).await.unwrap();
+    a.commit(&from_a).await.unwrap();
+    let waiting = tokio::spawn(async move {
+        let started = Instant::now();
+        let got = a.poll(100, Duration::from_secs(10)).await.unwrap();
+        (got, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(b);
+    let (got, waited) = waiting.await.unwrap();
+    assert_eq!(got.len(), from_b.len());
+    assert!(waited < Duration::from_secs(5));
+}
+
+/// Stages test timeouts with a paused clock (`start_paused`): waiting for the log's sync
+/// must not let that clock jump to the next timer (here a 5 s ack timeout).
+#[tokio::test(start_paused = true)]
+async fn a_paused_clock_holds_still_while_the_log_syncs() {
+    let (_dir, log) = fresh();
+    let started = tokio::time::Instant::now();
+    let timeout = tokio::spawn(tokio::time::sleep(Duration::from_secs(5)));
+    let mut consumer = log.subscribe("g", &["t"]).await.unwrap();
+    for i in 0..20 {
+        log.append("t", vec![record("k", format!("{i}"))]).await.unwrap();
+    }
+    let got = consumer.poll(100, Duration::ZERO).await.unwrap();
+    consumer.commit(&got).await.unwrap();
+    assert_eq!(got.len(), 20);
+    assert!(started.elapsed() < Duration::from_secs(5), "the clock jumped {:?}", started.elapsed());
+    assert!(!timeout.is_finished());
+}

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Runs the load-generator figures of BENCHMARKS.md, each against a fresh embedded server
+# (benches/scripts/server.sh), appending one JSON line per run to $OUT.
+#
+#   cargo build --release -p esh-server -p esh-benches
+#   benches/scripts/suite.sh [FIGURE...]      (default: all; names below)
+#
+# Loopback only; every run is bounded (seconds to a few minutes; `reads` seeds 1,000,000
+# messages first and takes longest).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+out="${OUT:-benches/results.jsonl}"
+data="${DATA:-/tmp/esh-bench}"
+load=target/release/esh-load
+export ESH_ADMIN_TOKEN="${ESH_ADMIN_TOKEN:-bench-admin}"
+
+run() {
+    local label="$1"
+    shift
+    benches/scripts/server.sh "$data" || return 1
+    local pid
+    pid="$(cat "$data/server.pid")"
+    echo "== $label: esh-load $*"
+    "$load" --server-pid "$pid" --json "$out" --label "$label" --no-progress "$@"
+    kill "$pid"
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+}
+
+figure() {
+    case "$1" in
+    max-one-way) run max-one-way one-way --clients 1000 --senders 20 --rate 0 --inflight 64 --duration 20 ;;
+    max-chat) run max-chat chat --pairs 500 --rate 0 --window 2 --duration 20 ;;
+    fixed-one-way) run fixed-one-way one-way --clients 1000 --senders 20 --rate 2000 --duration 30 ;;
+    fixed-chat) run fixed-chat chat --pairs 500 --rate 2000 --duration 30 ;;
+    ping-pong) run ping-pong chat --pairs 100 --ping-pong --duration 20 ;;
+    backlog) run backlog backlog --users 100 --messages 10000 ;;
+    broadcast-1k) run broadcast-1k broadcast --recipients 1000 --count 20 --interval 0.5 --online ;;
+    broadcast-100k) run broadcast-100k broadcast --recipients 100000 --count 5 --interval 5 ;;
+    idle-100k) run idle-100k idle --connections 100000 --hold 10 --setup-concurrency 256 ;;
+    reads) run reads reads --conversations 1000 --seed-chat 100000 --seed-broadcasts 900 --requests 1000 ;;
+    *) echo "unknown figure $1" >&2; return 1 ;;
+    esac
+}
+
+figures=("$@")
+if [ ${#figures[@]} -eq 0 ]; then
+    figures=(max-one-way max-chat fixed-one-way fixed-chat ping-pong backlog broadcast-1k broadcast-100k idle-100k reads)
+fi
+for name in "${figures[@]}"; do
+    figure "$name"
+done

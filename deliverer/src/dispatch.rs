@@ -1,0 +1,62 @@
+//! The node's bus consumer: turns the events the router addresses to this node into frames
+//! (each serialized once, its bytes shared by all the user's sockets), pushes them through
+//! the registry and tells the tracker which messages went out (attempt 1).
+
+use std::sync::Arc;
+
+use esh_backends::NodeEvent;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::frames;
+use crate::registry::{Outgoing, Registry};
+use crate::tracker::{Command, Delivery};
+
+/// Bus batches taken at once.
+const BATCHES_AT_ONCE: usize = 64;
+
+/// Runs until `shutdown` is cancelled or the bus closes.
+pub(crate) async fn run(
+    mut events: mpsc::Receiver<Vec<NodeEvent>>,
+    registry: Arc<Registry>,
+    tracker: mpsc::Sender<Command>,
+    shutdown: CancellationToken,
+) {
+    let mut received = Vec::new();
+    loop {
+        let count = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            count = events.recv_many(&mut received, BATCHES_AT_ONCE) => count,
+        };
+        if count == 0 {
+            break;
+        }
+        let outgoing: Vec<Outgoing> = received.drain(..).flatten().map(to_frame).collect();
+        let reached = registry.push(&outgoing);
+        let deliveries: Vec<Delivery> = outgoing
+            .into_iter()
+            .zip(reached)
+            .filter(|(_, reached)| *reached)
+            .filter_map(|(outgoing, _)| {
+                let message_id = outgoing.message_id?;
+                Some(Delivery { user: outgoing.user, message_id, frame: outgoing.frame })
+            })
+            .collect();
+        if !deliveries.is_empty() && tracker.send(Command::Sent(deliveries)).await.is_err() {
+            break;
+        }
+    }
+}
+
+fn to_frame(event: NodeEvent) -> Outgoing {
+    match event {
+        NodeEvent::Message(message) => {
+            let frame = frames::message(&message);
+            Outgoing { user: message.recipient_id, message_id: Some(message.id), frame }
+        }
+        NodeEvent::Status { user, message_id, status, at } => {
+            Outgoing { user, message_id: None, frame: frames::status(&message_id, status, at) }
+        }
+    }
+}

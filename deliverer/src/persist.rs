@@ -1,0 +1,121 @@
+//! Writes what the tracker gathered — delivery attempts, receipts and failures — in batches:
+//! one `record_attempts` and one `StatusWriter::apply` for everything that queued up while
+//! the previous batch was being written (PERFORMANCE.md: status changes are the bigger half
+//! of the write load). Receipts for messages the tracker could not vouch for are checked
+//! against the store first (one read per batch): only the recipient's receipts count.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use esh_backends::status_writer::StatusWriter;
+use esh_backends::{BackendError, ErrorKind, MessageStore};
+use esh_common::{Attempt, Millis, Status, StatusChange};
+use tokio::sync::mpsc;
+
+/// Effects to write.
+#[derive(Debug, Default)]
+pub(crate) struct Persist {
+    /// Attempt outcomes for the messages' timelines.
+    pub(crate) attempts: Vec<Attempt>,
+    /// Status changes known to be legitimate (receipts of the recipient, failures).
+    pub(crate) changes: Vec<StatusChange>,
+    /// Receipts (user, message ids, status) that count only for messages addressed to the user.
+    pub(crate) unverified: Vec<(String, Vec<String>, Status)>,
+}
+
+impl Persist {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.attempts.is_empty() && self.changes.is_empty() && self.unverified.is_empty()
+    }
+
+    fn absorb(&mut self, other: Persist) {
+        self.attempts.extend(other.attempts);
+        self.changes.extend(other.changes);
+        self.unverified.extend(other.unverified);
+    }
+}
+
+/// Tries of one write before its effects are given up (and logged).
+const TRIES: u32 = 4;
+/// Wait before the second try; doubled for each further one.
+const FIRST_WAIT: Duration = Duration::from_millis(100);
+
+/// Runs until every sender is gone, writing what it receives in batches.
+pub(crate) async fn run(mut receiver: mpsc::Receiver<Persist>, store: Arc<dyn MessageStore>, status_writer: StatusWriter) {
+    let mut received = Vec::new();
+    while receiver.recv_many(&mut received, 256).await > 0 {
+        let mut batch = Persist::default();
+        for effects in received.drain(..) {
+            batch.absorb(effects);
+        }
+        write(batch, store.as_ref(), &status_writer).await;
+    }
+}
+
+async fn write(batch: Persist, store: &dyn MessageStore, status_writer: &StatusWriter) {
+    let Persist { attempts, mut changes, unverified } = batch;
+    if !unverified.is_empty() {
+        changes.extend(verify(unverified, store).await);
+    }
+    let attempts = &attempts;
+    let changes = &changes;
+    let record = async {
+        if !attempts.is_empty() {
+            if let Err(error) = with_retries(|| store.record_attempts(attempts)).await {
+                tracing::error!(%error, count = attempts.len(), "cannot record delivery attempts");
+            }
+        }
+    };
+    let apply = async {
+        if !changes.is_empty() {
+            if let Err(error) = with_retries(|| status_writer.apply(changes.clone())).await {
+                tracing::error!(%error, count = changes.len(), "cannot apply receipts and failures");
+            }
+        }
+    };
+    tokio::join!(record, apply);
+}
+
+/// The receipts among `unverified` whose message is addressed to the user who sent them.
+async fn verify(unverified: Vec<(String, Vec<String>, Status)>, store: &dyn MessageStore) -> Vec<StatusChange> {
+    let ids: Vec<String> = unverified.iter().flat_map(|(_, ids, _)| ids.iter().cloned()).collect();
+    let recipients: HashMap<String, String> = match with_retries(|| store.messages(&ids)).await {
+        Ok(messages) => messages.into_iter().map(|m| (m.id, m.recipient_id)).collect(),
+        Err(error) => {
+            tracing::error!(%error, count = ids.len(), "cannot check receipts; they are dropped");
+            return Vec::new();
+        }
+    };
+    let now = Millis::now();
+    let mut changes = Vec::new();
+    for (user, ids, status) in unverified {
+        for id in ids {
+            if recipients.get(&id) == Some(&user) {
+                changes.push(StatusChange { message_id: id, status, at: now, error: None, attempts: 0 });
+            }
+        }
+    }
+    changes
+}
+
+async fn with_retries<T, F, Fut>(mut operation: F) -> Result<T, BackendError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, BackendError>>,
+{
+    let mut wait = FIRST_WAIT;
+    let mut tries = 1;
+    loop {
+        match operation().await {
+            Err(error) if error.kind() == ErrorKind::Transient && tries < TRIES => {
+                tracing::warn!(%error, "delivery bookkeeping failed, retrying");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+                tries += 1;
+            }
+            outcome => return outcome,
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! The one typed configuration of the `esh` process. Every field is an `ESH_*` environment
+//! variable and a mirroring command-line flag; the defaults are those of API.md
+//! ("Configuration every deployment and test relies on").
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, ValueEnum};
+
+/// A part of the pipeline this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
+pub enum Stage {
+    /// The HTTP API (`/v1/...` except the WebSocket).
+    Ingest,
+    /// The consumer of the message topics that hands messages to deliverer nodes.
+    Router,
+    /// The WebSocket gateway (`GET /v1/ws`), resends, and status frames to senders.
+    Deliverer,
+}
+
+impl Stage {
+    /// Every stage, in start order of a one-process platform.
+    pub const ALL: [Stage; 3] = [Stage::Ingest, Stage::Router, Stage::Deliverer];
+}
+
+/// Configuration of the whole platform.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address of the HTTP and WebSocket listener (`127.0.0.1:0` picks a free port).
+    #[arg(long, env = "ESH_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+
+    /// Where the embedded backends keep their files, and where generated secrets are stored.
+    #[arg(long, env = "ESH_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// The admin bearer token; when unset, one is generated at first start, stored in
+    /// `<data dir>/admin_token` (mode 0600) and printed once.
+    #[arg(long, env = "ESH_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// HS256 secret of user tokens; when unset, one is generated at first start and stored
+    /// in `<data dir>/jwt_secret` (mode 0600).
+    #[arg(long, env = "ESH_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Sends a sender may make in any 60 s window (one-way and chat, HTTP and socket).
+    #[arg(long, env = "ESH_RATE_LIMIT_PER_MINUTE", default_value_t = 100)]
+    pub rate_limit_per_minute: u64,
+
+    /// Broadcast recipients a business may address in any hour.
+    #[arg(long, env = "ESH_BROADCAST_RECIPIENTS_PER_HOUR", default_value_t = 1_000_000)]
+    pub broadcast_recipients_per_hour: u64,
+
+    /// Unprocessed messages in the log beyond which ingest answers `503 overloaded`
+    /// (low and normal priority first, high priority last).
+    #[arg(long, env = "ESH_BACKLOG_LIMIT", default_value_t = 10_000)]
+    pub backlog_limit: u64,
+
+    /// How long a delivered message may stay unacknowledged before it is sent again.
+    #[arg(long, env = "ESH_ACK_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub ack_timeout: Duration,
+
+    /// Heartbeat announced to clients (`heartbeat_s`); a socket silent for three of them is closed.
+    #[arg(long, env = "ESH_HEARTBEAT", default_value = "30s", value_parser = parse_duration)]
+    pub heartbeat: Duration,
+
+    /// Message log URL (`kafka://…`); the embedded log under the data directory when unset.
+    #[arg(long = "log", env = "ESH_LOG")]
+    pub log_url: Option<String>,
+
+    /// Store URL (`scylla://…`); the embedded store under the data directory when unset.
+    #[arg(long = "store", env = "ESH_STORE")]
+    pub store_url: Option<String>,
+
+    /// Cache and presence URL (`redis://…`); in-process when unset.
+    #[arg(long = "cache", env = "ESH_CACHE")]
+    pub cache_url: Option<String>,
+
+    /// Blob store URL for media (`s3://…`); leave unset: this build supports only the embedded default.
+    #[arg(long = "blobs", env = "ESH_BLOBS")]
+    pub blobs_url: Option<String>,
+
+    /// Partitions of each topic of the embedded log.
+    #[arg(long, env = "ESH_LOG_PARTITIONS", default_value_t = 8)]
+    pub log_partitions: u32,
+
+    /// Id of this deliverer node in presence and on the delivery bus; a random one when unset.
+    #[arg(long, env = "ESH_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// The stages this process runs, comma-separated; all of them by default.
+    #[arg(long, env = "ESH_STAGES", value_delimiter = ',', default_value = "ingest,router,deliverer")]
+    pub stages: Vec<Stage>,
+
+    /// How long each shutdown step (in-flight requests, the router's batch, sockets) may take
+    /// before it is cut short.
+    #[arg(long, env = "ESH_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+/// Parses only the configuration, from the environment and `args`.
+#[derive(Debug, Parser)]
+#[command(name = "esh")]
+struct ConfigOnly {
+    #[command(flatten)]
+    config: Config,
+}
+
+impl Config {
+    /// The configuration given by `ESH_*` environment variables alone (defaults elsewhere).
+    pub fn from_env() -> Result<Config, clap::Error> {
+        Config::from_args(["esh"])
+    }
+
+    /// The configuration given by command-line `args` (the first is the program name) and
+    /// the environment.
+    pub fn from_args<I, T>(args: I) -> Result<Config, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        ConfigOnly::try_parse_from(args).map(|parsed| parsed.config)
+    }
+
+    /// The defaults with the data directory `data_dir` and the listener on a free local
+    /// port, ignoring the environment (for embedding and tests).
+    pub fn local(data_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: data_dir.into(),
+            admin_token: None,
+            jwt_secret: None,
+            rate_limit_per_minute: 100,
+            broadcast_recipients_per_hour: 1_000_000,
+            backlog_limit: 10_000,
+            ack_timeout: Duration::from_secs(5),
+            heartbeat: Duration::from_secs(30),
+            log_url: None,
+            store_url: None,
+            cache_url: None,
+            blobs_url: None,
+            log_partitions: 8,
+            node_id: None,
+            stages: Stage::ALL.to_vec(),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+
+    /// Whether this process runs `stage`.
+    pub fn runs(&self, stage: Stage) -> bool {
+        self.stages.contains(&stage)
+    }
+}
+
+/// Parses a duration such as `30s`, `250ms`, `5m`, `1h` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: u64 = number.parse().map_err(|_| format!("invalid duration {text:?}: expected e.g. \"30s\""))?;
+    let duration = match unit.trim() {
+        "ms" => Duration::from_millis(value),
+        "" | "s" => Duration::from_secs(value),
+        "m" => Duration::from_secs(value.saturating_mul(60)),
+        "h" => Duration::from_secs(value.saturating_mul(3600)),
+        other => return Err(format!("invalid duration unit {other:?} in {text:?}: use ms, s, m or h")),
+    };
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_the_docs() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("50ms"), Ok(Duration::from_millis(50)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("-5s").is_err());
+    }
+
+    #[test]
+    fn flags_override_defaults_and_defaults_match_the_contract() {
+        let config = Config::from_args([
+            "esh",
+            "--http-addr",
+            "127.0.0.1:9999",
+            "--ack-timeout",
+            "50ms",
+            "--stages",
+            "ingest,deliverer",
+            "--data-dir",
+            "/tmp/x",
+        ])
+        .unwrap();
+        assert_eq!(config.http_addr, "127.0.0.1:9999".parse().unwrap());
+        assert_eq!(config.ack_timeout, Duration::from_millis(50));
+        assert_eq!(config.stages, vec![Stage::Ingest, Stage::Deliverer]);
+        assert!(!config.runs(Stage::Router));
+
+        let local = Config::local("/tmp/x");
+        assert_eq!(local.rate_limit_per_minute, 100);
+        assert_eq!(local.broadcast_recipients_per_hour, 1_000_000);
+        assert_eq!(local.backlog_limit, 10_000);
+        assert_eq!(local.heartbeat, Duration::from_secs(30));
+        assert_eq!(local.log_partitions, 8);
+    }
+}
