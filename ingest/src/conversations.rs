@@ -198,11 +198,17 @@ impl Ingest {
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "recent-message cache unavailable, reading the store"),
         }
+        // Taken before the read, so a write (or receipt) racing with it keeps the stale read out of the cache.
+        let fill_token = recent.fill_token(&conversation.id).await;
         let newest_first =
             self.backends.store.conversation_messages(&conversation.id, None, RECENT_MESSAGES + 1).await?;
         let mut oldest_first: Vec<Message> = newest_first.iter().take(RECENT_MESSAGES).cloned().collect();
         oldest_first.reverse();
-        if let Err(error) = recent.put(&conversation.id, oldest_first, RECENT_TTL).await {
+        let filled = match fill_token {
+            Ok(token) => recent.fill(&conversation.id, token, oldest_first, RECENT_TTL).await.map(|_| ()),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = filled {
             tracing::warn!(%error, "cannot fill the recent-message cache");
         }
         Ok(newest_first)
