@@ -15,7 +15,7 @@ if [ -f "$data/server.pid" ] && kill -0 "$(cat "$data/server.pid")" 2>/dev/null;
 fi
 rm -rf "$data"
 mkdir -p "$data"
-# 100,000 sockets need more than the usual 1,024 or 20,000 open files.
+# Many sockets need many open files (raised as far as the hard limit allows).
 ulimit -Hn 1048576 2>/dev/null || true
 ulimit -n "$(ulimit -Hn)"
 export ESH_DATA_DIR="$data"

@@ -25,6 +25,8 @@ pub(crate) struct Ctx {
     /// While set, clients keep sending (ping-pong replies, max-rate windows).
     pub(crate) sending: AtomicBool,
     pub(crate) server_pid: Option<u32>,
+    /// The generator's open-files limit (one per socket).
+    pub(crate) nofile: u64,
     /// Concurrent requests while creating users and tokens, and concurrent WebSocket connects.
     pub(crate) setup_concurrency: usize,
     pub(crate) progress: Progress,

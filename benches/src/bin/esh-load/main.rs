@@ -129,6 +129,7 @@ async fn run(cli: Cli, nofile: u64) -> anyhow::Result<()> {
         seq: AtomicU64::new(0),
         sending: AtomicBool::new(false),
         server_pid: cli.server_pid,
+        nofile,
         setup_concurrency: cli.setup_concurrency,
         progress: Progress::new(!cli.no_progress),
         shutdown: CancellationToken::new(),

@@ -118,20 +118,43 @@ struct AckFrame<'a> {
     message_ids: &'a [String],
 }
 
+/// How long a client waits before sending again after a refusal (the socket's error
+/// frames carry no Retry-After).
+pub(crate) const REFUSED_PAUSE: Duration = Duration::from_millis(100);
+
+/// Sleeps until `until`, or forever when None.
+async fn sleep_until_some(until: Option<tokio::time::Instant>) {
+    match until {
+        Some(until) => tokio::time::sleep_until(until).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn config() -> WebSocketConfig {
     // Small buffers: the default 128 KiB read buffer per socket would cost the generator
     // gigabytes with 100,000 connections.
     WebSocketConfig::default().read_buffer_size(8 * 1024).write_buffer_size(16 * 1024)
 }
 
-/// Opens the socket of `account` and waits for `hello`; answers the socket and the heartbeat.
+/// Opens the socket of `account` and waits for `hello` (30 s at most for all of it);
+/// answers the socket and the heartbeat.
 pub(crate) async fn connect(ctx: &Ctx, account: &Account) -> anyhow::Result<(Ws, Duration)> {
     let started = now_us();
+    let opened = tokio::time::timeout(CONNECT_TIMEOUT, open(ctx, account))
+        .await
+        .with_context(|| format!("no hello within {} s", CONNECT_TIMEOUT.as_secs()))??;
+    ctx.stats.connect.record(now_us() - started);
+    Ok(opened)
+}
+
+/// Connect + upgrade + hello must finish within this.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn open(ctx: &Ctx, account: &Account) -> anyhow::Result<(Ws, Duration)> {
     let stream = ctx.binds.connect(ctx.server).await.context("tcp connect")?;
     let url = format!("ws://{}/v1/ws?access_token={}", ctx.server, account.token);
     let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config())).await.context("websocket upgrade")?;
-    let first = tokio::time::timeout(Duration::from_secs(30), ws.next()).await.context("no hello within 30 s")?;
-    let heartbeat = match first {
+    let heartbeat = match ws.next().await {
         Some(Ok(WsMessage::Text(text))) => {
             let frame: Frame<'_> = serde_json::from_str(text.as_str()).context("hello frame")?;
             if frame.kind != "hello" {
@@ -141,7 +164,6 @@ pub(crate) async fn connect(ctx: &Ctx, account: &Account) -> anyhow::Result<(Ws,
         }
         other => bail!("expected hello, got {other:?}"),
     };
-    ctx.stats.connect.record(now_us() - started);
     Ok((ws, heartbeat))
 }
 
@@ -199,6 +221,7 @@ pub(crate) fn spawn_client(ctx: Arc<Ctx>, ws: Ws, peer: Option<Arc<str>>, heartb
         acks: Vec::new(),
         out: Vec::new(),
         outstanding: 0,
+        paused_until: None,
         received: 0,
     };
     let task = tokio::spawn(state.run(ws, rx, heartbeat));
@@ -216,6 +239,8 @@ struct ClientState {
     out: Vec<String>,
     /// Sends not yet answered (window mode).
     outstanding: usize,
+    /// After a refusal (overloaded, rate limited) the window waits until then, as a client would.
+    paused_until: Option<tokio::time::Instant>,
     received: u64,
 }
 
@@ -253,6 +278,10 @@ impl ClientState {
                     None => commands_open = false,
                 },
                 _ = ping.tick() => self.out.push(r#"{"type":"ping"}"#.to_owned()),
+                _ = sleep_until_some(self.paused_until) => {
+                    self.paused_until = None;
+                    self.refill();
+                }
             }
         }
     }
@@ -283,7 +312,7 @@ impl ClientState {
 
     /// Window mode: tops the unanswered sends up to the window while the run is sending.
     fn refill(&mut self) {
-        if self.behaviour.window == 0 || !self.ctx.is_sending() {
+        if self.behaviour.window == 0 || !self.ctx.is_sending() || self.paused_until.is_some() {
             return;
         }
         let Some(peer) = self.peer.clone() else { return };
@@ -357,6 +386,9 @@ impl ClientState {
                 match frame.reference.as_deref().and_then(content::parse_reference) {
                     Some(stamp) => {
                         stats.on_refused(stamp.sched_us, &format!("ws {code}"));
+                        if self.paused_until.is_none() {
+                            self.paused_until = Some(tokio::time::Instant::now() + REFUSED_PAUSE);
+                        }
                         self.answered();
                     }
                     None => stats.on_refused(now_us(), &format!("ws {code}")),

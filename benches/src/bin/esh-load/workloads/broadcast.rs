@@ -89,6 +89,8 @@ pub(crate) async fn broadcast(ctx: &Arc<Ctx>, args: &BroadcastArgs) -> anyhow::R
     if args.online {
         ctx.progress.println("broadcasts answered, waiting for the fan-out");
         traffic::drain(ctx, now_us() + (args.drain * 1e6) as u64).await;
+        // The server still applies the last acks: let it, inside the window.
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let measured = window.close(ctx);
     ws::close_all(ctx, clients, Duration::from_secs(10)).await;

@@ -29,6 +29,12 @@ pub(crate) struct IdleArgs {
 
 pub(crate) async fn idle(ctx: &Arc<Ctx>, args: &IdleArgs) -> anyhow::Result<Report> {
     let connections = args.connections.max(1);
+    if connections as u64 + 200 > ctx.nofile {
+        anyhow::bail!(
+            "{connections} sockets need more open files than this process may have ({}); the server needs as many",
+            ctx.nofile
+        );
+    }
     let users = if args.users == 0 { connections } else { args.users.min(connections) };
     let accounts = api::accounts(ctx, ids(&ctx.prefix, "m", users).map(UserSpec::mobile).collect(), "users").await?;
     let sockets: Vec<Account> = (0..connections).map(|i| accounts[i % users].clone()).collect();

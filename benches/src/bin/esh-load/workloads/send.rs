@@ -37,7 +37,14 @@ async fn post_one_way(ctx: Arc<Ctx>, token: Arc<str>, to: Arc<str>, seq: u64, sc
     ctx.stats.on_sent(sched_us, sent_us);
     match ctx.http.post("/v1/messages", &token, body).await {
         Ok(answer) if answer.status.as_u16() == 202 => ctx.stats.on_accepted(sched_us, sent_us, 1),
-        Ok(answer) => ctx.stats.on_refused(sched_us, &answer.code()),
+        Ok(answer) => {
+            ctx.stats.on_refused(sched_us, &answer.code());
+            // Back off as a client told to retry later would (max-rate loops would
+            // otherwise spin on refusals).
+            if matches!(answer.status.as_u16(), 429 | 503) {
+                tokio::time::sleep(ws::REFUSED_PAUSE).await;
+            }
+        }
         Err(error) => ctx.stats.on_error(sched_us, format_args!("{error:#}")),
     }
 }
