@@ -6,6 +6,7 @@
 //! the sockets → drain the status writer → drop the backends (closing the log and store).
 //! Each step gets `shutdown_grace`; a step that overruns is cut short and logged.
 
+use axum::serve::ListenerExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -201,6 +202,12 @@ impl Platform {
         let app = app.layer(TraceLayer::new_for_http());
         let stop_accepting = platform.stages.http.clone();
         platform.spawn(Task::Http, async move {
+            // Small frames must not wait for delayed ACKs (Nagle): latency is the product.
+            let listener = listener.tap_io(|tcp| {
+                if let Err(error) = tcp.set_nodelay(true) {
+                    tracing::debug!(%error, "cannot set TCP_NODELAY");
+                }
+            });
             axum::serve(listener, app)
                 .with_graceful_shutdown(stop_accepting.cancelled_owned())
                 .await
