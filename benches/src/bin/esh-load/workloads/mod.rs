@@ -1,4 +1,4 @@
-//! The workloads of issue 3, one function each; every one builds its users through the
+//! The benchmark workloads, one function each; every one builds its users through the
 //! API, runs, and answers a [`Report`].
 
 mod backlog;
