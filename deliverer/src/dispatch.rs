@@ -1,6 +1,7 @@
 //! The node's bus consumer: turns the events the router addresses to this node into frames
 //! (each serialized once, its bytes shared by all the user's sockets), pushes them through
-//! the registry and tells the tracker which messages went out (attempt 1).
+//! the registry and tells the tracker which messages went out (attempt 1). A message every
+//! socket of its user skipped (their replay sent it) is not reported: the replay did.
 
 use std::sync::Arc;
 
@@ -33,7 +34,8 @@ pub(crate) async fn run(
             break;
         }
         let outgoing: Vec<Outgoing> = received.drain(..).flatten().map(to_frame).collect();
-        let reached = registry.push(&outgoing);
+        // Sockets skip the messages their replay already sent them.
+        let reached = registry.push_routed(&outgoing);
         let deliveries: Vec<Delivery> = outgoing
             .into_iter()
             .zip(reached)

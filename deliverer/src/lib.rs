@@ -63,6 +63,9 @@ pub struct DelivererConfig {
     pub persist_queue: usize,
     /// Live frames one socket holds while its undelivered messages are replayed.
     pub replay_hold: usize,
+    /// How long a socket remembers the messages its replay sent (at most `replay_hold` of
+    /// them), so that the router's late live copies are not sent again; zero keeps none.
+    pub replay_window: Duration,
     /// Messages read from the store per page of a replay.
     pub replay_page: usize,
     /// Least time between two presence refreshes of one socket (presence lives 5 minutes).
@@ -87,6 +90,7 @@ impl Default for DelivererConfig {
             tracker_queue: 4096,
             persist_queue: 1024,
             replay_hold: 4096,
+            replay_window: Duration::from_secs(60),
             replay_page: 500,
             presence_refresh: Duration::from_secs(60),
             max_invalid_frames_per_s: 20,

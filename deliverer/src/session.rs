@@ -4,11 +4,14 @@
 //! Life of a connection: `hello` → attach to the registry (replay mode) → register presence
 //! → replay the undelivered messages from the store while already reading client frames →
 //! live frames. Presence is registered before the store is read, so a message routed in
-//! between is either in the replay or held as a live frame (and deduplicated by id). When
+//! between is either in the replay or held as a live frame (and deduplicated by id); a
+//! routed copy that reaches the bus only after the replay is dropped by the registry, which
+//! remembers the replayed ids for `replay_window` (the reader forgets them then). When
 //! the reader ends — client close, error, silence for 3 × heartbeat, a frame over the limit,
 //! abuse, or shutdown (close 1001) — the connection leaves the registry and presence.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -130,6 +133,7 @@ async fn serve(deliverer: Arc<Deliverer>, socket: WebSocket, user: String) {
         deliverer: deliverer.clone(),
         user: user.clone(),
         presence_id: presence_id.clone(),
+        connection,
         outbound: outbound.clone(),
         close: Some(close),
         last_seen: now,
@@ -159,15 +163,21 @@ pub(crate) enum ReplayError {
 }
 
 /// Sends `user`'s undelivered messages, oldest first, to one socket, then the live frames
-/// held meanwhile that the replay did not already send, and switches the socket to live.
+/// held meanwhile that the replay did not already send, and switches the socket to live,
+/// leaving it a record of the newest replayed ids whose routed copies are still to come.
+/// True when that record was left (the caller forgets it after `replay_window`).
 pub(crate) async fn replay(
     deliverer: Arc<Deliverer>,
     user: String,
     connection: u64,
     outbound: mpsc::Sender<Utf8Bytes>,
-) -> Result<(), ReplayError> {
+) -> Result<bool, ReplayError> {
     let page_size = deliverer.config.replay_page.max(1);
+    let keep = deliverer.config.replay_hold.max(1);
     let mut sent: HashSet<String> = HashSet::new();
+    // The newest `keep` replayed ids (pages come in id order): routed copies in flight are
+    // of the newest messages.
+    let mut newest: VecDeque<String> = VecDeque::new();
     let mut after: Option<String> = None;
     loop {
         let page = deliverer.backends.store.undelivered(&user, after.as_deref(), page_size).await.map_err(ReplayError::Store)?;
@@ -176,6 +186,10 @@ pub(crate) async fn replay(
             let frame = frames::message(message);
             outbound.send(frame.clone()).await.map_err(|_| ReplayError::Closed)?;
             sent.insert(message.id.clone());
+            if newest.len() == keep {
+                newest.pop_front();
+            }
+            newest.push_back(message.id.clone());
             deliveries.push(Delivery { user: user.clone(), message_id: message.id.clone(), frame });
         }
         if !deliveries.is_empty() && deliverer.tracker.send(Command::Sent(deliveries)).await.is_err() {
@@ -186,15 +200,27 @@ pub(crate) async fn replay(
         }
         after = page.last().map(|m| m.id.clone());
     }
-    while let Some(held) = deliverer.registry.release(&user, connection) {
-        for (message_id, frame) in held {
-            if message_id.is_some_and(|id| sent.contains(&id)) {
-                continue;
+    let window = deliverer.config.replay_window;
+    let mut record: HashSet<String> = if window.is_zero() { HashSet::new() } else { newest.into_iter().collect() };
+    let until = Instant::now() + window;
+    loop {
+        let recording = !record.is_empty();
+        let Some(held) = deliverer.registry.end_replay(&user, connection, &mut record, until) else {
+            return Ok(recording);
+        };
+        for held in held {
+            if let Some(id) = &held.message_id {
+                if sent.contains(id) {
+                    // The routed copy came while replaying: nothing is left to expect.
+                    if held.routed {
+                        record.remove(id);
+                    }
+                    continue;
+                }
             }
-            outbound.send(frame).await.map_err(|_| ReplayError::Closed)?;
+            outbound.send(held.frame).await.map_err(|_| ReplayError::Closed)?;
         }
     }
-    Ok(())
 }
 
 /// The reading half of a connection and what it needs to answer frames.
@@ -202,6 +228,7 @@ struct Reader {
     deliverer: Arc<Deliverer>,
     user: String,
     presence_id: String,
+    connection: u64,
     outbound: mpsc::Sender<Utf8Bytes>,
     /// Tells the writer to close the socket with a code (taken once).
     close: Option<oneshot::Sender<CloseFrame>>,
@@ -216,7 +243,7 @@ impl Reader {
     async fn run(
         &mut self,
         mut stream: SplitStream<WebSocket>,
-        replay: impl std::future::Future<Output = Result<(), ReplayError>>,
+        replay: impl std::future::Future<Output = Result<bool, ReplayError>>,
         ended: CancellationToken,
     ) {
         let silence_limit = self.deliverer.config.heartbeat * 3;
@@ -224,6 +251,9 @@ impl Reader {
         tokio::pin!(idle);
         tokio::pin!(replay);
         let mut replaying = true;
+        // Armed after a replay that left a record in the registry; boxed so that a socket
+        // without one pays nothing.
+        let mut forget: Option<Pin<Box<tokio::time::Sleep>>> = None;
         loop {
             tokio::select! {
                 _ = ended.cancelled() => break,
@@ -235,10 +265,18 @@ impl Reader {
                     }
                     idle.as_mut().reset(quiet_until);
                 }
+                _ = async { if let Some(sleep) = forget.as_mut() { sleep.await } }, if forget.is_some() => {
+                    forget = None;
+                    self.deliverer.registry.forget_replayed(&self.user, self.connection);
+                }
                 outcome = &mut replay, if replaying => {
                     replaying = false;
                     match outcome {
-                        Ok(()) => {}
+                        Ok(recorded) => {
+                            if recorded {
+                                forget = Some(Box::pin(tokio::time::sleep(self.deliverer.config.replay_window)));
+                            }
+                        }
                         Err(ReplayError::Closed) => break,
                         Err(ReplayError::Store(error)) => {
                             tracing::warn!(%error, "cannot replay undelivered messages; closing so the client retries");

@@ -318,9 +318,11 @@ async fn replay_sends_undelivered_in_order_then_held_live_frames_once() {
     // Routed while the socket replays: one it will replay anyway, one newer.
     let newer = node.stored("m1").await;
     let live = |m: &Message| Outgoing { user: "m1".into(), message_id: Some(m.id.clone()), frame: crate::frames::message(m) };
-    node.deliverer.registry.push(&[live(&backlog[2]), live(&newer)]);
+    node.deliverer.registry.push_routed(&[live(&backlog[2]), live(&newer)]);
 
-    session::replay(node.deliverer.clone(), "m1".into(), connection, outbound).await.unwrap();
+    // The socket remembers the replayed messages whose routed copy has not come yet.
+    assert!(session::replay(node.deliverer.clone(), "m1".into(), connection, outbound).await.unwrap());
+    assert_eq!(node.deliverer.registry.replayed_len("m1", connection), Some(2));
     let mut received = Vec::new();
     while let Ok(frame) = socket.try_recv() {
         received.push(frame_id(&frame));
@@ -332,4 +334,38 @@ async fn replay_sends_undelivered_in_order_then_held_live_frames_once() {
     let later = node.stored("m1").await;
     node.route(&later).await;
     assert_eq!(frame_id(&socket.recv().await.unwrap()), later.id);
+}
+
+/// Req 4.1 (each message once per socket, retries aside): a message stored for an offline
+/// user is replayed when they connect; the router, which found them online meanwhile, hands
+/// the same message to the bus, and its copy arrives only after the replay has finished.
+#[tokio::test(start_paused = true)]
+async fn a_replayed_message_is_not_sent_again_when_the_routers_copy_arrives_after_the_replay() {
+    let node = Node::start().await;
+    let message = node.stored("m1").await;
+    let connection = node.deliverer.next_connection.fetch_add(1, Ordering::Relaxed);
+    let (outbound, mut socket) = mpsc::channel(64);
+    node.deliverer.registry.attach("m1", connection, outbound.clone());
+    let start = Instant::now();
+    assert!(session::replay(node.deliverer.clone(), "m1".into(), connection, outbound).await.unwrap());
+    assert_eq!(frame_id(&socket.try_recv().expect("the replayed frame")), message.id);
+    assert_eq!(node.deliverer.registry.replayed_len("m1", connection), Some(1));
+
+    // The tracker's retry is a legitimate resend: it goes out (5 s ack timeout + 1 s).
+    assert_eq!(frame_id(&socket.recv().await.unwrap()), message.id);
+    assert_eq!(start.elapsed().as_secs(), 6);
+
+    // The router's late copy is dropped for this socket; what follows it on the bus (a
+    // status frame: no store write, which paused time would not wait for) comes live.
+    let marker = NodeEvent::Status { user: "m1".into(), message_id: "m-0".into(), status: Status::Read, at: Millis(0) };
+    node.backends.bus.send(&NODE.to_string(), vec![NodeEvent::Message(message.clone()), marker]).await.unwrap();
+    let next: serde_json::Value = serde_json::from_str(&socket.recv().await.unwrap()).unwrap();
+    assert_eq!(next["type"], "status", "the replayed message came twice: {next}");
+    assert_eq!(start.elapsed().as_secs(), 6);
+    // Its copy came: nothing is left to remember.
+    assert_eq!(node.deliverer.registry.replayed_len("m1", connection), None);
+
+    // The message keeps its single schedule: attempt 3 comes at 6 + 5 + 2 = 13 s.
+    assert_eq!(frame_id(&socket.recv().await.unwrap()), message.id);
+    assert_eq!(start.elapsed().as_secs(), 13);
 }

@@ -311,3 +311,29 @@ async fn a_client_close_is_answered_and_leaves_presence() -> Result<()> {
     }
     Ok(())
 }
+
+/// Req 4.1: a message waiting for an offline user is replayed when they connect; the
+/// router's live copy of it (routed once presence was registered) reaches the bus after the
+/// replay has finished. The socket gets the message exactly once.
+#[tokio::test]
+async fn a_message_replayed_on_connect_is_not_sent_again_by_the_routers_late_copy() -> Result<()> {
+    let server = Server::start(DelivererConfig::default()).await?;
+    let waiting = server.stored().await?;
+    let mut client = server.connect().await?;
+    let replayed = next_json(&mut client).await?;
+    assert_eq!(replayed["message"]["id"], waiting.id.as_str());
+    // Lets the replay finish switching the socket to live frames.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let newer = server.stored().await?;
+    let routed = vec![NodeEvent::Message(waiting.clone()), NodeEvent::Message(newer.clone())];
+    server.backends.bus.send(&NODE.to_string(), routed).await?;
+    let frame = next_json(&mut client).await?;
+    assert_eq!(frame["message"]["id"], newer.id.as_str(), "the replayed message came twice: {frame}");
+
+    let ack = json!({"type": "ack", "message_ids": [waiting.id, newer.id]}).to_string();
+    client.send(WsMessage::text(ack)).await?;
+    client.send(WsMessage::text(r#"{"type":"ping"}"#)).await?;
+    assert_eq!(next_json(&mut client).await?, json!({"type": "pong"}), "nothing else came");
+    Ok(())
+}
