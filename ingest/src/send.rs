@@ -57,8 +57,8 @@ const OVERLOADED_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// How often a repeat polls the key of a request still in flight, and for how long at most.
 const IN_FLIGHT_POLL: Duration = Duration::from_millis(10);
 const IN_FLIGHT_WAIT: Duration = Duration::from_secs(10);
-/// Users looked up per store call when checking broadcast recipients.
-const USER_LOOKUP_CHUNK: usize = 5_000;
+/// Fewest users looked up per store call when checking broadcast recipients.
+const USER_LOOKUP_MIN_CHUNK: usize = 2_000;
 /// Tries of a log append after the message is already in the store.
 const APPEND_TRIES: u32 = 3;
 /// The idempotency header.
@@ -387,7 +387,7 @@ impl Ingest {
             input?;
             return Err(ApiError::forbidden("the admin token cannot send messages"));
         };
-        let input = match input {
+        let mut input = match input {
             Ok(input) => input,
             Err(error) => return Err(self.refuse_after_rate_check(&sender.id, error).await),
         };
@@ -404,7 +404,7 @@ impl Ingest {
             }
         }
         let mut permits = Permits::default();
-        let outcome = self.send_counted(sender, &input, &mut permits).await;
+        let outcome = self.send_counted(sender, &mut input, &mut permits).await;
         if outcome.is_err() {
             self.refund(permits).await;
         }
@@ -429,7 +429,7 @@ impl Ingest {
     async fn send_counted(
         &self,
         sender: &User,
-        input: &SendInput,
+        input: &mut SendInput,
         permits: &mut Permits,
     ) -> Result<Accepted, ApiError> {
         let limit = self.config.rate_limit_per_minute;
@@ -516,13 +516,14 @@ impl Ingest {
     }
 
     /// Stores a broadcast with its reserved message ids and appends one record for the router.
-    async fn broadcast(&self, sender: &User, input: &SendInput) -> Result<Accepted, ApiError> {
+    /// Takes the recipient list out of `input` (100,000 ids are not copied).
+    async fn broadcast(&self, sender: &User, input: &mut SendInput) -> Result<Accepted, ApiError> {
         let total = input.recipients.len();
         let first_message_id = ids::reserve(total as u32).to_string();
         let broadcast = Broadcast {
             id: ids::new_id(),
             sender_id: sender.id.clone(),
-            recipient_ids: input.recipients.clone(),
+            recipient_ids: std::mem::take(&mut input.recipients),
             content: input.content.clone(),
             media_ids: input.media_ids.clone(),
             priority: input.priority,
@@ -561,14 +562,25 @@ impl Ingest {
     }
 
     /// Every broadcast recipient must be an existing mobile user; else 400 listing up to 100 others.
+    /// `recipients` has no duplicates (`check_broadcast_recipients`).
     async fn check_broadcast_recipients_exist(&self, recipients: &[String]) -> Result<(), ApiError> {
-        // Chunks are looked up at once; the store's reader pool bounds the parallelism.
+        // Sorted, each chunk is one range of ids, looked up in key order; the chunks run
+        // at once, one per core (the store's reader pool bounds the parallelism).
+        let mut sorted = recipients.to_vec();
+        sorted.sort_unstable();
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let chunk = sorted.len().div_ceil(cores).max(USER_LOOKUP_MIN_CHUNK);
         let store = &self.backends.store;
-        let found =
-            futures::future::try_join_all(recipients.chunks(USER_LOOKUP_CHUNK).map(|chunk| store.users(chunk))).await?;
-        let mobile: HashSet<String> =
-            found.into_iter().flatten().filter(|user| user.kind == UserKind::Mobile).map(|user| user.id).collect();
-        let unknown: Vec<&String> = recipients.iter().filter(|id| !mobile.contains(*id)).collect();
+        let found = futures::future::try_join_all(sorted.chunks(chunk).map(|ids| store.users(ids))).await?;
+        let mut mobile: Vec<&str> =
+            found.iter().flatten().filter(|user| user.kind == UserKind::Mobile).map(|user| user.id.as_str()).collect();
+        if mobile.len() == sorted.len() {
+            // Each chunk answered at most its own ids, each once: the same count is all of them.
+            return Ok(());
+        }
+        mobile.sort_unstable();
+        let unknown: Vec<&String> =
+            recipients.iter().filter(|id| mobile.binary_search(&id.as_str()).is_err()).collect();
         if unknown.is_empty() {
             return Ok(());
         }

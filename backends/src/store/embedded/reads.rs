@@ -39,14 +39,18 @@ pub(super) fn user(connection: &Connection, id: &str) -> Result<Option<User>, Fa
     rows.next()?.map(user_from_row).transpose()
 }
 
-pub(super) fn users(connection: &Connection, ids: &[String]) -> Result<Vec<User>, Failure> {
-    let mut found = Vec::with_capacity(ids.len());
-    for id in ids {
-        if let Some(user) = user(connection, id)? {
-            found.push(user);
-        }
-    }
-    Ok(found)
+/// The users whose ids are in `ids_json` (a JSON array of strings), in one statement: the
+/// list is walked by `json_each` and each id is one primary-key search, so the caller
+/// passes it sorted (neighbouring searches then touch the same pages) and without
+/// duplicates (each user comes back once per occurrence).
+pub(super) fn users(connection: &Connection, ids_json: &str) -> Result<Vec<User>, Failure> {
+    rows(
+        connection,
+        "SELECT u.id, u.kind, u.display_name, u.created_at, u.permissions, u.verified, u.notifications_enabled \
+         FROM json_each(?1) AS j CROSS JOIN users AS u ON u.id = j.value",
+        [ids_json],
+        user_from_row,
+    )
 }
 
 pub(super) fn conversation(connection: &Connection, id: &str) -> Result<Option<Conversation>, Failure> {

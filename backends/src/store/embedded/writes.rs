@@ -1,7 +1,9 @@
 //! The write requests, each run by the writer thread inside its batch transaction.
 //! Every write is keyed; the only reads are point or prefix reads of the row being changed.
 
-use esh_common::{Attempt, Broadcast, Conversation, Message, Millis, Status, StatusApplied, StatusChange, User};
+use esh_common::{
+    Attempt, Broadcast, Conversation, Message, Millis, Priority, Status, StatusApplied, StatusChange, User,
+};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::codec::{channel_name, encode_list, encode_permissions, kind_name, parse_status, priority_name, to_u64};
@@ -379,7 +381,36 @@ pub(super) fn record_attempts(connection: &Connection, attempts: &[Attempt]) -> 
     Ok(())
 }
 
-pub(super) fn create_broadcast(connection: &Connection, broadcast: &Broadcast) -> Result<(), Failure> {
+/// A broadcast as its `broadcasts` row stores it: the lists already JSON-encoded.
+pub(super) struct BroadcastRow {
+    id: String,
+    sender_id: String,
+    priority: Priority,
+    first_message_id: String,
+    created_at: Millis,
+    media_ids: String,
+    content: String,
+    recipient_ids: String,
+    total: usize,
+}
+
+impl BroadcastRow {
+    pub(super) fn new(broadcast: &Broadcast) -> BroadcastRow {
+        BroadcastRow {
+            id: broadcast.id.clone(),
+            sender_id: broadcast.sender_id.clone(),
+            priority: broadcast.priority,
+            first_message_id: broadcast.first_message_id.clone(),
+            created_at: broadcast.created_at,
+            media_ids: encode_list(&broadcast.media_ids),
+            content: broadcast.content.clone(),
+            recipient_ids: encode_list(&broadcast.recipient_ids),
+            total: broadcast.recipient_ids.len(),
+        }
+    }
+}
+
+pub(super) fn create_broadcast(connection: &Connection, broadcast: &BroadcastRow) -> Result<(), Failure> {
     let inserted = connection
         .prepare_cached(
             "INSERT OR IGNORE INTO broadcasts \
@@ -392,14 +423,14 @@ pub(super) fn create_broadcast(connection: &Connection, broadcast: &Broadcast) -
             priority_name(broadcast.priority),
             broadcast.first_message_id,
             broadcast.created_at.0,
-            encode_list(&broadcast.media_ids),
+            broadcast.media_ids,
             broadcast.content,
-            encode_list(&broadcast.recipient_ids),
+            broadcast.recipient_ids,
         ])?;
     if inserted == 0 {
         return Err(Failure(BackendError::Conflict(format!("broadcast {} exists", broadcast.id))));
     }
-    let total = i64::try_from(broadcast.recipient_ids.len()).map_err(|_| corrupt("broadcast too large"))?;
+    let total = i64::try_from(broadcast.total).map_err(|_| corrupt("broadcast too large"))?;
     let mut counter = connection
         .prepare_cached("INSERT OR REPLACE INTO broadcast_counts (broadcast_id, status, count) VALUES (?1, ?2, ?3)")?;
     for status in Status::ALL {
