@@ -12,6 +12,11 @@ use esh_server::{Config, Platform};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+// jemalloc instead of glibc malloc: on the max-one-way load it costs about 14 % less server
+// CPU a message (glibc's _int_malloc and malloc_consolidate were hot in `perf`).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "esh", version, about = "Esh3ar messaging platform: `esh` alone runs every stage in one process")]
 struct Cli {

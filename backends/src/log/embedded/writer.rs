@@ -1,10 +1,11 @@
 //! The writer thread: the only code that changes files. It takes requests from a bounded
 //! channel, writes everything queued (up to a record and byte budget: appends to their
 //! partitions' active segments, commits to the commit log), makes the whole group durable
-//! with one `fdatasync` per touched file, the files synced in parallel (group commit; on
-//! ext4 concurrent syncs share one journal commit, so touching 8 partitions costs about
-//! one sync, not 8), then publishes the records to readers, wakes consumers and answers
-//! every caller.
+//! with one `fdatasync` per touched file (group commit): a group touching one or two files
+//! syncs them on the writer thread; a larger one shares its files out, two a thread, to
+//! as few sync threads as it needs, so the syncs overlap (their waits for the disk and, on
+//! ext4, one journal commit) without waking a thread per file. Then it publishes the
+//! records to readers, wakes consumers and answers every caller.
 //!
 //! Failures: a failed write is undone (files cut back) and the callers whose requests it
 //! held get the error; a failed `fdatasync` leaves the page cache untrustworthy, so the
@@ -16,7 +17,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
-use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::sync::{mpsc as std_mpsc, Arc};
 use std::thread::JoinHandle;
 use tokio::sync::{mpsc, oneshot};
 
@@ -74,54 +75,82 @@ fn answer(replies: Vec<Reply>, outcome: impl Fn() -> Result<(), BackendError>) {
     }
 }
 
-/// A file to sync and where to report the outcome.
-type SyncJob = (Arc<File>, std_mpsc::Sender<io::Result<()>>);
+/// Groups that touch at most this many files sync them on the writer thread, one after
+/// the other: waking a helper and being woken back costs more CPU than the overlap saves.
+const INLINE_SYNC_FILES: usize = 2;
 
-/// Threads that `fdatasync` files in parallel with the writer.
-pub(crate) struct Syncer {
+/// Files each sync thread takes from a larger group (the writer keeps a share too), so a
+/// group wakes as few threads as it needs rather than one per file.
+const FILES_PER_SYNC_THREAD: usize = 2;
+
+/// Files to sync and where to report the outcome (the first error).
+type SyncJob = (Vec<Arc<File>>, std_mpsc::Sender<io::Result<()>>);
+
+/// Syncs every file (data and the size needed to read it); the first error wins, but every
+/// file is still synced.
+fn sync_all(files: &[Arc<File>]) -> io::Result<()> {
+    let mut outcome = Ok(());
+    for file in files {
+        if let Err(error) = file.sync_data() {
+            outcome = outcome.and(Err(error));
+        }
+    }
+    outcome
+}
+
+/// A sync thread with its own queue: only the threads a group needs are woken.
+struct Helper {
     jobs: Option<std_mpsc::Sender<SyncJob>>,
-    threads: Vec<JoinHandle<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Threads that `fdatasync` files in parallel with the writer when a group touches many
+/// files (on ext4 concurrent syncs share one journal commit).
+pub(crate) struct Syncer {
+    helpers: Vec<Helper>,
 }
 
 impl Syncer {
     /// Starts `helpers` sync threads (0: the writer syncs every file itself, one by one).
     pub(crate) fn start(helpers: usize) -> io::Result<Syncer> {
-        let (jobs, queue) = std_mpsc::channel::<SyncJob>();
-        let queue = Arc::new(Mutex::new(queue));
-        let mut threads = Vec::with_capacity(helpers);
+        let mut started = Vec::with_capacity(helpers);
         for i in 0..helpers {
-            let queue = queue.clone();
-            let thread = std::thread::Builder::new().name(format!("esh-log-sync-{i}")).spawn(move || loop {
-                let job = lock(&queue).recv();
-                let Ok((file, done)) = job else { return };
-                let _ = done.send(file.sync_data());
+            let (jobs, queue) = std_mpsc::channel::<SyncJob>();
+            let thread = std::thread::Builder::new().name(format!("esh-log-sync-{i}")).spawn(move || {
+                while let Ok((files, done)) = queue.recv() {
+                    let _ = done.send(sync_all(&files));
+                }
             })?;
-            threads.push(thread);
+            started.push(Helper { jobs: Some(jobs), thread: Some(thread) });
         }
-        Ok(Syncer { jobs: Some(jobs), threads })
+        Ok(Syncer { helpers: started })
     }
 
-    /// Syncs every file (data and the size needed to read it), in parallel; the first
-    /// error wins.
+    /// Syncs every file (data and the size needed to read it), in parallel when there are
+    /// many; the first error wins.
     fn sync(&self, files: &[Arc<File>]) -> io::Result<()> {
-        let Some((first, rest)) = files.split_first() else { return Ok(()) };
+        if files.len() <= INLINE_SYNC_FILES || self.helpers.is_empty() {
+            return sync_all(files);
+        }
+        let per = FILES_PER_SYNC_THREAD;
+        // The writer keeps the first share; the rest go to as few helpers as needed.
+        let (mine, rest) = files.split_at(per.min(files.len()));
         let (done, results) = std_mpsc::channel();
         let mut delegated = 0;
         let mut outcome = Ok(());
-        for file in rest {
-            let sent = match (&self.jobs, self.threads.is_empty()) {
-                (Some(jobs), false) => jobs.send((file.clone(), done.clone())).is_ok(),
-                _ => false,
-            };
+        let mut helpers = self.helpers.iter();
+        for chunk in rest.chunks(per) {
+            let sent = helpers
+                .next()
+                .and_then(|helper| helper.jobs.as_ref())
+                .is_some_and(|jobs| jobs.send((chunk.to_vec(), done.clone())).is_ok());
             if sent {
                 delegated += 1;
-            } else if let Err(error) = file.sync_data() {
-                outcome = Err(error);
+            } else {
+                outcome = outcome.and(sync_all(chunk));
             }
         }
-        if let Err(error) = first.sync_data() {
-            outcome = outcome.and(Err(error));
-        }
+        outcome = outcome.and(sync_all(mine));
         for _ in 0..delegated {
             let result = results.recv().unwrap_or_else(|_| Err(io::Error::other("a sync thread stopped")));
             outcome = outcome.and(result);
@@ -132,9 +161,13 @@ impl Syncer {
 
 impl Drop for Syncer {
     fn drop(&mut self) {
-        self.jobs.take();
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
+        for helper in &mut self.helpers {
+            helper.jobs.take();
+        }
+        for helper in &mut self.helpers {
+            if let Some(thread) = helper.thread.take() {
+                let _ = thread.join();
+            }
         }
     }
 }
