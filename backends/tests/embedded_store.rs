@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use esh_backends::store::EmbeddedMessageStore;
+use esh_backends::testsuite::fixtures;
 use esh_backends::testsuite::store as suite;
 use esh_backends::{ErrorKind, MessageStore};
-use esh_common::{ids, Message, MessageType, Millis, Priority, Status, StatusChange, User, UserKind};
+use esh_common::{Message, Millis, Status, StatusChange, User, UserKind};
 use tempfile::TempDir;
 
 /// Opens a new store file in `dir` on every call.
@@ -115,22 +116,7 @@ async fn all_suites_share_one_store() {
 }
 
 fn message_to(sender: &str, recipient: &str) -> Message {
-    let now = Millis::now();
-    Message {
-        id: ids::new_id(),
-        kind: MessageType::OneWay,
-        sender_id: sender.into(),
-        recipient_id: recipient.into(),
-        conversation_id: None,
-        content: "kept".into(),
-        media_ids: Vec::new(),
-        priority: Priority::Normal,
-        status: Status::Sent,
-        status_changed_at: now,
-        created_at: now,
-        error: None,
-        broadcast_id: None,
-    }
+    Message { content: "kept".into(), ..fixtures::one_way(sender, recipient) }
 }
 
 /// Req 10.1: what a write answered is on disk; dropping the store finishes queued

@@ -7,10 +7,11 @@ use esh_backends::cache::EmbeddedRecentMessages;
 use esh_backends::log::EmbeddedMessageLog;
 use esh_backends::status_writer::StatusWriter;
 use esh_backends::store::EmbeddedMessageStore;
+use esh_backends::testsuite::fixtures;
 use esh_backends::{BackendError, Consumed, LogConsumer, MessageLog, MessageStore, OneWayRole, Record, RecentMessages};
 use esh_common::{
     ids, topics, Attempt, Broadcast, BroadcastRecipient, Conversation, ConversationSummary, DeadLetter, Message,
-    MessageType, Millis, Permission, Priority, Status, StatusApplied, StatusChange, StatusCounts, User, UserKind,
+    Millis, Permission, Status, StatusApplied, StatusChange, StatusCounts, User, UserKind,
 };
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -209,23 +210,8 @@ impl Setup {
     /// Stores `count` chat messages from the business in `conversation`, status `sent`.
     async fn chat(&self, conversation: &str, count: usize) -> Vec<String> {
         let recipient = if conversation == self.conversation { MOBILE } else { OTHER_MOBILE };
-        let now = Millis::now();
         let messages: Vec<Message> = (0..count)
-            .map(|i| Message {
-                id: ids::new_id(),
-                kind: MessageType::Chat,
-                sender_id: BUSINESS.into(),
-                recipient_id: recipient.into(),
-                conversation_id: Some(conversation.to_owned()),
-                content: format!("hello {i}"),
-                media_ids: Vec::new(),
-                priority: Priority::Normal,
-                status: Status::Sent,
-                status_changed_at: now,
-                created_at: now,
-                error: None,
-                broadcast_id: None,
-            })
+            .map(|i| Message { content: format!("hello {i}"), ..fixtures::chat(conversation, BUSINESS, recipient) })
             .collect();
         self.store.insert_messages(&messages).await.unwrap();
         messages.into_iter().map(|m| m.id).collect()

@@ -4,7 +4,8 @@
 //! insert and history page, log append). This library holds the benchmarks' fixtures.
 //! BENCHMARKS.md at the repository root has the commands and the measured figures.
 
-use esh_common::{ids, Broadcast, Message, MessageType, Millis, Priority, Status};
+use esh_backends::testsuite::fixtures;
+use esh_common::{ids, Broadcast, Message, Millis, Priority};
 use std::time::Duration;
 
 /// Criterion settings that keep each benchmark to a few seconds.
@@ -22,27 +23,12 @@ pub fn content() -> String {
 
 /// A chat message of `conversation` from `sender` to `recipient`, with a fresh id.
 pub fn chat_message(conversation: &str, sender: &str, recipient: &str) -> Message {
-    let now = Millis::now();
-    Message {
-        id: ids::new_id(),
-        kind: MessageType::Chat,
-        sender_id: sender.to_owned(),
-        recipient_id: recipient.to_owned(),
-        conversation_id: Some(conversation.to_owned()),
-        content: content(),
-        media_ids: Vec::new(),
-        priority: Priority::Normal,
-        status: Status::Sent,
-        status_changed_at: now,
-        created_at: now,
-        error: None,
-        broadcast_id: None,
-    }
+    Message { content: content(), ..fixtures::chat(conversation, sender, recipient) }
 }
 
 /// A one-way message from `business` to `mobile`, with a fresh id.
 pub fn one_way_message(business: &str, mobile: &str) -> Message {
-    Message { kind: MessageType::OneWay, conversation_id: None, ..chat_message("", business, mobile) }
+    Message { content: content(), ..fixtures::one_way(business, mobile) }
 }
 
 /// A broadcast from `business` to mobiles `m0..m{n}`.

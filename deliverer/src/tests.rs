@@ -12,10 +12,11 @@ use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
 use esh_backends::resolver::{resolve, BackendUrls, Backends};
 use esh_backends::status_writer::StatusWriter;
+use esh_backends::testsuite::fixtures;
 use esh_backends::NodeEvent;
 use esh_common::auth::TokenKeys;
 use esh_common::ingress::{ChatIngress, ChatRequest};
-use esh_common::{ids, ApiError, Message, MessageType, Millis, Priority, Status, StatusChange};
+use esh_common::{ApiError, Message, Millis, Status, StatusChange};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -114,22 +115,7 @@ impl Drop for Node {
 }
 
 fn one_way(recipient: &str) -> Message {
-    let now = Millis::now();
-    Message {
-        id: ids::new_id(),
-        kind: MessageType::OneWay,
-        sender_id: "biz".into(),
-        recipient_id: recipient.into(),
-        conversation_id: None,
-        content: "your parcel is on its way".into(),
-        media_ids: vec![],
-        priority: Priority::Normal,
-        status: Status::Sent,
-        status_changed_at: now,
-        created_at: now,
-        error: None,
-        broadcast_id: None,
-    }
+    Message { content: "your parcel is on its way".into(), ..fixtures::one_way("biz", recipient) }
 }
 
 fn frame_id(frame: &str) -> String {

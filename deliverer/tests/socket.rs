@@ -11,10 +11,11 @@ use anyhow::{bail, Context, Result};
 use async_trait::async_trait;
 use esh_backends::resolver::{resolve, BackendUrls, Backends};
 use esh_backends::status_writer::StatusWriter;
+use esh_backends::testsuite::fixtures;
 use esh_backends::NodeEvent;
 use esh_common::auth::TokenKeys;
 use esh_common::ingress::{ChatIngress, ChatRequest};
-use esh_common::{ids, ApiError, Message, MessageType, Millis, Priority, Status, User, UserKind};
+use esh_common::{ApiError, Message, Millis, Status, User, UserKind};
 use esh_deliverer::{Deliverer, DelivererConfig};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -93,22 +94,7 @@ impl Server {
     }
 
     async fn stored(&self) -> Result<Message> {
-        let now = Millis::now();
-        let message = Message {
-            id: ids::new_id(),
-            kind: MessageType::OneWay,
-            sender_id: "biz".into(),
-            recipient_id: "m1".into(),
-            conversation_id: None,
-            content: "hello".into(),
-            media_ids: vec![],
-            priority: Priority::Normal,
-            status: Status::Sent,
-            status_changed_at: now,
-            created_at: now,
-            error: None,
-            broadcast_id: None,
-        };
+        let message = fixtures::one_way("biz", "m1");
         self.backends.store.insert_messages(std::slice::from_ref(&message)).await?;
         Ok(message)
     }

@@ -114,6 +114,25 @@ impl Backoff {
     }
 }
 
+/// Awaits `$step` until it succeeds, backing off between transient failures: `Some(value)`,
+/// or `None` if `$shutdown` came during a wait; a failure retrying cannot help is returned
+/// with `?`. A macro rather than a function taking a closure because the step borrows its
+/// state mutably and the spawned future has to stay `Send`.
+macro_rules! retrying {
+    ($backoff:expr, $what:expr, $shutdown:expr, $step:expr) => {
+        loop {
+            match $step.await {
+                Ok(value) => break Some(value),
+                Err(error) => {
+                    if !$backoff.retry(error, $what, $shutdown).await? {
+                        break None;
+                    }
+                }
+            }
+        }
+    };
+}
+
 /// Joins `group` on `topics`, retrying transient failures; `None` on shutdown.
 async fn subscribe(
     backends: &Backends,
@@ -122,16 +141,7 @@ async fn subscribe(
     backoff: &mut Backoff,
     shutdown: &CancellationToken,
 ) -> Result<Option<Box<dyn LogConsumer>>, BackendError> {
-    loop {
-        match backends.log.subscribe(group, topics).await {
-            Ok(consumer) => return Ok(Some(consumer)),
-            Err(error) => {
-                if !backoff.retry(error, "subscribe", shutdown).await? {
-                    return Ok(None);
-                }
-            }
-        }
-    }
+    Ok(retrying!(backoff, "subscribe", shutdown, backends.log.subscribe(group, topics)))
 }
 
 /// Polls one batch, retrying transient failures; `None` on shutdown.
@@ -141,16 +151,7 @@ async fn poll(
     backoff: &mut Backoff,
     shutdown: &CancellationToken,
 ) -> Result<Option<Vec<Consumed>>, BackendError> {
-    loop {
-        match consumer.poll(config.batch_size, config.poll_wait).await {
-            Ok(records) => return Ok(Some(records)),
-            Err(error) => {
-                if !backoff.retry(error, "poll", shutdown).await? {
-                    return Ok(None);
-                }
-            }
-        }
-    }
+    Ok(retrying!(backoff, "poll", shutdown, consumer.poll(config.batch_size, config.poll_wait)))
 }
 
 /// Commits `records`, retrying transient failures; `false` on shutdown (they are redelivered).
@@ -160,16 +161,42 @@ async fn commit(
     backoff: &mut Backoff,
     shutdown: &CancellationToken,
 ) -> Result<bool, BackendError> {
-    loop {
-        match consumer.commit(records).await {
-            Ok(()) => return Ok(true),
-            Err(error) => {
-                if !backoff.retry(error, "commit", shutdown).await? {
-                    return Ok(false);
-                }
-            }
-        }
+    Ok(retrying!(backoff, "commit", shutdown, consumer.commit(records)).is_some())
+}
+
+/// The effects of one decoded batch, run again after a transient failure until they succeed.
+trait BatchWork {
+    /// Names the step in retry logs.
+    const STEP: &'static str;
+
+    /// Does the batch's effects; must be safe to call again after an error.
+    fn run<'a>(
+        &'a mut self,
+        backends: &'a Backends,
+        config: &'a RouterConfig,
+    ) -> impl std::future::Future<Output = Result<(), BackendError>> + Send + 'a;
+}
+
+/// Finishes one polled batch: runs `work` until it succeeds (retrying transient failures),
+/// then commits `records` and resets the backoff. `false` on shutdown: nothing more is
+/// committed and the records are redelivered.
+async fn finish_batch<W: BatchWork>(
+    consumer: &mut dyn LogConsumer,
+    records: &[Consumed],
+    work: &mut W,
+    backends: &Backends,
+    config: &RouterConfig,
+    backoff: &mut Backoff,
+    shutdown: &CancellationToken,
+) -> Result<bool, BackendError> {
+    if retrying!(backoff, W::STEP, shutdown, work.run(backends, config)).is_none() {
+        return Ok(false);
     }
+    if !commit(consumer, records, backoff, shutdown).await? {
+        return Ok(false);
+    }
+    backoff.reset();
+    Ok(true)
 }
 
 /// The message router loop.
@@ -186,20 +213,9 @@ async fn route_messages(backends: Backends, config: RouterConfig, shutdown: Canc
             continue;
         }
         let mut batch = RouteBatch::decode(&records);
-        loop {
-            match batch.run(&backends, &config).await {
-                Ok(()) => break,
-                Err(error) => {
-                    if !backoff.retry(error, "route batch", &shutdown).await? {
-                        return Ok(());
-                    }
-                }
-            }
-        }
-        if !commit(consumer.as_mut(), &records, &mut backoff, &shutdown).await? {
+        if !finish_batch(consumer.as_mut(), &records, &mut batch, &backends, &config, &mut backoff, &shutdown).await? {
             return Ok(());
         }
-        backoff.reset();
     }
     Ok(())
 }
@@ -212,6 +228,18 @@ struct RouteBatch {
     broadcasts: VecDeque<(Broadcast, String, usize)>,
     /// Messages to hand to their recipients' nodes, in record order (high priority first).
     messages: Vec<Message>,
+}
+
+impl BatchWork for RouteBatch {
+    const STEP: &'static str = "route batch";
+
+    fn run<'a>(
+        &'a mut self,
+        backends: &'a Backends,
+        config: &'a RouterConfig,
+    ) -> impl std::future::Future<Output = Result<(), BackendError>> + Send + 'a {
+        RouteBatch::run(self, backends, config)
+    }
 }
 
 impl RouteBatch {
@@ -364,21 +392,10 @@ async fn notify_senders(backends: Backends, config: RouterConfig, shutdown: Canc
         if records.is_empty() {
             continue;
         }
-        let events = decode_status_events(&records);
-        loop {
-            match notify(&backends, &events).await {
-                Ok(()) => break,
-                Err(error) => {
-                    if !backoff.retry(error, "notify senders", &shutdown).await? {
-                        return Ok(());
-                    }
-                }
-            }
-        }
-        if !commit(consumer.as_mut(), &records, &mut backoff, &shutdown).await? {
+        let mut events = SenderNotices(decode_status_events(&records));
+        if !finish_batch(consumer.as_mut(), &records, &mut events, &backends, &config, &mut backoff, &shutdown).await? {
             return Ok(());
         }
-        backoff.reset();
     }
     Ok(())
 }
@@ -403,6 +420,21 @@ fn decode_status_events(records: &[Consumed]) -> Vec<StatusEvent> {
         })
         .filter(|event| matches!(event.status, Status::Delivered | Status::Read | Status::Failed))
         .collect()
+}
+
+/// The status events of one batch, to tell their senders about.
+struct SenderNotices(Vec<StatusEvent>);
+
+impl BatchWork for SenderNotices {
+    const STEP: &'static str = "notify senders";
+
+    fn run<'a>(
+        &'a mut self,
+        backends: &'a Backends,
+        _config: &'a RouterConfig,
+    ) -> impl std::future::Future<Output = Result<(), BackendError>> + Send + 'a {
+        notify(backends, &self.0)
+    }
 }
 
 /// Sends each event to every node holding a socket of the message's sender.

@@ -7,8 +7,9 @@ use anyhow::{bail, Context, Result};
 use esh_backends::cache::PRESENCE_TTL;
 use esh_backends::resolver::{resolve, BackendUrls, Backends};
 use esh_backends::status_writer::StatusWriter;
+use esh_backends::testsuite::fixtures;
 use esh_backends::{BackendError, NodeEvent, Record};
-use esh_common::{ids, topics, Broadcast, Message, MessageType, Millis, Priority, Status, StatusChange};
+use esh_common::{ids, topics, Broadcast, Message, Millis, Priority, Status, StatusChange};
 use esh_router::RouterConfig;
 use esh_schemas::MessageEnvelope;
 use tokio::sync::mpsc;
@@ -96,22 +97,7 @@ impl Router {
 }
 
 fn one_way(recipient: &str, priority: Priority) -> Message {
-    let now = Millis::now();
-    Message {
-        id: ids::new_id(),
-        kind: MessageType::OneWay,
-        sender_id: "biz".into(),
-        recipient_id: recipient.into(),
-        conversation_id: None,
-        content: format!("hello {recipient}"),
-        media_ids: vec![],
-        priority,
-        status: Status::Sent,
-        status_changed_at: now,
-        created_at: now,
-        error: None,
-        broadcast_id: None,
-    }
+    Message { content: format!("hello {recipient}"), priority, ..fixtures::one_way("biz", recipient) }
 }
 
 /// The next `count` message events on a node's bus, in order.

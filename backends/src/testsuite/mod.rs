@@ -3,5 +3,6 @@
 //! this crate's tests; real backends run them against real servers (`ESH_TEST_*` URLs).
 
 pub mod cache;
+pub mod fixtures;
 pub mod log;
 pub mod store;
