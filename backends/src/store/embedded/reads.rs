@@ -146,35 +146,27 @@ pub(super) fn messages(connection: &Connection, ids: &[String]) -> Result<Vec<Me
     Ok(found)
 }
 
+/// An upper bound above every id, so that "no cursor" is the same range read as any cursor.
+const ABOVE_EVERY_ID: &str = "\u{10FFFF}";
+/// A lower bound below every id.
+const BELOW_EVERY_ID: &str = "";
+
 pub(super) fn conversation_messages(
     connection: &Connection,
     conversation_id: &str,
     before: Option<&str>,
     limit: usize,
 ) -> Result<Vec<Message>, Failure> {
-    let limit = sql_int(limit);
-    match before {
-        Some(before) => collect_messages(
-            connection,
-            concat!(
-                "SELECT ",
-                message_columns!(),
-                " FROM chat_messages c CROSS JOIN messages m ON m.id = c.id \
-                 WHERE c.conversation_id = ?1 AND c.id < ?2 ORDER BY c.id DESC LIMIT ?3"
-            ),
-            params![conversation_id, before, limit],
+    collect_messages(
+        connection,
+        concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM chat_messages c CROSS JOIN messages m ON m.id = c.id \
+             WHERE c.conversation_id = ?1 AND c.id < ?2 ORDER BY c.id DESC LIMIT ?3"
         ),
-        None => collect_messages(
-            connection,
-            concat!(
-                "SELECT ",
-                message_columns!(),
-                " FROM chat_messages c CROSS JOIN messages m ON m.id = c.id \
-                 WHERE c.conversation_id = ?1 ORDER BY c.id DESC LIMIT ?2"
-            ),
-            params![conversation_id, limit],
-        ),
-    }
+        params![conversation_id, before.unwrap_or(ABOVE_EVERY_ID), sql_int(limit)],
+    )
 }
 
 pub(super) fn one_way_messages(
@@ -184,49 +176,21 @@ pub(super) fn one_way_messages(
     before: Option<&str>,
     limit: usize,
 ) -> Result<Vec<Message>, Failure> {
-    let limit = sql_int(limit);
-    match (role, before) {
-        (OneWayRole::Recipient, Some(before)) => collect_messages(
-            connection,
-            concat!(
-                "SELECT ",
-                message_columns!(),
-                " FROM received_messages o CROSS JOIN messages m ON m.id = o.id \
-                 WHERE o.recipient_id = ?1 AND o.id < ?2 ORDER BY o.id DESC LIMIT ?3"
-            ),
-            params![user, before, limit],
+    let sql = match role {
+        OneWayRole::Recipient => concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM received_messages o CROSS JOIN messages m ON m.id = o.id \
+             WHERE o.recipient_id = ?1 AND o.id < ?2 ORDER BY o.id DESC LIMIT ?3"
         ),
-        (OneWayRole::Recipient, None) => collect_messages(
-            connection,
-            concat!(
-                "SELECT ",
-                message_columns!(),
-                " FROM received_messages o CROSS JOIN messages m ON m.id = o.id \
-                 WHERE o.recipient_id = ?1 ORDER BY o.id DESC LIMIT ?2"
-            ),
-            params![user, limit],
+        OneWayRole::Sender => concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM sent_messages o CROSS JOIN messages m ON m.id = o.id \
+             WHERE o.sender_id = ?1 AND o.id < ?2 ORDER BY o.id DESC LIMIT ?3"
         ),
-        (OneWayRole::Sender, Some(before)) => collect_messages(
-            connection,
-            concat!(
-                "SELECT ",
-                message_columns!(),
-                " FROM sent_messages o CROSS JOIN messages m ON m.id = o.id \
-                 WHERE o.sender_id = ?1 AND o.id < ?2 ORDER BY o.id DESC LIMIT ?3"
-            ),
-            params![user, before, limit],
-        ),
-        (OneWayRole::Sender, None) => collect_messages(
-            connection,
-            concat!(
-                "SELECT ",
-                message_columns!(),
-                " FROM sent_messages o CROSS JOIN messages m ON m.id = o.id \
-                 WHERE o.sender_id = ?1 ORDER BY o.id DESC LIMIT ?2"
-            ),
-            params![user, limit],
-        ),
-    }
+    };
+    collect_messages(connection, sql, params![user, before.unwrap_or(ABOVE_EVERY_ID), sql_int(limit)])
 }
 
 pub(super) fn undelivered(
@@ -235,29 +199,16 @@ pub(super) fn undelivered(
     after: Option<&str>,
     limit: usize,
 ) -> Result<Vec<Message>, Failure> {
-    let limit = sql_int(limit);
-    match after {
-        Some(after) => collect_messages(
-            connection,
-            concat!(
-                "SELECT ",
-                message_columns!(),
-                " FROM undelivered u CROSS JOIN messages m ON m.id = u.id \
-                 WHERE u.recipient_id = ?1 AND u.id > ?2 ORDER BY u.id LIMIT ?3"
-            ),
-            params![recipient_id, after, limit],
+    collect_messages(
+        connection,
+        concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM undelivered u CROSS JOIN messages m ON m.id = u.id \
+             WHERE u.recipient_id = ?1 AND u.id > ?2 ORDER BY u.id LIMIT ?3"
         ),
-        None => collect_messages(
-            connection,
-            concat!(
-                "SELECT ",
-                message_columns!(),
-                " FROM undelivered u CROSS JOIN messages m ON m.id = u.id \
-                 WHERE u.recipient_id = ?1 ORDER BY u.id LIMIT ?2"
-            ),
-            params![recipient_id, limit],
-        ),
-    }
+        params![recipient_id, after.unwrap_or(BELOW_EVERY_ID), sql_int(limit)],
+    )
 }
 
 pub(super) fn attempts(connection: &Connection, message_id: &str) -> Result<Vec<Attempt>, Failure> {
