@@ -346,10 +346,7 @@ async fn deliver(backends: &Backends, messages: &[Message]) -> Result<(), Backen
         return Ok(());
     }
 
-    let mut recipients: Vec<String> = pending.iter().map(|m| m.recipient_id.clone()).collect();
-    recipients.sort_unstable();
-    recipients.dedup();
-    let located = backends.presence.locate(&recipients).await?;
+    let located = locate(backends, pending.iter().map(|m| m.recipient_id.as_str())).await?;
 
     let mut by_node: HashMap<&NodeId, Vec<NodeEvent>> = HashMap::new();
     let mut offline = Vec::new();
@@ -437,15 +434,23 @@ impl BatchWork for SenderNotices {
     }
 }
 
+/// The nodes holding sockets of each of `users` (asked once per distinct user).
+async fn locate<'a>(
+    backends: &Backends,
+    users: impl Iterator<Item = &'a str>,
+) -> Result<HashMap<String, Vec<NodeId>>, BackendError> {
+    let mut distinct: Vec<String> = users.map(str::to_owned).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    backends.presence.locate(&distinct).await
+}
+
 /// Sends each event to every node holding a socket of the message's sender.
 async fn notify(backends: &Backends, events: &[StatusEvent]) -> Result<(), BackendError> {
     if events.is_empty() {
         return Ok(());
     }
-    let mut senders: Vec<String> = events.iter().map(|e| e.sender_id.clone()).collect();
-    senders.sort_unstable();
-    senders.dedup();
-    let located = backends.presence.locate(&senders).await?;
+    let located = locate(backends, events.iter().map(|e| e.sender_id.as_str())).await?;
     let mut by_node: HashMap<&NodeId, Vec<NodeEvent>> = HashMap::new();
     for event in events {
         for node in located.get(&event.sender_id).into_iter().flatten() {
