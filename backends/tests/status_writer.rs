@@ -147,6 +147,9 @@ impl MessageLog for RefusingLog {
     async fn subscribe(&self, group: &str, topics: &[&str]) -> Result<Box<dyn LogConsumer>, BackendError> {
         self.inner.subscribe(group, topics).await
     }
+    async fn end_offsets(&self, topic: &str) -> Result<Vec<u64>, BackendError> {
+        self.inner.end_offsets(topic).await
+    }
     async fn lag(&self, group: &str, topic: &str) -> Result<u64, BackendError> {
         self.inner.lag(group, topic).await
     }

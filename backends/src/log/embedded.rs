@@ -339,6 +339,11 @@ impl MessageLog for EmbeddedMessageLog {
         }))
     }
 
+    async fn end_offsets(&self, topic: &str) -> Result<Vec<u64>, BackendError> {
+        let Some(topic) = self.core.shared.topic(topic) else { return Ok(Vec::new()) };
+        Ok(topic.partitions.iter().map(|partition| partition.end.load(Ordering::Acquire)).collect())
+    }
+
     async fn lag(&self, group: &str, topic: &str) -> Result<u64, BackendError> {
         let shared = &self.core.shared;
         let Some(topic) = shared.topic(topic) else { return Ok(0) };

@@ -40,6 +40,10 @@ pub trait MessageLog: Send + Sync + 'static {
     /// committed offset of each partition it gets.
     async fn subscribe(&self, group: &str, topics: &[&str]) -> Result<Box<dyn LogConsumer>, BackendError>;
 
+    /// The offset the next durable record of each partition of `topic` will get, by
+    /// partition (Kafka's high watermark); empty for a topic that does not exist yet.
+    async fn end_offsets(&self, topic: &str) -> Result<Vec<u64>, BackendError>;
+
     /// Records of `topic` appended but not yet committed by `group` (its backlog).
     async fn lag(&self, group: &str, topic: &str) -> Result<u64, BackendError>;
 
