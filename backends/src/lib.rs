@@ -6,13 +6,15 @@
 //! - `store`: [`MessageStore`], the query-first tables of ARCHITECTURE.md (ScyllaDB, embedded SQLite).
 //! - `cache`: [`Presence`], [`RecentMessages`], [`RateLimiter`], [`IdempotencyKeys`] (Redis, in-process).
 //! - `bus`: [`DeliveryBus`], how the router reaches the deliverer node holding a socket.
-//! - `status_writer`: batches receipts and failures into the store and the status topic.
+//! - `status_writer`: batches receipts and failures into appends to the status topic.
+//! - `freshness`: read-your-writes, by waiting for the store projection to pass the log's head.
 //! - `resolver`: `ESH_LOG`, `ESH_STORE`, `ESH_CACHE` URLs → implementations.
 //! - `testsuite` (feature `testsuite`): one conformance suite per trait, run against every implementation.
 
 pub mod bus;
 pub mod cache;
 pub mod error;
+pub mod freshness;
 pub mod log;
 pub mod resolver;
 pub mod status_writer;
@@ -24,4 +26,4 @@ pub use bus::{DeliveryBus, NodeEvent, NodeId};
 pub use cache::{Claim, IdempotencyKeys, Presence, RateDecision, RateLimiter, RecentMessages, StoredAnswer};
 pub use error::{BackendError, ErrorKind};
 pub use log::{Consumed, LogConsumer, MessageLog, Record};
-pub use store::{MessageStore, OneWayRole};
+pub use store::{IdempotencyRecord, LogPosition, MessageStore, OneWayRole, Projection};

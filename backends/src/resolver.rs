@@ -11,6 +11,7 @@ use crate::cache::{
     Presence, RateLimiter, RecentMessages,
 };
 use crate::error::BackendError;
+use crate::freshness::Freshness;
 use crate::log::{EmbeddedMessageLog, MessageLog};
 use crate::store::{EmbeddedMessageStore, MessageStore};
 
@@ -36,6 +37,16 @@ pub struct Backends {
     pub rate_limiter: Arc<dyn RateLimiter>,
     pub idempotency: Arc<dyn IdempotencyKeys>,
     pub bus: Arc<dyn DeliveryBus>,
+    /// How far the store projection has applied the log (read-your-writes).
+    pub freshness: Arc<Freshness>,
+}
+
+impl Backends {
+    /// Waits (at most `freshness::READ_WAIT`) until the store holds everything the log
+    /// held when called: the first step of a read that must see earlier writes.
+    pub async fn caught_up(&self) -> Result<(), BackendError> {
+        self.freshness.wait(self.log.as_ref(), self.store.as_ref(), crate::freshness::READ_WAIT).await
+    }
 }
 
 /// The scheme of a backend URL, or `embedded` when unset.
@@ -77,6 +88,7 @@ pub async fn resolve(urls: &BackendUrls) -> Result<Backends, BackendError> {
         rate_limiter: Arc::new(EmbeddedRateLimiter::new()),
         idempotency: Arc::new(EmbeddedIdempotencyKeys::new()),
         bus: Arc::new(EmbeddedDeliveryBus::new()),
+        freshness: Arc::new(Freshness::default()),
     })
 }
 

@@ -39,6 +39,26 @@ pub fn nth_in_block(first: &str, n: u32) -> Option<String> {
     Some(Ulid(first.0 + u128::from(n)).to_string())
 }
 
+/// The conversation id of a (business, mobile) pair: derived from the pair, so that a chat
+/// message needs no write before its one log append to name its conversation, and every
+/// stage derives the same id. `c_` and 32 hex digits of SHA-256 (ids may contain any of
+/// `[A-Za-z0-9_.:-]`, so the two ids are length-prefixed before hashing).
+pub fn conversation_id(business_id: &str, mobile_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for id in [business_id, mobile_id] {
+        hash.update((id.len() as u64).to_le_bytes());
+        hash.update(id.as_bytes());
+    }
+    let digest = hash.finalize();
+    let mut id = String::with_capacity(34);
+    id.push_str("c_");
+    for byte in &digest[..16] {
+        id.push_str(&format!("{byte:02x}"));
+    }
+    id
+}
+
 /// Whether `text` is a well-formed id made by this module.
 pub fn is_id(text: &str) -> bool {
     text.len() == 26 && Ulid::from_string(text).is_ok()
@@ -52,6 +72,17 @@ pub fn id_time(id: &str) -> Option<Millis> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conversation_ids_are_derived_from_the_pair_alone() {
+        let id = conversation_id("acme", "mona");
+        assert_eq!(id, conversation_id("acme", "mona"));
+        assert_eq!(id.len(), 34);
+        assert!(id.starts_with("c_"));
+        assert_ne!(id, conversation_id("mona", "acme"));
+        // Ids may contain ':', so "a:b" + "c" must not collide with "a" + "b:c".
+        assert_ne!(conversation_id("a:b", "c"), conversation_id("a", "b:c"));
+    }
 
     #[test]
     fn ids_sort_in_creation_order() {

@@ -108,6 +108,38 @@ impl Message {
     }
 }
 
+/// Who a message's status changes concern: enough to route and project a status event
+/// without reading the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageRoute {
+    pub sender_id: String,
+    pub recipient_id: String,
+    pub conversation_id: Option<String>,
+    pub broadcast_id: Option<String>,
+}
+
+impl Message {
+    /// Moves the message to `change`'s status if that moves it forward; says whether it did.
+    pub fn apply(&mut self, change: &StatusChange) -> bool {
+        if !self.status.can_move_to(change.status) {
+            return false;
+        }
+        self.status = change.status;
+        self.status_changed_at = change.at;
+        self.error = if change.status == Status::Failed { change.error.clone() } else { None };
+        true
+    }
+
+    pub fn route(&self) -> MessageRoute {
+        MessageRoute {
+            sender_id: self.sender_id.clone(),
+            recipient_id: self.recipient_id.clone(),
+            conversation_id: self.conversation_id.clone(),
+            broadcast_id: self.broadcast_id.clone(),
+        }
+    }
+}
+
 pub fn one_way_key(business: &str, mobile: &str) -> String {
     format!("ow:{business}:{mobile}")
 }

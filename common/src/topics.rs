@@ -25,3 +25,7 @@ pub fn messages_topic(priority: Priority) -> &'static str {
 pub const ROUTER_GROUP: &str = "router";
 /// Consumer group that turns status events into `status` frames for senders.
 pub const NOTIFIER_GROUP: &str = "notifier";
+/// Consumer group of the store projection (messages and statuses into the store).
+pub const STORE_GROUP: &str = "store";
+/// Topics the store projection applies, messages highest priority first, then statuses.
+pub const PROJECTED: [&str; 4] = [MESSAGES_HIGH, MESSAGES_NORMAL, MESSAGES_LOW, STATUS];

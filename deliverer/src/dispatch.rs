@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use esh_backends::NodeEvent;
+use esh_common::MessageRoute;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -33,16 +34,26 @@ pub(crate) async fn run(
         if count == 0 {
             break;
         }
-        let outgoing: Vec<Outgoing> = received.drain(..).flatten().map(to_frame).collect();
+        let (outgoing, routes): (Vec<Outgoing>, Vec<Option<MessageRoute>>) = received
+            .drain(..)
+            .flatten()
+            .map(|event| {
+                let route = match &event {
+                    NodeEvent::Message(message) => Some(message.route()),
+                    NodeEvent::Status { .. } => None,
+                };
+                (to_frame(event), route)
+            })
+            .unzip();
         // Sockets skip the messages their replay already sent them.
         let reached = registry.push_routed(&outgoing);
         let deliveries: Vec<Delivery> = outgoing
             .into_iter()
+            .zip(routes)
             .zip(reached)
             .filter(|(_, reached)| *reached)
-            .filter_map(|(outgoing, _)| {
-                let message_id = outgoing.message_id?;
-                Some(Delivery { user: outgoing.user, message_id, frame: outgoing.frame })
+            .filter_map(|((outgoing, route), _)| {
+                Some(Delivery { user: outgoing.user, message_id: outgoing.message_id?, frame: outgoing.frame, route: route? })
             })
             .collect();
         if !deliveries.is_empty() && tracker.send(Command::Sent(deliveries)).await.is_err() {

@@ -131,7 +131,7 @@ impl Deliverer {
 
         let tracker = Tracker::new(registry.clone(), backends.store.clone(), persist_tx, config.ack_timeout);
         tasks.spawn(tracker.run(tracker_rx, shutdown.clone()));
-        tasks.spawn(persist::run(persist_rx, backends.store.clone(), status_writer));
+        tasks.spawn(persist::run(persist_rx, backends.clone(), status_writer));
         tasks.spawn(dispatch::run(events, registry.clone(), tracker_tx.clone(), shutdown.clone()));
 
         Ok(Arc::new(Deliverer {

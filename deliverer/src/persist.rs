@@ -6,12 +6,13 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use esh_backends::status_writer::StatusWriter;
-use esh_backends::{BackendError, ErrorKind, MessageStore};
-use esh_common::{Attempt, Millis, Status, StatusChange};
+use esh_backends::{BackendError, ErrorKind};
+use esh_backends::resolver::Backends;
+use esh_common::{Attempt, Millis, Status};
+use esh_schemas::StatusEvent;
 use tokio::sync::mpsc;
 
 /// Effects to write.
@@ -20,7 +21,7 @@ pub(crate) struct Persist {
     /// Attempt outcomes for the messages' timelines.
     pub(crate) attempts: Vec<Attempt>,
     /// Status changes known to be legitimate (receipts of the recipient, failures).
-    pub(crate) changes: Vec<StatusChange>,
+    pub(crate) changes: Vec<StatusEvent>,
     /// Receipts (user, message ids, status) that count only for messages addressed to the user.
     pub(crate) unverified: Vec<(String, Vec<String>, Status)>,
 }
@@ -43,22 +44,23 @@ const TRIES: u32 = 4;
 const FIRST_WAIT: Duration = Duration::from_millis(100);
 
 /// Runs until every sender is gone, writing what it receives in batches.
-pub(crate) async fn run(mut receiver: mpsc::Receiver<Persist>, store: Arc<dyn MessageStore>, status_writer: StatusWriter) {
+pub(crate) async fn run(mut receiver: mpsc::Receiver<Persist>, backends: Backends, status_writer: StatusWriter) {
     let mut received = Vec::new();
     while receiver.recv_many(&mut received, 256).await > 0 {
         let mut batch = Persist::default();
         for effects in received.drain(..) {
             batch.absorb(effects);
         }
-        write(batch, store.as_ref(), &status_writer).await;
+        write(batch, &backends, &status_writer).await;
     }
 }
 
-async fn write(batch: Persist, store: &dyn MessageStore, status_writer: &StatusWriter) {
+async fn write(batch: Persist, backends: &Backends, status_writer: &StatusWriter) {
     let Persist { attempts, mut changes, unverified } = batch;
     if !unverified.is_empty() {
-        changes.extend(verify(unverified, store).await);
+        changes.extend(verify(unverified, backends).await);
     }
+    let store = backends.store.as_ref();
     let attempts = &attempts;
     let changes = &changes;
     let record = async {
@@ -79,10 +81,15 @@ async fn write(batch: Persist, store: &dyn MessageStore, status_writer: &StatusW
 }
 
 /// The receipts among `unverified` whose message is addressed to the user who sent them.
-async fn verify(unverified: Vec<(String, Vec<String>, Status)>, store: &dyn MessageStore) -> Vec<StatusChange> {
+/// Read once the store holds every message sent so far (a receipt may race the projection).
+async fn verify(unverified: Vec<(String, Vec<String>, Status)>, backends: &Backends) -> Vec<StatusEvent> {
     let ids: Vec<String> = unverified.iter().flat_map(|(_, ids, _)| ids.iter().cloned()).collect();
-    let recipients: HashMap<String, String> = match with_retries(|| store.messages(&ids)).await {
-        Ok(messages) => messages.into_iter().map(|m| (m.id, m.recipient_id)).collect(),
+    let read = with_retries(|| async {
+        backends.caught_up().await?;
+        backends.store.messages(&ids).await
+    });
+    let messages: HashMap<String, esh_common::Message> = match read.await {
+        Ok(messages) => messages.into_iter().map(|m| (m.id.clone(), m)).collect(),
         Err(error) => {
             tracing::error!(%error, count = ids.len(), "cannot check receipts; they are dropped");
             return Vec::new();
@@ -92,8 +99,8 @@ async fn verify(unverified: Vec<(String, Vec<String>, Status)>, store: &dyn Mess
     let mut changes = Vec::new();
     for (user, ids, status) in unverified {
         for id in ids {
-            if recipients.get(&id) == Some(&user) {
-                changes.push(StatusChange { message_id: id, status, at: now, error: None, attempts: 0 });
+            if let Some(message) = messages.get(&id).filter(|message| message.recipient_id == user) {
+                changes.push(StatusEvent::of(message, status, now));
             }
         }
     }

@@ -180,6 +180,11 @@ pub(crate) async fn replay(
     let mut newest: VecDeque<String> = VecDeque::new();
     let mut after: Option<String> = None;
     loop {
+        if after.is_none() {
+            // Everything accepted before the socket attached is in the store after this:
+            // presence was registered first, so what is appended later is routed here live.
+            deliverer.backends.caught_up().await.map_err(ReplayError::Store)?;
+        }
         let page = deliverer.backends.store.undelivered(&user, after.as_deref(), page_size).await.map_err(ReplayError::Store)?;
         let mut deliveries = Vec::with_capacity(page.len());
         for message in &page {
@@ -190,7 +195,7 @@ pub(crate) async fn replay(
                 newest.pop_front();
             }
             newest.push_back(message.id.clone());
-            deliveries.push(Delivery { user: user.clone(), message_id: message.id.clone(), frame });
+            deliveries.push(Delivery { user: user.clone(), message_id: message.id.clone(), frame, route: message.route() });
         }
         if !deliveries.is_empty() && deliverer.tracker.send(Command::Sent(deliveries)).await.is_err() {
             return Err(ReplayError::Closed);

@@ -16,7 +16,9 @@ use esh_backends::testsuite::fixtures;
 use esh_backends::NodeEvent;
 use esh_common::auth::TokenKeys;
 use esh_common::ingress::{ChatIngress, ChatRequest};
-use esh_common::{ApiError, Message, Millis, Status, StatusChange};
+use esh_common::{ApiError, Message, Millis, Status};
+use esh_router::RouterConfig;
+use esh_schemas::StatusEvent;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -50,9 +52,10 @@ impl Node {
         let dir = tempfile::tempdir().expect("tempdir");
         let urls = BackendUrls { data_dir: dir.path().to_path_buf(), log_partitions: 2, ..Default::default() };
         let backends = resolve(&urls).await.expect("embedded backends");
-        let (status_writer, _task) =
-            StatusWriter::start(backends.store.clone(), backends.log.clone(), backends.recent.clone(), 64);
+        let (status_writer, _task) = StatusWriter::start(backends.log.clone(), 64);
         let shutdown = CancellationToken::new();
+        // Receipts reach the store through its projection of the status topic.
+        tokio::spawn(esh_router::project_store(backends.clone(), RouterConfig::default(), shutdown.clone()));
         let config = DelivererConfig { node_id: NODE.into(), ..Default::default() };
         let deliverer = Deliverer::start(
             backends.clone(),
@@ -99,6 +102,7 @@ impl Node {
     }
 
     async fn status(&self, id: &str) -> Status {
+        self.backends.caught_up().await.unwrap();
         self.backends.store.message(id).await.unwrap().expect("stored message").status
     }
 
@@ -250,8 +254,8 @@ async fn a_message_delivered_elsewhere_is_not_retried() {
     // Acknowledged over HTTP (or on another node) right after the router handed it to this
     // node: only the store knows. (Applied before the frame goes out because paused time
     // would otherwise run past the retry while the store thread writes.)
-    let change = StatusChange { message_id: message.id.clone(), status: Status::Delivered, at: Millis::now(), error: None, attempts: 0 };
-    node.status_writer.apply(vec![change]).await.unwrap();
+    node.status_writer.apply(vec![StatusEvent::of(&message, Status::Delivered, Millis::now())]).await.unwrap();
+    eventually("the store has it", || async { node.status(&message.id).await == Status::Delivered }).await;
     node.route(&message).await;
     socket.recv().await.unwrap();
 

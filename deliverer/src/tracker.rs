@@ -23,7 +23,8 @@ use std::time::Duration;
 use axum::extract::ws::Utf8Bytes;
 use esh_backends::MessageStore;
 use esh_common::retry::{backoff_before, MAX_ATTEMPTS};
-use esh_common::{Attempt, Channel, Millis, Status, StatusChange};
+use esh_common::{Attempt, Channel, MessageRoute, Millis, Status};
+use esh_schemas::StatusEvent;
 use futures::FutureExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -38,6 +39,8 @@ pub(crate) struct Delivery {
     pub(crate) user: String,
     pub(crate) message_id: String,
     pub(crate) frame: Utf8Bytes,
+    /// Whom the message's status events concern.
+    pub(crate) route: MessageRoute,
 }
 
 /// What the tracker is told.
@@ -55,6 +58,7 @@ pub(crate) enum Command {
 struct Entry {
     user: String,
     frame: Utf8Bytes,
+    route: MessageRoute,
     /// The attempt last sent (1..=MAX_ATTEMPTS).
     attempt: u32,
     /// When it was sent.
@@ -144,7 +148,15 @@ impl Tracker {
             let key = self.timers.insert(delivery.message_id.clone(), self.ack_timeout);
             self.by_user.entry(delivery.user.clone()).or_default().insert(delivery.message_id.clone());
             let entry =
-                Entry { user: delivery.user, frame: delivery.frame, attempt: 1, sent_at: now, timed_out: false, key: Some(key) };
+                Entry {
+                    user: delivery.user,
+                    frame: delivery.frame,
+                    route: delivery.route,
+                    attempt: 1,
+                    sent_at: now,
+                    timed_out: false,
+                    key: Some(key),
+                };
             self.entries.insert(delivery.message_id, entry);
         }
     }
@@ -157,8 +169,9 @@ impl Tracker {
             if self.entries.get(&id).is_some_and(|entry| entry.user == user) {
                 if let Some(entry) = self.remove(&id) {
                     self.record(&id, &entry, "delivered", None);
+                    let route = entry.route;
+                    self.pending.changes.push(StatusEvent { message_id: id, status, at: now, error: None, attempts: 0, route });
                 }
-                self.pending.changes.push(StatusChange { message_id: id, status, at: now, error: None, attempts: 0 });
             } else {
                 unverified.push(id);
             }
@@ -258,12 +271,13 @@ impl Tracker {
                 _ => {
                     let Some(entry) = self.remove(&id) else { continue };
                     self.record(&id, &entry, "timeout", Some(self.timeout_error.clone()));
-                    self.pending.changes.push(StatusChange {
+                    self.pending.changes.push(StatusEvent {
                         message_id: id,
                         status: Status::Failed,
                         at: now,
                         error: Some(format!("not acknowledged after {MAX_ATTEMPTS} attempts")),
                         attempts: entry.attempt,
+                        route: entry.route,
                     });
                 }
             }

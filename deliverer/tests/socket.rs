@@ -53,10 +53,11 @@ impl Server {
         let dir = tempfile::tempdir()?;
         let urls = BackendUrls { data_dir: dir.path().to_path_buf(), log_partitions: 2, ..Default::default() };
         let backends = resolve(&urls).await?;
-        let (status_writer, _task) =
-            StatusWriter::start(backends.store.clone(), backends.log.clone(), backends.recent.clone(), 64);
+        let (status_writer, _task) = StatusWriter::start(backends.log.clone(), 64);
         let keys = TokenKeys::hs256(b"socket tests");
         let shutdown = CancellationToken::new();
+        // Acks reach the store through its projection of the status topic.
+        tokio::spawn(esh_router::project_store(backends.clone(), esh_router::RouterConfig::default(), shutdown.clone()));
         let config = DelivererConfig { node_id: NODE.into(), ..config };
         let deliverer =
             Deliverer::start(backends.clone(), keys.clone(), status_writer, Arc::new(NoChat), config, shutdown.clone())

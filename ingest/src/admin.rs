@@ -7,8 +7,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use esh_backends::Record;
-use esh_common::{topics, ApiError, DeadLetter, Millis, Status, StatusChange};
-use esh_schemas::{encode, MessageEnvelope};
+use esh_common::{topics, ApiError, DeadLetter, Millis, Status};
+use esh_schemas::{encode, MessageEnvelope, StatusEvent};
 
 use crate::auth::Caller;
 use crate::body::PathId;
@@ -33,6 +33,7 @@ pub(crate) async fn dead_letters(
         Some(_) => return Err(invalid_cursor()),
     };
     caller.require_admin()?;
+    ingest.backends.caught_up().await?;
     let letters = ingest.backends.store.dead_letters(after, query.limit + 1).await?;
     let (items, more) = split_page(letters, query.limit);
     let next_cursor = match items.last() {
@@ -61,19 +62,19 @@ pub(crate) async fn retry(
     if message.status != Status::Failed {
         return Err(not_dead());
     }
+    // The status record is the retry's commit point; the message record then routes it
+    // again. If that second append fails the answer is 503 and the message, `sent` again,
+    // waits in the recipient's undelivered messages for the next connect.
     let now = Millis::now();
-    let change =
-        StatusChange { message_id: message.id.clone(), status: Status::Sent, at: now, error: None, attempts: 0 };
-    let applied = ingest.status_writer.apply(vec![change]).await?;
-    if applied.is_empty() {
-        // Another retry won the race.
-        return Err(not_dead());
-    }
+    ingest.status_writer.apply(vec![StatusEvent::of(&message, Status::Sent, now)]).await?;
     message.status = Status::Sent;
     message.status_changed_at = now;
     message.error = None;
     let topic = topics::messages_topic(message.priority);
-    let record = Record { key: message.partition_key(), value: encode(&MessageEnvelope::Message { message }) };
-    ingest.append(topic, record).await?;
+    let record = Record {
+        key: message.partition_key(),
+        value: encode(&MessageEnvelope::Message { message, idempotency: None }),
+    };
+    ingest.append(topic, vec![record]).await?;
     Ok(views::json(StatusCode::ACCEPTED, &RetriedView { message_id, status: Status::Sent }))
 }

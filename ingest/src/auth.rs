@@ -99,7 +99,7 @@ impl Ingest {
             return Ok(Caller::Admin);
         }
         let claims = self.keys.verify(token)?;
-        match self.backends.store.user(&claims.sub).await? {
+        match self.directory.user(&claims.sub).await? {
             Some(user) => Ok(Caller::User(user)),
             None => Err(ApiError::unauthenticated("unknown user")),
         }

@@ -16,6 +16,7 @@ use crate::Ingest;
 impl Ingest {
     /// The broadcast with this id if the caller may see it: 404 unknown, 403 not its sender.
     async fn visible_broadcast(&self, caller: &Caller, id: &str) -> Result<Broadcast, ApiError> {
+        self.backends.caught_up().await?;
         let broadcast =
             self.backends.store.broadcast(id).await?.ok_or_else(|| ApiError::not_found("unknown broadcast"))?;
         if !(caller.is_admin() || caller.is(&broadcast.sender_id)) {

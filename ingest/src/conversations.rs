@@ -53,6 +53,9 @@ pub(crate) async fn list(
         Some(_) => return Err(invalid_cursor()),
     };
     let user = caller.participant()?;
+    // Before the walk's `since` is taken: every message answered before now is then in
+    // the store, and any still in flight is stamped in `activity`.
+    ingest.backends.caught_up().await?;
     let store = &ingest.backends.store;
     let limit = query.limit;
     let (summaries, next_cursor) = match cursor {
@@ -161,6 +164,7 @@ pub(crate) async fn messages(
     query: PageQuery,
 ) -> Result<Response, ApiError> {
     let before = before_id(&query)?;
+    ingest.backends.caught_up().await?;
     let conversation =
         ingest.backends.store.conversation(&id).await?.ok_or_else(|| ApiError::not_found("unknown conversation"))?;
     if !caller.user().is_some_and(|user| conversation.has_participant(&user.id)) {

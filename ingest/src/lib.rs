@@ -1,10 +1,12 @@
 //! ingest: the HTTP API of Esh3ar (API.md) and the front door of the message pipeline.
 //!
-//! It authenticates (admin token or HS256 user token, the user re-read from the directory
-//! on every request), validates, authorizes, rate-limits and deduplicates sends, then makes
-//! each accepted message durable in the store and in the log (`esh.messages.*`) before it
-//! answers `202`. Reads (messages, history, conversations, broadcasts, dead letters) come
-//! from the store, the first page of a conversation from the recent-message cache.
+//! It authenticates (admin token or HS256 user token, the user read from the directory,
+//! cached for under 1 s: `directory`), validates, authorizes, rate-limits and deduplicates
+//! sends, then commits each accepted send with one durable append to the log
+//! (`esh.messages.*`) before it answers `202`. Reads (messages, history, conversations,
+//! broadcasts, dead letters) come from the store, a projection of the log, after waiting
+//! for it to pass what the log held when the read began (`Backends::caught_up`:
+//! read-your-writes); the first page of a conversation comes from the recent-message cache.
 //!
 //! Where things are:
 //! - `send`: the one send path of one-way messages, chat (HTTP and the WebSocket `send`
@@ -29,6 +31,7 @@ mod body;
 mod broadcasts;
 mod conversations;
 mod cursor;
+mod directory;
 mod health;
 mod messages;
 mod metrics;
@@ -83,6 +86,8 @@ pub struct Ingest {
     status_writer: StatusWriter,
     config: IngestConfig,
     metrics: metrics::Metrics,
+    /// Users as the request path sees them (cached, under 1 s stale).
+    directory: directory::Directory,
     activity: conversations::ActivityClock,
     /// This instance, for work that must outlive the request that started it.
     me: std::sync::Weak<Ingest>,
@@ -98,6 +103,7 @@ impl Ingest {
         config: IngestConfig,
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| Ingest {
+            directory: directory::Directory::new(backends.store.clone()),
             backends,
             keys,
             admin_token,
@@ -117,6 +123,7 @@ impl Ingest {
             .route("/v1/users/{id}", get(users::get).patch(users::update))
             .route("/v1/users/{id}/tokens", post(users::issue_token))
             .route("/v1/messages", post(send::post_one_way))
+            .route("/v1/messages/batch", post(send::post_batch))
             .route("/v1/broadcasts", post(send::post_broadcast))
             .route("/v1/chat/messages", post(send::post_chat))
             .route("/v1/broadcasts/{id}", get(broadcasts::get))

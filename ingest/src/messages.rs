@@ -7,7 +7,8 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use esh_backends::OneWayRole;
 use esh_common::view::MessageView;
-use esh_common::{ApiError, Message, Millis, Status, StatusChange, UserKind};
+use esh_common::{ApiError, Message, Millis, Status, UserKind};
+use esh_schemas::StatusEvent;
 
 use crate::auth::Caller;
 use crate::body::PathId;
@@ -16,8 +17,9 @@ use crate::views::{self, AttemptsView, ErrorBody, Page};
 use crate::Ingest;
 
 impl Ingest {
-    /// The message with this id, or 404.
+    /// The message with this id, or 404; sees every send answered before the call.
     pub(crate) async fn load_message(&self, id: &str) -> Result<Message, ApiError> {
+        self.backends.caught_up().await?;
         self.backends.store.message(id).await?.ok_or_else(|| ApiError::not_found("unknown message"))
     }
 }
@@ -88,7 +90,8 @@ pub(crate) async fn read(
 }
 
 impl Ingest {
-    /// A receipt of the recipient, applied through the status writer (durable before 204).
+    /// A receipt of the recipient, appended to the status topic by the status writer
+    /// (durable before 204; the store projection applies it, forward-only).
     /// `read` from `sent` is one forward move, so it implies `delivered`.
     async fn receipt(&self, caller: &Caller, id: &str, status: Status) -> Result<StatusCode, ApiError> {
         let message = self.load_message(id).await?;
@@ -96,8 +99,7 @@ impl Ingest {
             return Err(ApiError::forbidden("only the recipient may acknowledge a message"));
         }
         if message.status.can_move_to(status) {
-            let change = StatusChange { message_id: message.id, status, at: Millis::now(), error: None, attempts: 0 };
-            self.status_writer.apply(vec![change]).await?;
+            self.status_writer.apply(vec![StatusEvent::of(&message, status, Millis::now())]).await?;
         }
         Ok(StatusCode::NO_CONTENT)
     }
@@ -139,6 +141,7 @@ pub(crate) async fn one_way_history(
         UserKind::Business => OneWayRole::Sender,
         _ => OneWayRole::Recipient,
     };
+    ingest.backends.caught_up().await?;
     let messages = ingest.backends.store.one_way_messages(&user.id, role, before, query.limit + 1).await?;
     Ok(message_page(messages, query.limit))
 }

@@ -34,7 +34,8 @@ impl Modify for BearerAuth {
     info(title = "Esh3ar", description = "Messaging between businesses and mobile users (API.md)."),
     paths(
         users::create, users::update, users::get, users::issue_token,
-        send::post_one_way, send::post_broadcast, send::post_chat,
+        send::handlers::post_one_way, send::batch::post_batch, send::handlers::post_broadcast,
+        send::handlers::post_chat,
         broadcasts::get, broadcasts::messages,
         messages::get, messages::delivered, messages::read, messages::attempts, messages::one_way_history,
         conversations::list, conversations::messages,

@@ -119,6 +119,7 @@ pub(crate) async fn create(
         esh_backends::ErrorKind::Conflict => ApiError::conflict("a user with this id exists"),
         _ => error.into(),
     })?;
+    ingest.directory.forget(&user.id);
     Ok(views::json(StatusCode::CREATED, &UserView::from(&user)))
 }
 
@@ -150,6 +151,7 @@ pub(crate) async fn update(
     }
     let user = fit_to_kind(user);
     store.update_user(&user).await?;
+    ingest.directory.forget(&user.id);
     Ok(views::json(StatusCode::OK, &UserView::from(&user)))
 }
 

@@ -5,7 +5,8 @@ mod support;
 
 use std::collections::HashSet;
 
-use esh_common::{Attempt, Channel, Millis, Status, StatusChange, UserKind};
+use esh_common::{Attempt, Channel, Millis, Status, UserKind};
+use esh_schemas::StatusEvent;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use support::{expired_token, forged_token, ids, Server, ADMIN};
@@ -16,14 +17,14 @@ fn id_of(message: &Value) -> String {
 
 /// Marks a message failed as the deliverer does after its last retry.
 async fn fail(server: &Server, id: &str) {
-    let change = StatusChange {
-        message_id: id.into(),
-        status: Status::Failed,
-        at: Millis::now(),
+    server.backends.caught_up().await.unwrap();
+    let message = server.backends.store.message(id).await.unwrap().expect("stored message");
+    let event = StatusEvent {
         error: Some("no ack".into()),
         attempts: 7,
+        ..StatusEvent::of(&message, Status::Failed, Millis::now())
     };
-    assert_eq!(server.status_writer.apply(vec![change]).await.unwrap().len(), 1);
+    server.status_writer.apply(vec![event]).await.unwrap();
 }
 
 #[tokio::test]

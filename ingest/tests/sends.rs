@@ -383,7 +383,7 @@ async fn broadcasts_are_stored_and_logged_once() {
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].key, id);
     match decode::<MessageEnvelope>(&records[0].value).unwrap() {
-        MessageEnvelope::Broadcast { broadcast } => {
+        MessageEnvelope::Broadcast { broadcast, .. } => {
             assert_eq!(broadcast.recipient_ids, mobiles);
             assert_eq!(broadcast.priority, Priority::Low);
         }

@@ -1,20 +1,22 @@
 //! The router stage: it takes messages off the log and hands them to the deliverer node
 //! that holds each recipient's sockets, and tells senders about status changes.
 //!
-//! Two consumers run side by side (see [`run`]):
+//! Three consumers run side by side (see [`run`]):
 //!
 //! - the **message router**, consumer group `router` on `esh.messages.{high,normal,low}`
 //!   (subscribed in that order, so high priority drains first — Req 5.2). Per batch of at
-//!   most 100 records (Req 5.3) it decodes the envelopes, expands broadcasts into one stored
-//!   message and one log record per recipient, skips messages that are already delivered,
-//!   read or failed (a batch redelivered after a crash), looks up presence once, and sends
-//!   one bus batch per deliverer node. Offline recipients get their messages replayed when
-//!   they connect; `hand_off_offline` is where push notifications plug in later.
+//!   most 100 records (Req 5.3) it decodes the envelopes (they carry whole messages: the
+//!   store is not read), expands broadcasts into one log record per recipient, looks up
+//!   presence once, and sends one bus batch per deliverer node. Offline recipients get
+//!   their messages replayed when they connect; `hand_off_offline` is where push
+//!   notifications plug in later.
+//! - the **store projection** (`projection`), consumer group `store` on the message topics
+//!   and `esh.status.v1`: it writes the store from the log in folded batches.
 //! - the **status notifier**, consumer group `notifier` on `esh.status.v1`: every
 //!   `delivered`, `read` or `failed` change becomes a `status` event for the sender's nodes
 //!   (Req 9.6).
 //!
-//! Both commit offsets only after their effects are done (at-least-once, Req 4.6); every
+//! All commit offsets only after their effects are done (at-least-once, Req 4.6); every
 //! effect is idempotent by message id. A transient backend error backs off and retries the
 //! same batch without committing; an undecodable record is logged and skipped (committed)
 //! so that it cannot wedge its partition.
@@ -34,6 +36,8 @@ use tokio_util::sync::CancellationToken;
 pub struct RouterConfig {
     /// records per batch
     pub batch_size: usize,
+    /// Most records the store projection folds into one store transaction.
+    pub projection_batch: usize,
     /// How long one poll of the log waits for records before returning an empty batch.
     pub poll_wait: Duration,
     /// Broadcast messages stored (one store transaction) and appended per step of an expansion.
@@ -48,6 +52,7 @@ impl Default for RouterConfig {
     fn default() -> Self {
         RouterConfig {
             batch_size: 100,
+            projection_batch: 2000,
             poll_wait: Duration::from_millis(50),
             broadcast_chunk: 1000,
             retry_initial: Duration::from_millis(100),
@@ -56,13 +61,16 @@ impl Default for RouterConfig {
     }
 }
 
-/// Runs the message router (group "router" on esh.messages.high/normal/low) and the status notifier (group "notifier"
-/// on esh.status.v1) until `shutdown` is cancelled; finishes the batch in hand and commits before returning.
+/// Runs the message router (group "router" on esh.messages.high/normal/low), the store
+/// projection (group "store", `projection`) and the status notifier (group "notifier" on
+/// esh.status.v1) until `shutdown` is cancelled; each finishes the batch in hand and
+/// commits before returning.
 pub async fn run(backends: Backends, config: RouterConfig, shutdown: CancellationToken) -> Result<(), BackendError> {
     // Stops both consumers when either fails for good.
     let stop = shutdown.child_token();
     let mut consumers = JoinSet::new();
     consumers.spawn(route_messages(backends.clone(), config.clone(), stop.clone()));
+    consumers.spawn(projection::project_store(backends.clone(), config.clone(), stop.clone()));
     consumers.spawn(notify_senders(backends, config, stop.clone()));
     let mut outcome = Ok(());
     while let Some(joined) = consumers.join_next().await {
@@ -132,6 +140,10 @@ macro_rules! retrying {
         }
     };
 }
+
+mod projection;
+
+pub use projection::project_store;
 
 /// Joins `group` on `topics`, retrying transient failures; `None` on shutdown.
 async fn subscribe(
@@ -249,8 +261,8 @@ impl RouteBatch {
         let mut batch = RouteBatch::default();
         for record in records {
             match esh_schemas::decode::<MessageEnvelope>(&record.value) {
-                Ok(MessageEnvelope::Message { message }) => batch.messages.push(message),
-                Ok(MessageEnvelope::Broadcast { broadcast }) => {
+                Ok(MessageEnvelope::Message { message, .. }) => batch.messages.push(message),
+                Ok(MessageEnvelope::Broadcast { broadcast, .. }) => {
                     batch.broadcasts.push_back((broadcast, record.topic.clone(), 0));
                 }
                 Err(error) => tracing::error!(
@@ -283,9 +295,10 @@ impl RouteBatch {
     }
 }
 
-/// Stores the messages of recipients `range` of `broadcast` (one transaction; inserting
-/// again after a crash is harmless, the ids are derived) and then appends one record per
-/// recipient to `topic`, keyed like any one-way message, for the router to deliver.
+/// Appends one record per recipient in `range` of `broadcast` to `topic`, keyed like any
+/// one-way message, for the router to deliver and the store projection to keep. Their ids
+/// are derived from the broadcast's reserved block, so an expansion redone after a crash
+/// makes the same messages again (the projection keeps each id once).
 async fn expand_broadcast(
     backends: &Backends,
     broadcast: &Broadcast,
@@ -304,44 +317,23 @@ async fn expand_broadcast(
     if messages.is_empty() {
         return Ok(());
     }
-    backends.store.insert_messages(&messages).await?;
     let records = messages
-        .iter()
-        .map(|message| Record { key: message.partition_key(), value: esh_schemas::encode(&MessageEnvelope::Message { message: message.clone() }) })
+        .into_iter()
+        .map(|message| Record {
+            key: message.partition_key(),
+            value: esh_schemas::encode(&MessageEnvelope::Message { message, idempotency: None }),
+        })
         .collect();
     backends.log.append(topic, records).await
 }
 
-/// Hands `messages` to the deliverer nodes of their recipients.
+/// Hands `messages` to the deliverer nodes of their recipients. The records carry whole
+/// messages, so nothing is read from the store; a message redelivered after a crash may
+/// reach a socket twice, under its one id (the client acks by id).
 async fn deliver(backends: &Backends, messages: &[Message]) -> Result<(), BackendError> {
     // Duplicates inside one batch (a record appended twice) are delivered once.
     let mut seen = HashSet::with_capacity(messages.len());
-    let unique: Vec<&Message> = messages.iter().filter(|m| seen.insert(m.id.as_str())).collect();
-    let ids: Vec<String> = unique.iter().map(|m| m.id.clone()).collect();
-    let mut stored: HashMap<String, Message> =
-        backends.store.messages(&ids).await?.into_iter().map(|m| (m.id.clone(), m)).collect();
-
-    let mut missing = Vec::new();
-    let mut pending = Vec::with_capacity(unique.len());
-    for message in unique {
-        match stored.remove(&message.id) {
-            // Already done: this record is a redelivery after a crash or a duplicate.
-            Some(current) if matches!(current.status, Status::Delivered | Status::Read | Status::Failed) => {
-                tracing::debug!(message = %current.id, status = current.status.as_str(), "skipping finished message");
-            }
-            Some(current) => pending.push(current),
-            None => {
-                // Ingest stores before it appends, so this is a record from elsewhere:
-                // persist it (idempotent) so that receipts and replays find it.
-                missing.push(message.clone());
-                pending.push(message.clone());
-            }
-        }
-    }
-    if !missing.is_empty() {
-        tracing::warn!(count = missing.len(), "storing logged messages missing from the store");
-        backends.store.insert_messages(&missing).await?;
-    }
+    let pending: Vec<&Message> = messages.iter().filter(|m| seen.insert(m.id.as_str())).collect();
     if pending.is_empty() {
         return Ok(());
     }
@@ -351,12 +343,11 @@ async fn deliver(backends: &Backends, messages: &[Message]) -> Result<(), Backen
     let mut by_node: HashMap<&NodeId, Vec<NodeEvent>> = HashMap::new();
     let mut offline = Vec::new();
     for message in pending {
-        match located.get(&message.recipient_id).map(Vec::as_slice) {
-            Some([nodes @ .., last]) => {
+        match located.get(&message.recipient_id) {
+            Some(nodes) if !nodes.is_empty() => {
                 for node in nodes {
                     by_node.entry(node).or_default().push(NodeEvent::Message(message.clone()));
                 }
-                by_node.entry(last).or_default().push(NodeEvent::Message(message));
             }
             _ => offline.push(message),
         }
@@ -371,7 +362,7 @@ async fn deliver(backends: &Backends, messages: &[Message]) -> Result<(), Backen
 /// Push hand-off point (Req 3.2): recipients with no socket anywhere. Today their messages
 /// wait in the store and are replayed when they connect; the push-worker stage
 /// (`esh.push.v1`, FCM/APNs) plugs in here in a later issue.
-fn hand_off_offline(offline: &[Message]) {
+fn hand_off_offline(offline: &[&Message]) {
     if !offline.is_empty() {
         tracing::trace!(count = offline.len(), "recipients offline, messages wait for their next connection");
     }
@@ -384,12 +375,13 @@ async fn notify_senders(backends: Backends, config: RouterConfig, shutdown: Canc
     else {
         return Ok(());
     };
+    let mut seen = StatusSeen::default();
     while !shutdown.is_cancelled() {
         let Some(records) = poll(consumer.as_mut(), &config, &mut backoff, &shutdown).await? else { break };
         if records.is_empty() {
             continue;
         }
-        let mut events = SenderNotices(decode_status_events(&records));
+        let mut events = SenderNotices(sender_notices(&records, &mut seen));
         if !finish_batch(consumer.as_mut(), &records, &mut events, &backends, &config, &mut backoff, &shutdown).await? {
             return Ok(());
         }
@@ -397,9 +389,37 @@ async fn notify_senders(backends: Backends, config: RouterConfig, shutdown: Canc
     Ok(())
 }
 
+/// The last status the notifier saw of recent messages, so that an event that does not
+/// move its message forward (a `delivered` racing a `read`, a repeated receipt) tells the
+/// sender nothing. Events of one message share a partition, so they arrive in log order.
+#[derive(Default)]
+struct StatusSeen {
+    last: HashMap<String, Status>,
+}
+
+impl StatusSeen {
+    /// Messages remembered; past this the memory starts afresh (a forgotten message's
+    /// next receipt is then passed on: at worst a repeated frame, never a lost one).
+    const CAPACITY: usize = 100_000;
+
+    fn moves_forward(&mut self, event: &StatusEvent) -> bool {
+        if let Some(last) = self.last.get(&event.message_id) {
+            if !last.can_move_to(event.status) {
+                return false;
+            }
+        }
+        if self.last.len() >= Self::CAPACITY {
+            self.last.clear();
+        }
+        self.last.insert(event.message_id.clone(), event.status);
+        true
+    }
+}
+
 /// The status events senders hear about: `delivered`, `read` and `failed` (the `202` or
-/// `accepted` already said `sent`). Undecodable records are logged and skipped.
-fn decode_status_events(records: &[Consumed]) -> Vec<StatusEvent> {
+/// `accepted` already said `sent`), each only if it moves its message forward.
+/// Undecodable records are logged and skipped.
+fn sender_notices(records: &[Consumed], seen: &mut StatusSeen) -> Vec<StatusEvent> {
     records
         .iter()
         .filter_map(|record| match esh_schemas::decode::<StatusEvent>(&record.value) {
@@ -415,6 +435,7 @@ fn decode_status_events(records: &[Consumed]) -> Vec<StatusEvent> {
                 None
             }
         })
+        .filter(|event| seen.moves_forward(event))
         .filter(|event| matches!(event.status, Status::Delivered | Status::Read | Status::Failed))
         .collect()
 }
@@ -450,12 +471,12 @@ async fn notify(backends: &Backends, events: &[StatusEvent]) -> Result<(), Backe
     if events.is_empty() {
         return Ok(());
     }
-    let located = locate(backends, events.iter().map(|e| e.sender_id.as_str())).await?;
+    let located = locate(backends, events.iter().map(|e| e.route.sender_id.as_str())).await?;
     let mut by_node: HashMap<&NodeId, Vec<NodeEvent>> = HashMap::new();
     for event in events {
-        for node in located.get(&event.sender_id).into_iter().flatten() {
+        for node in located.get(&event.route.sender_id).into_iter().flatten() {
             by_node.entry(node).or_default().push(NodeEvent::Status {
-                user: event.sender_id.clone(),
+                user: event.route.sender_id.clone(),
                 message_id: event.message_id.clone(),
                 status: event.status,
                 at: event.at,
@@ -484,20 +505,32 @@ mod tests {
 
     #[test]
     fn only_delivered_read_and_failed_reach_senders_req_9_6() {
-        let event = |status| StatusEvent {
-            message_id: "m".into(),
+        let records: Vec<Consumed> =
+            Status::ALL.iter().map(|s| consumed(esh_schemas::encode(&event(&format!("m-{s:?}"), *s)))).collect();
+        let kept: Vec<Status> =
+            sender_notices(&records, &mut StatusSeen::default()).iter().map(|e| e.status).collect();
+        assert_eq!(kept, [Status::Delivered, Status::Read, Status::Failed]);
+    }
+
+    fn event(id: &str, status: Status) -> StatusEvent {
+        let route = esh_common::MessageRoute {
             sender_id: "b".into(),
             recipient_id: "u".into(),
             conversation_id: None,
             broadcast_id: None,
-            previous: Status::Pending,
-            status,
-            at: esh_common::Millis(1),
-            version: 2,
         };
-        let records: Vec<Consumed> =
-            Status::ALL.iter().map(|s| consumed(esh_schemas::encode(&event(*s)))).collect();
-        let kept: Vec<Status> = decode_status_events(&records).iter().map(|e| e.status).collect();
-        assert_eq!(kept, [Status::Delivered, Status::Read, Status::Failed]);
+        StatusEvent { message_id: id.into(), status, at: esh_common::Millis(1), error: None, attempts: 0, route }
+    }
+
+    #[test]
+    fn a_receipt_that_does_not_move_forward_tells_the_sender_nothing() {
+        // An HTTP read racing a socket ack: `read` is appended first, `delivered` after it.
+        let records: Vec<Consumed> = [Status::Read, Status::Delivered, Status::Read]
+            .iter()
+            .map(|s| consumed(esh_schemas::encode(&event("m1", *s))))
+            .collect();
+        let kept: Vec<Status> =
+            sender_notices(&records, &mut StatusSeen::default()).iter().map(|e| e.status).collect();
+        assert_eq!(kept, [Status::Read]);
     }
 }

@@ -1,5 +1,5 @@
 //! The router against the real embedded backends (log, store, presence, bus in a tempdir):
-//! what reaches which node's bus, what is committed, and what is not delivered twice.
+//! what reaches which node's bus, what is committed, and what the store projection keeps.
 
 use std::time::Duration;
 
@@ -9,9 +9,9 @@ use esh_backends::resolver::{resolve, BackendUrls, Backends};
 use esh_backends::status_writer::StatusWriter;
 use esh_backends::testsuite::fixtures;
 use esh_backends::{BackendError, NodeEvent, Record};
-use esh_common::{ids, topics, Broadcast, Message, Millis, Priority, Status, StatusChange};
+use esh_common::{ids, topics, Broadcast, Message, Millis, Priority, Status};
 use esh_router::RouterConfig;
-use esh_schemas::MessageEnvelope;
+use esh_schemas::{MessageEnvelope, StatusEvent};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -44,13 +44,10 @@ impl Env {
         Ok(self.backends.presence.register(user, &node.to_string(), &connection, PRESENCE_TTL).await?)
     }
 
-    /// What ingest does on a send: store, then append to the priority's topic.
+    /// What ingest does on a send: one append to the priority's topic.
     async fn ingest(&self, message: &Message) -> Result<()> {
-        self.backends.store.insert_messages(std::slice::from_ref(message)).await?;
-        self.append(topics::messages_topic(message.priority), message.partition_key(), &MessageEnvelope::Message {
-            message: message.clone(),
-        })
-        .await
+        let envelope = MessageEnvelope::Message { message: message.clone(), idempotency: None };
+        self.append(topics::messages_topic(message.priority), message.partition_key(), &envelope).await
     }
 
     async fn append(&self, topic: &str, key: String, envelope: &MessageEnvelope) -> Result<()> {
@@ -168,6 +165,7 @@ async fn an_offline_recipient_gets_nothing_now_and_the_record_is_committed_req_1
     env.drained().await?;
     silent(&mut node_a).await?;
     // It waits in the store for the next connection.
+    env.backends.caught_up().await?;
     let waiting = env.backends.store.undelivered("m1", None, 10).await?;
     assert_eq!(waiting.iter().map(|m| &m.id).collect::<Vec<_>>(), [&message.id]);
     router.stop().await
@@ -191,11 +189,10 @@ async fn a_broadcast_expands_into_stored_messages_and_reaches_online_recipients(
         first_message_id: ids::reserve(recipients.len() as u32).to_string(),
         created_at: Millis::now(),
     };
-    env.backends.store.create_broadcast(&broadcast).await?;
-    env.append(topics::MESSAGES_LOW, broadcast.id.clone(), &MessageEnvelope::Broadcast { broadcast: broadcast.clone() })
-        .await?;
+    let envelope = MessageEnvelope::Broadcast { broadcast: broadcast.clone(), idempotency: None };
+    env.append(topics::MESSAGES_LOW, broadcast.id.clone(), &envelope).await?;
 
-    // Chunks of 2 recipients: the expansion takes several store transactions and appends.
+    // Chunks of 2 recipients: the expansion takes several appends.
     let router = env.router(RouterConfig { broadcast_chunk: 2, ..Default::default() });
     let mut delivered: Vec<(String, String)> =
         messages(&mut node_a, 3).await?.into_iter().map(|m| (m.recipient_id, m.id)).collect();
@@ -209,6 +206,8 @@ async fn a_broadcast_expands_into_stored_messages_and_reaches_online_recipients(
     silent(&mut node_a).await?;
 
     let ids: Vec<String> = (0..recipients.len()).map(|i| broadcast.message(i).expect("derivable").id).collect();
+    env.backends.caught_up().await?;
+    assert_eq!(env.backends.store.broadcast_counts(&broadcast.id).await?.map(|c| c.sent), Some(5));
     let stored = env.backends.store.messages(&ids).await?;
     assert_eq!(stored.len(), recipients.len());
     assert!(stored.iter().all(|m| m.broadcast_id.as_deref() == Some(broadcast.id.as_str())));
@@ -216,14 +215,14 @@ async fn a_broadcast_expands_into_stored_messages_and_reaches_online_recipients(
 }
 
 #[tokio::test]
-async fn a_batch_redelivered_after_a_crash_does_not_deliver_finished_messages_again_req_4_6() -> Result<()> {
+async fn a_batch_redelivered_after_a_crash_is_delivered_again_under_the_same_ids_req_4_6() -> Result<()> {
     let env = Env::new().await?;
     let mut node_a = env.node("node-a").await?;
     env.online("m1", "node-a").await?;
-    let acked = one_way("m1", Priority::Normal);
-    let pending = one_way("m1", Priority::Normal);
-    env.ingest(&acked).await?;
-    env.ingest(&pending).await?;
+    let first = one_way("m1", Priority::Normal);
+    let second = one_way("m1", Priority::Normal);
+    env.ingest(&first).await?;
+    env.ingest(&second).await?;
 
     // A router took the batch and crashed before committing it.
     {
@@ -233,15 +232,16 @@ async fn a_batch_redelivered_after_a_crash_does_not_deliver_finished_messages_ag
             taken.extend(crashed.poll(100, Duration::from_millis(100)).await?);
         }
     }
-    // Meanwhile the client acknowledged the first message.
-    let change = StatusChange { message_id: acked.id.clone(), status: Status::Delivered, at: Millis::now(), error: None, attempts: 0 };
-    env.backends.store.apply_status(&[change]).await?;
 
+    // At least once, never under another id; the store keeps each message once.
     let router = env.router(RouterConfig::default());
-    let delivered = messages(&mut node_a, 1).await?;
-    assert_eq!(delivered[0].id, pending.id);
+    let delivered: Vec<String> = messages(&mut node_a, 2).await?.into_iter().map(|m| m.id).collect();
+    assert_eq!(delivered, [first.id.clone(), second.id.clone()]);
     env.drained().await?;
     silent(&mut node_a).await?;
+    env.backends.caught_up().await?;
+    let stored = env.backends.store.undelivered("m1", None, 10).await?;
+    assert_eq!(stored.iter().map(|m| &m.id).collect::<Vec<_>>(), [&first.id, &second.id]);
     router.stop().await
 }
 
@@ -287,14 +287,12 @@ async fn senders_hear_of_delivered_read_and_failed_on_their_nodes_req_9_6() -> R
     let mut node_b = env.node("node-b").await?;
     env.online("biz", "node-b").await?;
     let message = one_way("m1", Priority::Normal);
-    env.backends.store.insert_messages(std::slice::from_ref(&message)).await?;
-    let (status_writer, _task) =
-        StatusWriter::start(env.backends.store.clone(), env.backends.log.clone(), env.backends.recent.clone(), 16);
+    env.ingest(&message).await?;
+    let (status_writer, _task) = StatusWriter::start(env.backends.log.clone(), 16);
     let router = env.router(RouterConfig::default());
 
     for status in [Status::Delivered, Status::Read] {
-        let change = StatusChange { message_id: message.id.clone(), status, at: Millis::now(), error: None, attempts: 0 };
-        status_writer.apply(vec![change]).await?;
+        status_writer.apply(vec![StatusEvent::of(&message, status, Millis::now())]).await?;
         let batch = tokio::time::timeout(PATIENCE, node_b.recv()).await?.context("bus open")?;
         match batch.as_slice() {
             [NodeEvent::Status { user, message_id, status: heard, .. }] => {
@@ -307,7 +305,7 @@ async fn senders_hear_of_delivered_read_and_failed_on_their_nodes_req_9_6() -> R
 }
 
 #[tokio::test]
-async fn shutdown_stops_both_consumers_cleanly() -> Result<()> {
+async fn shutdown_stops_every_consumer_cleanly() -> Result<()> {
     let env = Env::new().await?;
     let router = env.router(RouterConfig::default());
     tokio::time::sleep(Duration::from_millis(100)).await;

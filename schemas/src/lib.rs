@@ -4,21 +4,77 @@
 //! Records are encoded as JSON today; the Avro contracts (`*.avsc`) and the Confluent wire
 //! format for Kafka-native integrators replace this codec behind the same functions.
 
-use esh_common::{Broadcast, DeadLetter, Message, StatusApplied};
+use esh_common::{Broadcast, DeadLetter, Message, MessageRoute, Millis, Status, StatusChange};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-/// A record of the `esh.messages.*` topics.
+/// A record of the `esh.messages.*` topics. Its durable append is the commit point of a
+/// send: it carries everything the store projection writes, the sender's idempotency
+/// answer included.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum MessageEnvelope {
-    /// One message to deliver (one-way or chat); it is already in the store.
-    Message { message: Message },
+    /// One message to deliver (one-way or chat), with status `sent`.
+    Message {
+        message: Message,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idempotency: Option<IdempotencyRecord>,
+    },
     /// A broadcast to expand into one message per recipient.
-    Broadcast { broadcast: Broadcast },
+    Broadcast {
+        broadcast: Broadcast,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idempotency: Option<IdempotencyRecord>,
+    },
 }
 
-/// A record of `esh.status.v1`: a status change that took effect.
-pub type StatusEvent = StatusApplied;
+/// The answer a send gave under an idempotency key, kept with the send so that repeats get
+/// it again after a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    /// The key, scoped to its sender (`{sender}:{key}`).
+    pub key: String,
+    /// Hash of the request body (what makes two requests "the same").
+    pub fingerprint: String,
+    /// The HTTP status and body answered.
+    pub status: u16,
+    pub body: String,
+    pub at: Millis,
+}
+
+/// A record of `esh.status.v1` (key: the message id): a receipt, a failure or a retry of a
+/// message, durable before its caller is answered. Status only moves forward: consumers
+/// ignore an event that does not move the message's status forward.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusEvent {
+    pub message_id: String,
+    pub status: Status,
+    pub at: Millis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Delivery attempts made, for failures.
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(flatten)]
+    pub route: MessageRoute,
+}
+
+impl StatusEvent {
+    /// `message` moved to `status` at `at`.
+    pub fn of(message: &Message, status: Status, at: Millis) -> StatusEvent {
+        StatusEvent { message_id: message.id.clone(), status, at, error: None, attempts: 0, route: message.route() }
+    }
+
+    /// The change the store applies.
+    pub fn change(&self) -> StatusChange {
+        StatusChange {
+            message_id: self.message_id.clone(),
+            status: self.status,
+            at: self.at,
+            error: self.error.clone(),
+            attempts: self.attempts,
+        }
+    }
+}
 
 /// A record of `esh.dead-letters.v1`.
 pub type DeadLetterEvent = DeadLetter;
@@ -65,7 +121,7 @@ mod tests {
     proptest! {
         #[test]
         fn envelopes_round_trip(content in "\\PC{0,200}") {
-            let envelope = MessageEnvelope::Message { message: message(content) };
+            let envelope = MessageEnvelope::Message { message: message(content), idempotency: None };
             prop_assert_eq!(decode::<MessageEnvelope>(&encode(&envelope)).unwrap(), envelope);
         }
 

@@ -31,6 +31,26 @@ use crate::secrets::{self, ADMIN_TOKEN_FILE, JWT_SECRET_FILE};
 /// Status changes queued for the status writer before callers wait.
 const STATUS_QUEUE: usize = 1024;
 
+/// Waits until the store projection has applied everything the log held at start, then
+/// restores the idempotency answers it kept.
+async fn catch_up(backends: &Backends, ingest: &Ingest) -> Result<(), PlatformError> {
+    loop {
+        match backends.caught_up().await {
+            Ok(()) => break,
+            Err(error) if error.kind() == esh_backends::ErrorKind::Transient => {
+                tracing::info!(%error, "waiting for the store projection to catch up with the log");
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    let restored = ingest.restore_idempotency().await.map_err(|error| PlatformError::StageFailed {
+        stage: "ingest",
+        reason: format!("cannot restore idempotency keys: {error}"),
+    })?;
+    tracing::info!(restored, "idempotency keys restored");
+    Ok(())
+}
+
 /// Why the platform could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum PlatformError {
@@ -120,7 +140,7 @@ impl Platform {
             .map_err(|source| PlatformError::Secret { what: "the jwt secret", source })?;
         let keys = TokenKeys::hs256(jwt.value.as_bytes());
         let (status_writer, status_task) =
-            StatusWriter::start(backends.store.clone(), backends.log.clone(), backends.recent.clone(), STATUS_QUEUE);
+            StatusWriter::start(backends.log.clone(), STATUS_QUEUE);
 
         let ingest = Ingest::new(
             backends.clone(),
@@ -188,6 +208,16 @@ impl Platform {
             platform.spawn(Task::Router, async move {
                 esh_router::run(router_backends, RouterConfig::default(), token).await.map_err(|e| e.to_string())
             });
+        }
+
+        if config.runs(Stage::Ingest) {
+            // Repeats of sends answered before a restart must get the same answer: the
+            // store projection first applies what the log holds, then its idempotency
+            // answers are loaded, and only then does the listener serve.
+            if let Err(error) = catch_up(&backends, &ingest).await {
+                platform.stop_in_order().await;
+                return Err(error);
+            }
         }
 
         let mut app = axum::Router::new();

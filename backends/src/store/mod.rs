@@ -15,6 +15,32 @@ use esh_common::{
 };
 
 use crate::error::BackendError;
+pub use esh_schemas::IdempotencyRecord;
+
+/// How far the store projection has applied one log partition.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LogPosition {
+    pub topic: String,
+    pub partition: u32,
+    /// The offset of the first record not yet applied.
+    pub next_offset: u64,
+}
+
+/// One batch of log records, folded by the projection (`router/src/projection.rs`) into
+/// what the store writes: each message once, with the final status its batch gave it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Projection {
+    /// Broadcasts accepted (their recipients' messages arrive as messages of their own).
+    pub broadcasts: Vec<Broadcast>,
+    /// New messages, each with the status the batch's events left it in.
+    pub messages: Vec<Message>,
+    /// Status changes of messages not among `messages`, in log order.
+    pub changes: Vec<StatusChange>,
+    /// Answers of sends made under an idempotency key.
+    pub idempotency: Vec<IdempotencyRecord>,
+    /// The positions applied, one per partition the batch touched.
+    pub positions: Vec<LogPosition>,
+}
 
 /// Which side of one-way messages a history read is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +142,18 @@ pub trait MessageStore: Send + Sync + 'static {
         from: usize,
         limit: usize,
     ) -> Result<Vec<BroadcastRecipient>, BackendError>;
+
+    /// Applies one folded batch of the log in ONE transaction, together with its
+    /// `positions`: after a crash the projection resumes exactly after what was applied
+    /// (Req 10.1, 10.3). Broadcasts and messages already stored are skipped; changes apply
+    /// as `apply_status` does, and a change to a message not stored yet is kept and folded
+    /// into the message when it arrives (a status record may be read before its message's
+    /// record: they are on different topics). Returns the changes that took effect.
+    async fn project(&self, batch: &Projection) -> Result<Vec<StatusApplied>, BackendError>;
+    /// The positions applied so far, one per partition ever applied.
+    async fn projected_positions(&self) -> Result<Vec<LogPosition>, BackendError>;
+    /// The idempotency answers recorded at or after `since`, oldest first.
+    async fn idempotency_records(&self, since: Millis) -> Result<Vec<IdempotencyRecord>, BackendError>;
 
     /// Succeeds while the store can be read and written (readiness check).
     async fn check(&self) -> Result<(), BackendError>;

@@ -10,6 +10,7 @@ use esh_backends::status_writer::StatusWriter;
 use esh_common::auth::TokenKeys;
 use esh_common::{Permission, UserKind};
 use esh_ingest::{Ingest, IngestConfig};
+use tokio_util::sync::CancellationToken;
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -55,8 +56,10 @@ impl Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let urls = BackendUrls { data_dir: dir.path().to_path_buf(), log_partitions: 4, ..Default::default() };
         let backends = resolve(&urls).await.expect("embedded backends");
-        let (status_writer, _task) =
-            StatusWriter::start(backends.store.clone(), backends.log.clone(), backends.recent.clone(), 64);
+        let (status_writer, _task) = StatusWriter::start(backends.log.clone(), 64);
+        // The store follows the log through its projection, as in the platform.
+        let config_router = esh_router::RouterConfig::default();
+        tokio::spawn(esh_router::project_store(backends.clone(), config_router, CancellationToken::new()));
         let keys = TokenKeys::hs256(SECRET);
         let ingest = Ingest::new(backends.clone(), keys.clone(), ADMIN.to_owned(), status_writer.clone(), config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

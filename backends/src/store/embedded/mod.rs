@@ -24,7 +24,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use self::engine::{Readers, Writer, READERS};
-use super::{MessageStore, OneWayRole};
+use super::{IdempotencyRecord, LogPosition, MessageStore, OneWayRole, Projection};
 use crate::error::BackendError;
 
 /// `MessageStore` on a local SQLite file.
@@ -189,7 +189,7 @@ impl MessageStore for EmbeddedMessageStore {
             return Ok(Vec::new());
         }
         let changes = changes.to_vec();
-        self.writer.write(changes.len(), move |connection| writes::apply_status(connection, &changes)).await
+        self.writer.write(changes.len(), move |connection| writes::apply_status(connection, &changes, false)).await
     }
 
     async fn record_attempts(&self, attempts: &[Attempt]) -> Result<(), BackendError> {
@@ -219,6 +219,24 @@ impl MessageStore for EmbeddedMessageStore {
         let row = writes::BroadcastRow::new(broadcast);
         let weight = 1 + broadcast.recipient_ids.len() / 1000;
         self.writer.write(weight, move |connection| writes::create_broadcast(connection, &row)).await
+    }
+
+    async fn project(&self, batch: &Projection) -> Result<Vec<StatusApplied>, BackendError> {
+        // Recipient lists are encoded here, off the writer thread.
+        let broadcasts: Vec<writes::BroadcastRow> = batch.broadcasts.iter().map(writes::BroadcastRow::new).collect();
+        let weight = batch.messages.len()
+            + batch.changes.len()
+            + batch.broadcasts.iter().map(|b| 1 + b.recipient_ids.len() / 1000).sum::<usize>();
+        let batch = Projection { broadcasts: Vec::new(), ..batch.clone() };
+        self.writer.write(weight, move |connection| writes::project(connection, &batch, &broadcasts)).await
+    }
+
+    async fn projected_positions(&self) -> Result<Vec<LogPosition>, BackendError> {
+        self.readers.read(reads::projected_positions).await
+    }
+
+    async fn idempotency_records(&self, since: Millis) -> Result<Vec<IdempotencyRecord>, BackendError> {
+        self.readers.read(move |connection| reads::idempotency_records(connection, since)).await
     }
 
     async fn broadcast(&self, id: &str) -> Result<Option<Broadcast>, BackendError> {

@@ -12,7 +12,7 @@ use super::codec::{
     message_from_row, parse_status, sql_int, to_u64, user_from_row,
 };
 use super::engine::{corrupt, Failure};
-use crate::store::OneWayRole;
+use crate::store::{IdempotencyRecord, LogPosition, OneWayRole};
 
 /// Runs a query and decodes every row.
 fn rows<T>(
@@ -300,4 +300,31 @@ pub(super) fn broadcast_recipients(
         page.push(BroadcastRecipient { recipient_id: recipient_id.clone(), message_id, status });
     }
     Ok(page)
+}
+
+pub(super) fn projected_positions(connection: &Connection) -> Result<Vec<LogPosition>, Failure> {
+    let mut statement = connection.prepare_cached("SELECT topic, partition, next_offset FROM projected_positions")?;
+    let rows = statement.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, u32>(1)?, row.get::<_, i64>(2)?)))?;
+    let mut positions = Vec::new();
+    for row in rows {
+        let (topic, partition, next_offset) = row?;
+        let next_offset = to_u64(next_offset, &format!("position of {topic}/{partition}"))?;
+        positions.push(LogPosition { topic, partition, next_offset });
+    }
+    Ok(positions)
+}
+
+pub(super) fn idempotency_records(connection: &Connection, since: Millis) -> Result<Vec<IdempotencyRecord>, Failure> {
+    let mut statement = connection
+        .prepare_cached("SELECT at, key, fingerprint, status, body FROM idempotency WHERE at >= ?1 ORDER BY at, key")?;
+    let rows = statement.query_map([since.0], |row| {
+        Ok(IdempotencyRecord {
+            at: Millis(row.get(0)?),
+            key: row.get(1)?,
+            fingerprint: row.get(2)?,
+            status: row.get(3)?,
+            body: row.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }

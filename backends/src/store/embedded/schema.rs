@@ -8,7 +8,7 @@ use rusqlite::Connection;
 use super::engine::{corrupt, Failure};
 
 /// The schema version this build writes (`PRAGMA user_version`).
-const VERSION: i64 = 1;
+const VERSION: i64 = 2;
 
 const SCHEMA: &str = r"
 -- Users by id.
@@ -132,6 +132,32 @@ CREATE TABLE IF NOT EXISTS broadcasts (
 
 -- A broadcast's message counts by status (a counter table); recipients without a
 -- message row yet are counted as `sent`.
+CREATE TABLE IF NOT EXISTS early_statuses (
+    message_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    error TEXT,
+    attempts INTEGER NOT NULL,
+    PRIMARY KEY (message_id, seq)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS idempotency (
+    at INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (at, key)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS projected_positions (
+    topic TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    next_offset INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition)
+) WITHOUT ROWID;
+
 CREATE TABLE IF NOT EXISTS broadcast_counts (
     broadcast_id TEXT NOT NULL,
     status TEXT NOT NULL,

@@ -4,6 +4,8 @@
 use esh_common::{
     Attempt, Broadcast, Conversation, Message, Millis, Priority, Status, StatusApplied, StatusChange, User,
 };
+
+use crate::store::Projection;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::codec::{channel_name, encode_list, encode_permissions, kind_name, parse_status, priority_name, to_u64};
@@ -259,7 +261,14 @@ struct StatusRow {
 /// Applies the changes in order; each is checked against the status row it read and
 /// written only if that row's version is unchanged (the single writer makes that check
 /// always pass here; it is what a lightweight transaction does in ScyllaDB).
-pub(super) fn apply_status(connection: &Connection, changes: &[StatusChange]) -> Result<Vec<StatusApplied>, Failure> {
+///
+/// A change to a message not stored yet is dropped, unless `keep_early`: then it is kept in
+/// `early_statuses` and folded into the message when `project` inserts it.
+pub(super) fn apply_status(
+    connection: &Connection,
+    changes: &[StatusChange],
+    keep_early: bool,
+) -> Result<Vec<StatusApplied>, Failure> {
     let mut applied = Vec::new();
     for change in changes {
         let current = connection
@@ -279,7 +288,12 @@ pub(super) fn apply_status(connection: &Connection, changes: &[StatusChange]) ->
                 })
             })
             .optional()?;
-        let Some(current) = current else { continue };
+        let Some(current) = current else {
+            if keep_early {
+                keep_early_status(connection, change)?;
+            }
+            continue;
+        };
         let previous = parse_status(&current.status, &format!("message {}", change.message_id))?;
         if !previous.can_move_to(change.status) {
             continue;
@@ -408,6 +422,121 @@ impl BroadcastRow {
             total: broadcast.recipient_ids.len(),
         }
     }
+}
+
+/// Keeps a change whose message is not stored yet, after the ones kept before it.
+fn keep_early_status(connection: &Connection, change: &StatusChange) -> Result<(), Failure> {
+    connection
+        .prepare_cached(
+            "INSERT INTO early_statuses (message_id, seq, status, at, error, attempts) \
+             SELECT ?1, coalesce(max(seq), 0) + 1, ?2, ?3, ?4, ?5 FROM early_statuses WHERE message_id = ?1",
+        )?
+        .execute(params![change.message_id, change.status.as_str(), change.at.0, change.error, change.attempts])?;
+    Ok(())
+}
+
+/// Takes the changes kept for a message that is being inserted, oldest first.
+fn take_early_statuses(connection: &Connection, message_id: &str) -> Result<Vec<StatusChange>, Failure> {
+    let mut statement = connection.prepare_cached(
+        "SELECT status, at, error, attempts FROM early_statuses WHERE message_id = ?1 ORDER BY seq",
+    )?;
+    let rows = statement.query_map([message_id], |row| {
+        Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?, row.get::<_, Option<String>>(2)?, row.get::<_, u32>(3)?))
+    })?;
+    let mut changes = Vec::new();
+    for row in rows {
+        let (status, at, error, attempts) = row?;
+        let status = parse_status(&status, &format!("early status of {message_id}"))?;
+        changes.push(StatusChange { message_id: message_id.to_owned(), status, at: Millis(at), error, attempts });
+    }
+    if !changes.is_empty() {
+        connection
+            .prepare_cached("DELETE FROM early_statuses WHERE message_id = ?1")?
+            .execute([message_id])?;
+    }
+    Ok(changes)
+}
+
+/// How long idempotency answers are kept (API.md: "within 24 h").
+const IDEMPOTENCY_KEEP_MS: i64 = 24 * 3600 * 1000;
+
+/// Everything of one folded log batch, and the positions it reached, in the open
+/// transaction (`MessageStore::project`).
+pub(super) fn project(
+    connection: &Connection,
+    batch: &Projection,
+    broadcasts: &[BroadcastRow],
+) -> Result<Vec<StatusApplied>, Failure> {
+    for broadcast in broadcasts {
+        if broadcast_exists(connection, &broadcast.id)? {
+            continue;
+        }
+        create_broadcast(connection, broadcast)?;
+    }
+    for message in &batch.messages {
+        if let Some(conversation_id) = &message.conversation_id {
+            ensure_conversation(connection, conversation_id, message)?;
+        }
+        let early = take_early_statuses(connection, &message.id)?;
+        if early.is_empty() {
+            insert_messages(connection, std::slice::from_ref(message))?;
+        } else {
+            let mut folded = message.clone();
+            for change in &early {
+                folded.apply(change);
+            }
+            insert_messages(connection, std::slice::from_ref(&folded))?;
+        }
+    }
+    let applied = apply_status(connection, &batch.changes, true)?;
+    let mut oldest_kept = i64::MAX;
+    for record in &batch.idempotency {
+        connection
+            .prepare_cached(
+                "INSERT OR IGNORE INTO idempotency (at, key, fingerprint, status, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![record.at.0, record.key, record.fingerprint, record.status, record.body])?;
+        oldest_kept = oldest_kept.min(record.at.0 - IDEMPOTENCY_KEEP_MS);
+    }
+    if oldest_kept != i64::MAX {
+        // Expired answers leave as new ones arrive: one range delete on the primary key.
+        connection.prepare_cached("DELETE FROM idempotency WHERE at < ?1")?.execute([oldest_kept])?;
+    }
+    for position in &batch.positions {
+        let next_offset = i64::try_from(position.next_offset).map_err(|_| corrupt("log offset out of range"))?;
+        connection
+            .prepare_cached(
+                "INSERT OR REPLACE INTO projected_positions (topic, partition, next_offset) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![position.topic, position.partition, next_offset])?;
+    }
+    Ok(applied)
+}
+
+fn broadcast_exists(connection: &Connection, id: &str) -> Result<bool, Failure> {
+    Ok(connection
+        .prepare_cached("SELECT 1 FROM broadcasts WHERE id = ?1")?
+        .query_row([id], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// Creates the conversation of a chat message on its first message. The id is derived
+/// from the pair (`ids::conversation_id`), which also tells which participant is the business.
+fn ensure_conversation(connection: &Connection, conversation_id: &str, message: &Message) -> Result<(), Failure> {
+    if super::reads::conversation(connection, conversation_id)?.is_some() {
+        return Ok(());
+    }
+    let (sender, recipient) = (message.sender_id.as_str(), message.recipient_id.as_str());
+    let (business, mobile) = if esh_common::ids::conversation_id(sender, recipient) == conversation_id {
+        (sender, recipient)
+    } else if esh_common::ids::conversation_id(recipient, sender) == conversation_id {
+        (recipient, sender)
+    } else {
+        return Err(corrupt(format!("message {} names conversation {conversation_id} of another pair", message.id)));
+    };
+    conversation_for_pair(connection, business, mobile, conversation_id, message.created_at)?;
+    Ok(())
 }
 
 pub(super) fn create_broadcast(connection: &Connection, broadcast: &BroadcastRow) -> Result<(), Failure> {

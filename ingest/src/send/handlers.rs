@@ -1,0 +1,124 @@
+//! The HTTP send endpoints and the WebSocket `send` frame: each turns its body into a
+//! `SendInput` and runs the one send path (`Ingest::send`).
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use esh_common::ingress::ChatRequest;
+use esh_common::view::MessageView;
+use esh_common::{ApiError, Message};
+
+use super::commit::Accepted;
+use super::request::{
+    BroadcastRequest, ChatMessageRequest, OneWayRequest, SendInput, SendKind, IDEMPOTENCY_HEADER,
+};
+use crate::auth::Caller;
+use crate::body::ApiJson;
+use crate::views::{BroadcastAccepted, ErrorBody};
+use crate::Ingest;
+
+#[utoipa::path(post, path = "/v1/messages", tag = "messages", request_body = OneWayRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "idempotency key, scoped to the sender")),
+    responses((status = 202, description = "accepted, status sent", body = MessageView),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn post_one_way(
+    State(ingest): State<Arc<Ingest>>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Result<ApiJson<OneWayRequest>, ApiError>,
+) -> Result<Accepted, ApiError> {
+    let input = body.and_then(|ApiJson(request)| {
+        SendInput::new(
+            SendKind::OneWay,
+            vec![request.recipient_id],
+            request.content,
+            request.priority,
+            request.media_ids,
+            request.idempotency_key,
+            headers.get(IDEMPOTENCY_HEADER),
+        )
+    });
+    ingest.send_detached(caller, input).await
+}
+
+#[utoipa::path(post, path = "/v1/chat/messages", tag = "messages", request_body = ChatMessageRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "idempotency key, scoped to the sender")),
+    responses((status = 202, description = "accepted, status sent, with its conversation_id", body = MessageView),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn post_chat(
+    State(ingest): State<Arc<Ingest>>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Result<ApiJson<ChatMessageRequest>, ApiError>,
+) -> Result<Accepted, ApiError> {
+    let input = body.and_then(|ApiJson(request)| {
+        SendInput::new(
+            SendKind::Chat,
+            vec![request.to],
+            request.content,
+            request.priority,
+            request.media_ids,
+            request.idempotency_key,
+            headers.get(IDEMPOTENCY_HEADER),
+        )
+    });
+    ingest.send_detached(caller, input).await
+}
+
+#[utoipa::path(post, path = "/v1/broadcasts", tag = "broadcasts", request_body = BroadcastRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "idempotency key, scoped to the sender")),
+    responses((status = 202, description = "accepted; the router creates one message per recipient", body = BroadcastAccepted),
+        (status = 400, description = "bad body, duplicates, or unknown recipients (details.unknown_ids)", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn post_broadcast(
+    State(ingest): State<Arc<Ingest>>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Result<ApiJson<BroadcastRequest>, ApiError>,
+) -> Result<Accepted, ApiError> {
+    let input = body.and_then(|ApiJson(request)| {
+        SendInput::new(
+            SendKind::Broadcast,
+            request.recipient_ids,
+            request.content,
+            request.priority,
+            request.media_ids,
+            request.idempotency_key,
+            headers.get(IDEMPOTENCY_HEADER),
+        )
+    });
+    ingest.send_detached(caller, input).await
+}
+
+/// `ChatIngress::send_chat`: the WebSocket `send` frame, through the same path as HTTP.
+pub(crate) async fn send_chat(ingest: &Ingest, sender_id: &str, request: ChatRequest) -> Result<Message, ApiError> {
+    let sender = ingest.directory.user(sender_id).await?.ok_or_else(|| ApiError::unauthenticated("unknown user"))?;
+    let input = SendInput::new(
+        SendKind::Chat,
+        vec![request.to],
+        request.content,
+        request.priority,
+        Some(request.media_ids),
+        request.idempotency_key,
+        None,
+    );
+    let accepted = ingest.send_detached(Caller::User(sender), input).await?;
+    if let Some(message) = accepted.message {
+        return Ok(message);
+    }
+    // A repeat: the stored answer names the message made by the first request.
+    let answer: serde_json::Value = serde_json::from_slice(&accepted.answer.body)
+        .map_err(|e| ApiError::internal(format!("undecodable stored answer: {e}")))?;
+    let id = answer["id"].as_str().ok_or_else(|| ApiError::internal("stored answer without message id"))?;
+    ingest.load_message(id).await
+}
+

@@ -1,0 +1,239 @@
+//! The store projection: consumer group `store` on `esh.messages.{high,normal,low}` and
+//! `esh.status.v1`. The log is the commit point of every send and status change; this
+//! consumer writes the store from it in large batches (ARCHITECTURE.md "Decisions").
+//!
+//! Each batch is folded before it is written ([`fold`]): a message whose `delivered` or
+//! `read` is in the same batch is written once, with its final status, and no undelivered
+//! entry is made for it. The folded batch and the log positions it reaches are written in
+//! one store transaction (`MessageStore::project`); records below the stored positions are
+//! skipped, so a batch redelivered after a crash applies nothing twice. Then the cached
+//! conversations it touched are invalidated and `Freshness` learns the new positions, which
+//! releases the reads waiting for them (read-your-writes). The group's offsets are
+//! committed last; they only bound the log's retention and measure the projection's lag.
+
+use std::collections::{HashMap, HashSet};
+
+use esh_backends::freshness::Freshness;
+use esh_backends::resolver::Backends;
+use esh_backends::{BackendError, Consumed, LogPosition, Projection};
+use esh_common::topics;
+use esh_schemas::{MessageEnvelope, StatusEvent};
+use tokio_util::sync::CancellationToken;
+
+use crate::{finish_batch, poll, subscribe, Backoff, BatchWork, RouterConfig};
+
+/// The projection loop (also run alone by tests of stages that need the store to follow
+/// the log); returns on shutdown after committing the batch in hand.
+pub async fn project_store(
+    backends: Backends,
+    config: RouterConfig,
+    shutdown: CancellationToken,
+) -> Result<(), BackendError> {
+    let mut backoff = Backoff::new(&config);
+    let Some(mut consumer) =
+        subscribe(&backends, topics::STORE_GROUP, &topics::PROJECTED, &mut backoff, &shutdown).await?
+    else {
+        return Ok(());
+    };
+    // Reads wait for the projection from now on; what the store already holds counts.
+    let Some(stored) = retrying!(backoff, "read positions", &shutdown, backends.store.projected_positions()) else {
+        return Ok(());
+    };
+    backends.freshness.advance(&stored);
+    let poll_config = RouterConfig { batch_size: config.projection_batch, ..config.clone() };
+    while !shutdown.is_cancelled() {
+        let Some(records) = poll(consumer.as_mut(), &poll_config, &mut backoff, &shutdown).await? else { break };
+        if records.is_empty() {
+            continue;
+        }
+        let mut work = ProjectBatch { records: &records, freshness: &backends.freshness };
+        if !finish_batch(consumer.as_mut(), &records, &mut work, &backends, &config, &mut backoff, &shutdown).await? {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+struct ProjectBatch<'r> {
+    records: &'r [Consumed],
+    freshness: &'r Freshness,
+}
+
+impl BatchWork for ProjectBatch<'_> {
+    const STEP: &'static str = "project batch";
+
+    fn run<'a>(
+        &'a mut self,
+        backends: &'a Backends,
+        _config: &'a RouterConfig,
+    ) -> impl std::future::Future<Output = Result<(), BackendError>> + Send + 'a {
+        apply(backends, self.records, self.freshness)
+    }
+}
+
+/// Writes one polled batch: skips what the store already applied, folds the rest, writes
+/// it with the positions, then invalidates the cache and releases waiting readers.
+async fn apply(backends: &Backends, records: &[Consumed], freshness: &Freshness) -> Result<(), BackendError> {
+    // Read afresh for every batch: after a rebalance another member may have moved them.
+    let stored = backends.store.projected_positions().await?;
+    let applied: HashMap<(&str, u32), u64> =
+        stored.iter().map(|p| ((p.topic.as_str(), p.partition), p.next_offset)).collect();
+    let projection = fold(records, &applied);
+    let took_effect = backends.store.project(&projection).await?;
+
+    let mut conversations: HashSet<String> =
+        projection.messages.iter().filter_map(|m| m.conversation_id.clone()).collect();
+    conversations.extend(took_effect.into_iter().filter_map(|change| change.conversation_id));
+    if !conversations.is_empty() {
+        let conversations: Vec<String> = conversations.into_iter().collect();
+        if let Err(error) = backends.recent.invalidate(&conversations).await {
+            tracing::warn!(%error, "cannot invalidate cached conversations");
+        }
+    }
+    freshness.advance(&projection.positions);
+    Ok(())
+}
+
+/// Folds a batch (in poll order: messages of higher priority first, then statuses) into
+/// what the store writes. `applied` holds the next offset to apply of each partition;
+/// records below it are left out, but still count toward the positions written.
+pub(crate) fn fold(records: &[Consumed], applied: &HashMap<(&str, u32), u64>) -> Projection {
+    let mut projection = Projection::default();
+    let mut new_messages: HashMap<String, usize> = HashMap::new();
+    let mut positions: HashMap<(&str, u32), u64> = HashMap::new();
+    for record in records {
+        let next = positions.entry((record.topic.as_str(), record.partition)).or_insert(0);
+        *next = (*next).max(record.offset + 1);
+        let from = applied.get(&(record.topic.as_str(), record.partition)).copied().unwrap_or(0);
+        if record.offset < from {
+            continue;
+        }
+        if record.topic == topics::STATUS {
+            let Some(event) = decode::<StatusEvent>(record) else { continue };
+            let change = event.change();
+            match new_messages.get(&change.message_id) {
+                Some(&index) => {
+                    projection.messages[index].apply(&change);
+                }
+                None => projection.changes.push(change),
+            }
+            continue;
+        }
+        match decode::<MessageEnvelope>(record) {
+            Some(MessageEnvelope::Message { message, idempotency }) => {
+                projection.idempotency.extend(idempotency);
+                if !new_messages.contains_key(&message.id) {
+                    new_messages.insert(message.id.clone(), projection.messages.len());
+                    projection.messages.push(message);
+                }
+            }
+            Some(MessageEnvelope::Broadcast { broadcast, idempotency }) => {
+                projection.idempotency.extend(idempotency);
+                projection.broadcasts.push(broadcast);
+            }
+            None => {}
+        }
+    }
+    projection.positions = positions
+        .into_iter()
+        .map(|((topic, partition), next_offset)| LogPosition { topic: topic.to_owned(), partition, next_offset })
+        .collect();
+    projection
+}
+
+/// Decodes a record; an undecodable one is logged and left out (it cannot be repaired by
+/// retrying, and must not wedge its partition).
+fn decode<T: serde::de::DeserializeOwned>(record: &Consumed) -> Option<T> {
+    match esh_schemas::decode::<T>(&record.value) {
+        Ok(value) => Some(value),
+        Err(error) => {
+            tracing::error!(
+                topic = %record.topic,
+                partition = record.partition,
+                offset = record.offset,
+                %error,
+                "projection skips an undecodable record"
+            );
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use esh_common::{Message, MessageType, Millis, Priority, Status};
+    use esh_schemas::encode;
+
+    fn message(id: &str) -> Message {
+        Message {
+            id: id.into(),
+            kind: MessageType::OneWay,
+            sender_id: "b".into(),
+            recipient_id: "m".into(),
+            conversation_id: None,
+            content: "hi".into(),
+            media_ids: vec![],
+            priority: Priority::Normal,
+            status: Status::Sent,
+            status_changed_at: Millis(1),
+            created_at: Millis(1),
+            error: None,
+            broadcast_id: None,
+        }
+    }
+
+    fn record(topic: &str, partition: u32, offset: u64, value: Vec<u8>) -> Consumed {
+        Consumed { topic: topic.into(), partition, offset, key: "k".into(), value }
+    }
+
+    fn sent(id: &str, offset: u64) -> Consumed {
+        let envelope = MessageEnvelope::Message { message: message(id), idempotency: None };
+        record(topics::MESSAGES_NORMAL, 0, offset, encode(&envelope))
+    }
+
+    fn status(id: &str, status: Status, offset: u64) -> Consumed {
+        record(topics::STATUS, 1, offset, encode(&StatusEvent::of(&message(id), status, Millis(5))))
+    }
+
+    #[test]
+    fn a_message_acked_in_its_own_batch_is_written_once_with_its_final_status() {
+        let records =
+            [sent("m1", 0), sent("m2", 1), status("m1", Status::Delivered, 0), status("m1", Status::Read, 1)];
+        let projection = fold(&records, &HashMap::new());
+        let statuses: Vec<(&str, Status)> =
+            projection.messages.iter().map(|m| (m.id.as_str(), m.status)).collect();
+        assert_eq!(statuses, [("m1", Status::Read), ("m2", Status::Sent)]);
+        assert!(projection.changes.is_empty(), "nothing is inserted and then updated");
+    }
+
+    #[test]
+    fn statuses_of_earlier_messages_become_changes_in_log_order() {
+        let records = [status("old", Status::Delivered, 3), status("old", Status::Read, 4)];
+        let projection = fold(&records, &HashMap::new());
+        let changes: Vec<Status> = projection.changes.iter().map(|c| c.status).collect();
+        assert_eq!(changes, [Status::Delivered, Status::Read]);
+        assert_eq!(
+            projection.positions,
+            [LogPosition { topic: topics::STATUS.into(), partition: 1, next_offset: 5 }]
+        );
+    }
+
+    #[test]
+    fn records_below_the_applied_positions_are_skipped_but_positions_still_move() {
+        let records = [sent("m1", 0), sent("m2", 1), sent("m3", 2)];
+        let applied = HashMap::from([((topics::MESSAGES_NORMAL, 0), 2)]);
+        let projection = fold(&records, &applied);
+        let ids: Vec<&str> = projection.messages.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, ["m3"], "a redelivered batch applies nothing twice");
+        assert_eq!(projection.positions[0].next_offset, 3);
+    }
+
+    #[test]
+    fn undecodable_records_are_skipped() {
+        let records = [record(topics::MESSAGES_NORMAL, 0, 0, b"{not json".to_vec()), sent("m1", 1)];
+        let projection = fold(&records, &HashMap::new());
+        assert_eq!(projection.messages.len(), 1);
+        assert_eq!(projection.positions[0].next_offset, 2);
+    }
+}
