@@ -59,6 +59,11 @@ pub fn conversation_id(business_id: &str, mobile_id: &str) -> String {
     id
 }
 
+/// Whether `text` is a well-formed conversation id (`conversation_id`).
+pub fn is_conversation_id(text: &str) -> bool {
+    text.len() == 34 && text.starts_with("c_") && text[2..].bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// Whether `text` is a well-formed id made by this module.
 pub fn is_id(text: &str) -> bool {
     text.len() == 26 && Ulid::from_string(text).is_ok()
@@ -79,6 +84,7 @@ mod tests {
         assert_eq!(id, conversation_id("acme", "mona"));
         assert_eq!(id.len(), 34);
         assert!(id.starts_with("c_"));
+        assert!(is_conversation_id(&id) && !is_conversation_id(&new_id()) && !is_conversation_id("c_xyz"));
         assert_ne!(id, conversation_id("mona", "acme"));
         // Ids may contain ':', so "a:b" + "c" must not collide with "a" + "b:c".
         assert_ne!(conversation_id("a:b", "c"), conversation_id("a", "b:c"));

@@ -101,8 +101,8 @@ impl Node {
         self.backends.bus.send(&NODE.to_string(), vec![NodeEvent::Message(message.clone())]).await.unwrap();
     }
 
+    /// The stored status (tests wait for the projection with `eventually`, in real time).
     async fn status(&self, id: &str) -> Status {
-        self.backends.caught_up().await.unwrap();
         self.backends.store.message(id).await.unwrap().expect("stored message").status
     }
 

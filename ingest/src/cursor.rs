@@ -73,14 +73,16 @@ impl Cursor {
         let rest: Vec<&str> = fields.collect();
         let millis = |s: &str| s.parse::<i64>().ok().map(Millis);
         let id = |s: &str| ids::is_id(s).then(|| s.to_owned());
+        let conversation_id = |s: &str| ids::is_conversation_id(s).then(|| s.to_owned());
         match (kind, rest.as_slice()) {
             ("m", [message]) => Some(Cursor::Before(id(message)?)),
             ("c", [since, updated_at, conversation]) => {
-                Some(Cursor::Activity { since: millis(since)?, updated_at: millis(updated_at)?, id: id(conversation)? })
+                let id = conversation_id(conversation)?;
+                Some(Cursor::Activity { since: millis(since)?, updated_at: millis(updated_at)?, id })
             }
             ("C", [since, after]) => Some(Cursor::Moved {
                 since: millis(since)?,
-                after_id: if after.is_empty() { None } else { Some(id(after)?) },
+                after_id: if after.is_empty() { None } else { Some(conversation_id(after)?) },
             }),
             ("d", [failed_at, message]) => {
                 Some(Cursor::DeadLetter { failed_at: millis(failed_at)?, message_id: id(message)? })
@@ -144,11 +146,12 @@ mod tests {
     #[test]
     fn cursors_round_trip_and_made_up_ones_are_refused() {
         let id = ids::new_id();
+        let conversation = ids::conversation_id("b", "m");
         let cursors = [
             Cursor::Before(id.clone()),
-            Cursor::Activity { since: Millis(5), updated_at: Millis(3), id: id.clone() },
+            Cursor::Activity { since: Millis(5), updated_at: Millis(3), id: conversation.clone() },
             Cursor::Moved { since: Millis(5), after_id: None },
-            Cursor::Moved { since: Millis(5), after_id: Some(id.clone()) },
+            Cursor::Moved { since: Millis(5), after_id: Some(conversation.clone()) },
             Cursor::DeadLetter { failed_at: Millis(7), message_id: id.clone() },
             Cursor::Index(42),
         ];

@@ -217,6 +217,7 @@ async fn business_history_includes_broadcast_messages() {
     let answer = server.post("/v1/broadcasts", &business, json!({"recipient_ids": mobiles, "content": "all"})).await;
     assert_eq!(answer.status, StatusCode::ACCEPTED);
     // The router makes the per-recipient messages; do what it does.
+    server.backends.caught_up().await.unwrap();
     let broadcast = server.backends.store.broadcast(answer.json["id"].as_str().unwrap()).await.unwrap().unwrap();
     let messages: Vec<_> = (0..2).map(|i| broadcast.message(i).unwrap()).collect();
     server.backends.store.insert_messages(&messages).await.unwrap();
