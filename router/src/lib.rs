@@ -1,7 +1,7 @@
 //! The router stage: it takes messages off the log and hands them to the deliverer node
 //! that holds each recipient's sockets, and tells senders about status changes.
 //!
-//! Three consumers run side by side (see [`run`]):
+//! Three consumers, the first two run side by side by [`run`], the third by [`project_store`]:
 //!
 //! - the **message router**, consumer group `router` on `esh.messages.{high,normal,low}`
 //!   (subscribed in that order, so high priority drains first — Req 5.2). Per batch of at
@@ -61,16 +61,15 @@ impl Default for RouterConfig {
     }
 }
 
-/// Runs the message router (group "router" on esh.messages.high/normal/low), the store
-/// projection (group "store", `projection`) and the status notifier (group "notifier" on
-/// esh.status.v1) until `shutdown` is cancelled; each finishes the batch in hand and
-/// commits before returning.
+/// Runs the message router (group "router" on esh.messages.high/normal/low) and the status
+/// notifier (group "notifier" on esh.status.v1) until `shutdown` is cancelled; each
+/// finishes the batch in hand and commits before returning. The store projection
+/// ([`project_store`]) is a stage of its own.
 pub async fn run(backends: Backends, config: RouterConfig, shutdown: CancellationToken) -> Result<(), BackendError> {
     // Stops both consumers when either fails for good.
     let stop = shutdown.child_token();
     let mut consumers = JoinSet::new();
     consumers.spawn(route_messages(backends.clone(), config.clone(), stop.clone()));
-    consumers.spawn(projection::project_store(backends.clone(), config.clone(), stop.clone()));
     consumers.spawn(notify_senders(backends, config, stop.clone()));
     let mut outcome = Ok(());
     while let Some(joined) = consumers.join_next().await {

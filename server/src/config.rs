@@ -15,13 +15,15 @@ pub enum Stage {
     Ingest,
     /// The consumer of the message topics that hands messages to deliverer nodes.
     Router,
+    /// The store projection: writes the store from the log (consumer group `store`).
+    Store,
     /// The WebSocket gateway (`GET /v1/ws`), resends, and status frames to senders.
     Deliverer,
 }
 
 impl Stage {
     /// Every stage, in start order of a one-process platform.
-    pub const ALL: [Stage; 3] = [Stage::Ingest, Stage::Router, Stage::Deliverer];
+    pub const ALL: [Stage; 4] = [Stage::Ingest, Stage::Store, Stage::Router, Stage::Deliverer];
 }
 
 /// Configuration of the whole platform.
@@ -91,7 +93,7 @@ pub struct Config {
     pub node_id: Option<String>,
 
     /// The stages this process runs, comma-separated; all of them by default.
-    #[arg(long, env = "ESH_STAGES", value_delimiter = ',', default_value = "ingest,router,deliverer")]
+    #[arg(long, env = "ESH_STAGES", value_delimiter = ',', default_value = "ingest,store,router,deliverer")]
     pub stages: Vec<Stage>,
 
     /// How long each shutdown step (in-flight requests, the router's batch, sockets) may take

@@ -1,9 +1,11 @@
 //! Starting and stopping the stages of one process.
 //!
-//! Start: backends → status writer → deliverer → router → HTTP listener. Stop, when the
-//! shutdown token is cancelled (SIGTERM, SIGINT, or [`Platform::shutdown`]): stop accepting
-//! and finish in-flight HTTP requests → let the router finish its batch and commit → close
-//! the sockets → drain the status writer → drop the backends (closing the log and store).
+//! Start: backends → status writer → deliverer → store projection → router → (the
+//! projection catches up with the log and idempotency answers are restored) → HTTP
+//! listener. Stop, when the shutdown token is cancelled (SIGTERM, SIGINT, or
+//! [`Platform::shutdown`]): stop accepting and finish in-flight HTTP requests → let the
+//! router finish its batch and commit → close the sockets → drain the status writer → let
+//! the projection apply what it holds → drop the backends (closing the log and store).
 //! Each step gets `shutdown_grace`; a step that overruns is cut short and logged.
 
 use axum::serve::ListenerExt;
@@ -32,9 +34,10 @@ use crate::secrets::{self, ADMIN_TOKEN_FILE, JWT_SECRET_FILE};
 const STATUS_QUEUE: usize = 1024;
 
 /// Waits until the store projection has applied everything the log held at start, then
-/// restores the idempotency answers it kept.
-async fn catch_up(backends: &Backends, ingest: &Ingest) -> Result<(), PlatformError> {
-    loop {
+/// restores the idempotency answers it kept. Without a projection in this process, the
+/// answers the store holds are restored as they are.
+async fn catch_up(backends: &Backends, ingest: &Ingest, projecting: bool) -> Result<(), PlatformError> {
+    while projecting {
         match backends.caught_up().await {
             Ok(()) => break,
             Err(error) if error.kind() == esh_backends::ErrorKind::Transient => {
@@ -71,6 +74,7 @@ pub enum PlatformError {
 enum Task {
     Http,
     Router,
+    Store,
 }
 
 impl Task {
@@ -78,6 +82,7 @@ impl Task {
         match self {
             Task::Http => "http",
             Task::Router => "router",
+            Task::Store => "store",
         }
     }
 }
@@ -89,6 +94,7 @@ struct StageTokens {
     http: CancellationToken,
     router: CancellationToken,
     deliverer: CancellationToken,
+    store: CancellationToken,
 }
 
 /// A running platform: every configured stage on one listener.
@@ -158,6 +164,7 @@ impl Platform {
             http: CancellationToken::new(),
             router: CancellationToken::new(),
             deliverer: CancellationToken::new(),
+            store: CancellationToken::new(),
         };
         let mut platform = Platform {
             addr,
@@ -202,6 +209,14 @@ impl Platform {
             }
         }
 
+        if config.runs(Stage::Store) {
+            let token = platform.stages.store.clone();
+            let store_backends = backends.clone();
+            platform.spawn(Task::Store, async move {
+                esh_router::project_store(store_backends, RouterConfig::default(), token).await.map_err(|e| e.to_string())
+            });
+        }
+
         if config.runs(Stage::Router) {
             let token = platform.stages.router.clone();
             let router_backends = backends.clone();
@@ -214,7 +229,7 @@ impl Platform {
             // Repeats of sends answered before a restart must get the same answer: the
             // store projection first applies what the log holds, then its idempotency
             // answers are loaded, and only then does the listener serve.
-            if let Err(error) = catch_up(&backends, &ingest).await {
+            if let Err(error) = catch_up(&backends, &ingest, config.runs(Stage::Store)).await {
                 platform.stop_in_order().await;
                 return Err(error);
             }
@@ -359,7 +374,11 @@ impl Platform {
             }
         }
 
-        // 5. Close the backends.
+        // 5. The store projection applies what it holds and commits.
+        self.stages.store.cancel();
+        self.join(Task::Store, &mut failure).await;
+
+        // 6. Close the backends.
         self.backends.take();
         self.tasks.abort_all();
         tracing::info!("esh3ar stopped");

@@ -40,7 +40,7 @@ async fn one_way_message_reaches_an_online_mobile_user() {
 /// with no router running an online user gets nothing until one starts.
 #[tokio::test]
 async fn delivery_goes_through_the_log_and_the_router() {
-    let esh = Harness::start_with(|c| c.stages = vec![Stage::Ingest, Stage::Deliverer]).await;
+    let esh = Harness::start_with(|c| c.stages = vec![Stage::Ingest, Stage::Store, Stage::Deliverer]).await;
     let business = esh.business("acme").await;
     let mobile = esh.mobile("mona").await;
     let mut socket = esh.connect(&mobile).await;
@@ -258,7 +258,7 @@ async fn broadcast_progress_moves_from_sent_to_delivered() {
 /// Req 5.2, 5.3: under a backlog the router drains high priority first, then normal, then low.
 #[tokio::test]
 async fn high_priority_is_routed_first_under_a_backlog() {
-    let esh = Harness::start_with(|c| c.stages = vec![Stage::Ingest, Stage::Deliverer]).await;
+    let esh = Harness::start_with(|c| c.stages = vec![Stage::Ingest, Stage::Store, Stage::Deliverer]).await;
     let business = esh.business("acme").await;
     let mobile = esh.mobile("mona").await;
     let mut socket = esh.connect(&mobile).await;
@@ -287,7 +287,7 @@ async fn high_priority_is_routed_first_under_a_backlog() {
 #[tokio::test]
 async fn overload_refuses_low_priority_before_high() {
     let esh = Harness::start_with(|c| {
-        c.stages = vec![Stage::Ingest, Stage::Deliverer];
+        c.stages = vec![Stage::Ingest, Stage::Store, Stage::Deliverer];
         c.backlog_limit = 20;
     })
     .await;
