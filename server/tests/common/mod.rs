@@ -1,6 +1,11 @@
 //! The end-to-end harness: a platform started in-process on `127.0.0.1:0` with a temporary
-//! data directory (or the real `esh` binary, for crash and shutdown tests), users created
-//! with the admin token, HTTP through reqwest and WebSockets through tokio-tungstenite.
+//! data directory (or the real `esh` binary, also on port 0, its address read from the line
+//! it prints, for crash and shutdown tests), users created with the admin token, HTTP
+//! through reqwest and WebSockets through tokio-tungstenite.
+//!
+//! Tests wait for events (a frame, a status, a pong, the binary's address line), never for
+//! a fixed time: to show that something did not happen, they wait for a later event that
+//! would have come after it (a ping's pong, a later message of the same pair).
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -370,14 +375,6 @@ impl Socket {
             }
         }
         messages
-    }
-
-    /// Asserts that no frame arrives for `wait`.
-    pub async fn assert_silent(&mut self, wait: Duration) {
-        match self.read(wait).await {
-            Read::Silent => {}
-            other => panic!("expected silence, got {other:?}"),
-        }
     }
 
     pub async fn ack(&mut self, ids: &[&str]) {
