@@ -18,7 +18,7 @@ use common::{data_dir, Process};
 const ACCEPTED_PER_ROUND: usize = 150;
 const ROUNDS: usize = 3;
 
-/// Req 4.3, 4.6, 6.1; API.md "Nothing that was accepted (2xx) is ever lost" and
+/// Req 4.3, 4.6, 6.1, 10.3; API.md "Nothing that was accepted (2xx) is ever lost" and
 /// "Idempotency": SIGKILL during concurrent keyed sends, over three rounds. Requests left
 /// without a promise (no answer, or a 5xx) are sent again with their key after each
 /// restart, as a client would. After the last restart every `202` is readable and arrives
