@@ -65,4 +65,28 @@ mod tests {
         assert!(TokenKeys::hs256(b"other").verify(&token).is_err());
         assert!(keys.verify("not.a.token").is_err());
     }
+
+    fn encoded(json: &serde_json::Value) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json.to_string())
+    }
+
+    #[test]
+    fn unsigned_tokens_are_refused() {
+        let keys = TokenKeys::hs256(b"secret");
+        let claims = serde_json::json!({"sub": "alice", "kind": "mobile", "exp": u64::MAX / 2});
+        let none = format!("{}.{}.", encoded(&serde_json::json!({"alg": "none", "typ": "JWT"})), encoded(&claims));
+        assert!(keys.verify(&none).is_err(), "alg none");
+        let (token, _) = keys.issue("alice", UserKind::Mobile, 60).unwrap();
+        let (signed_part, _) = token.rsplit_once('.').unwrap();
+        assert!(keys.verify(&format!("{signed_part}.")).is_err(), "HS256 without its signature");
+    }
+
+    #[test]
+    fn a_token_without_exp_is_refused() {
+        let keys = TokenKeys::hs256(b"secret");
+        let claims = serde_json::json!({"sub": "alice", "kind": "mobile"});
+        let token = encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(b"secret")).unwrap();
+        assert!(keys.verify(&token).is_err());
+    }
 }

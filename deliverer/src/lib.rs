@@ -11,7 +11,8 @@
 //! - `registry`: user → sockets of this node; frames are pushed without blocking.
 //! - `dispatch`: the bus consumer; serializes each frame once for all the user's sockets.
 //! - `tracker`: the node's single retry schedule (one `DelayQueue`): ack timeout, backoff
-//!   1..32 s, dead letter after 7 attempts (Req 4.1, 4.2).
+//!   (`retry_schedule`, 1..32 s by default), dead letter after the last retry (7 attempts
+//!   by default; Req 4.1, 4.2).
 //! - `persist`: attempts, receipts and failures written in batches (`record_attempts`,
 //!   `StatusWriter::apply`).
 //! - `frames`: the client frame parser (untrusted input) and the server frames.
@@ -35,6 +36,7 @@ use esh_backends::status_writer::StatusWriter;
 use esh_backends::BackendError;
 use esh_common::auth::TokenKeys;
 use esh_common::ingress::ChatIngress;
+use esh_common::retry::RetrySchedule;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -51,6 +53,9 @@ pub struct DelivererConfig {
     pub heartbeat: Duration,
     /// How long a sent message waits for its ack before it is retried.
     pub ack_timeout: Duration,
+    /// Waits before each retry of an unacknowledged message; after the last one the
+    /// message is dead-lettered (default 1, 2, 4, 8, 16, 32 s: 7 attempts).
+    pub retry_schedule: RetrySchedule,
     /// Largest client frame; a larger one closes the socket with 1009.
     pub max_frame_bytes: usize,
     /// Frames queued per socket; beyond that frames for the socket are dropped (retries resend messages).
@@ -84,6 +89,7 @@ impl Default for DelivererConfig {
             node_id: "local".into(),
             heartbeat: Duration::from_secs(30),
             ack_timeout: Duration::from_secs(5),
+            retry_schedule: RetrySchedule::default(),
             max_frame_bytes: 64 * 1024,
             outbound_queue: 1024,
             bus_capacity: 1024,
@@ -129,7 +135,13 @@ impl Deliverer {
         let (persist_tx, persist_rx) = mpsc::channel(config.persist_queue.max(1));
         let tasks = TaskTracker::new();
 
-        let tracker = Tracker::new(registry.clone(), backends.store.clone(), persist_tx, config.ack_timeout);
+        let tracker = Tracker::new(
+            registry.clone(),
+            backends.store.clone(),
+            persist_tx,
+            config.ack_timeout,
+            config.retry_schedule.clone(),
+        );
         tasks.spawn(tracker.run(tracker_rx, shutdown.clone()));
         tasks.spawn(persist::run(persist_rx, backends.clone(), status_writer));
         tasks.spawn(dispatch::run(events, registry.clone(), tracker_tx.clone(), shutdown.clone()));

@@ -16,6 +16,7 @@ use esh_backends::testsuite::fixtures;
 use esh_backends::NodeEvent;
 use esh_common::auth::TokenKeys;
 use esh_common::ingress::{ChatIngress, ChatRequest};
+use esh_common::retry::RetrySchedule;
 use esh_common::{ApiError, Message, Millis, Status};
 use esh_router::RouterConfig;
 use esh_schemas::StatusEvent;
@@ -49,6 +50,10 @@ struct Node {
 
 impl Node {
     async fn start() -> Node {
+        Node::start_with(DelivererConfig { node_id: NODE.into(), ..Default::default() }).await
+    }
+
+    async fn start_with(config: DelivererConfig) -> Node {
         let dir = tempfile::tempdir().expect("tempdir");
         let urls = BackendUrls { data_dir: dir.path().to_path_buf(), log_partitions: 2, ..Default::default() };
         let backends = resolve(&urls).await.expect("embedded backends");
@@ -56,7 +61,6 @@ impl Node {
         let shutdown = CancellationToken::new();
         // Receipts reach the store through its projection of the status topic.
         tokio::spawn(esh_router::project_store(backends.clone(), RouterConfig::default(), shutdown.clone()));
-        let config = DelivererConfig { node_id: NODE.into(), ..Default::default() };
         let deliverer = Deliverer::start(
             backends.clone(),
             TokenKeys::hs256(b"test secret"),
@@ -152,7 +156,8 @@ async fn unacked_message_is_retried_after_1_2_4_8_16_32_s_then_dead_lettered_req
     let start = Instant::now();
     node.route(&message).await;
 
-    // Attempt n+1 goes out 5 s (ack timeout) plus backoff_before(n+1) after attempt n.
+    // The default schedule (Req 4.1): attempt n+1 goes out 5 s (ack timeout) plus the
+    // n-th wait of 1, 2, 4, 8, 16, 32 s after attempt n.
     let mut sent_at = Vec::new();
     for _ in 0..7 {
         let frame = socket.recv().await.expect("a frame");
@@ -177,6 +182,40 @@ async fn unacked_message_is_retried_after_1_2_4_8_16_32_s_then_dead_lettered_req
     assert_eq!(node.outcomes(&message.id).await, expected);
     let attempts = node.backends.store.attempts(&message.id).await.unwrap();
     assert!(attempts.iter().all(|a| a.error.as_deref() == Some("not acknowledged within 5s")));
+}
+
+/// The schedule is a setting (`ESH_RETRY_SCHEDULE`): a shorter one dead-letters after its
+/// own last retry, and says how many attempts were made.
+#[tokio::test(start_paused = true)]
+async fn a_configured_schedule_sets_the_waits_and_the_attempt_count_req_4_1_4_2() {
+    let schedule = RetrySchedule::new(vec![Duration::from_millis(100), Duration::from_millis(300)]).unwrap();
+    let config = DelivererConfig {
+        node_id: NODE.into(),
+        ack_timeout: Duration::from_secs(1),
+        retry_schedule: schedule,
+        ..Default::default()
+    };
+    let node = Node::start_with(config).await;
+    let (_connection, mut socket) = node.socket("m1");
+    let message = node.stored("m1").await;
+    let start = Instant::now();
+    node.route(&message).await;
+
+    let mut sent_at = Vec::new();
+    for _ in 0..3 {
+        assert_eq!(frame_id(&socket.recv().await.expect("a frame")), message.id);
+        sent_at.push(start.elapsed().as_millis());
+    }
+    // Ack timeout 1 s, then 100 ms; ack timeout, then 300 ms.
+    assert_eq!(sent_at, [0, 1100, 2400]);
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    eventually("the message failed", || async { node.status(&message.id).await == Status::Failed }).await;
+    assert!(socket.try_recv().is_err(), "no 4th attempt");
+    let failed = node.backends.store.message(&message.id).await.unwrap().unwrap();
+    assert_eq!(failed.error.as_deref(), Some("not acknowledged after 3 attempts"));
+    let letters = node.backends.store.dead_letters(None, 10).await.unwrap();
+    assert_eq!((letters[0].message_id.as_str(), letters[0].attempts), (message.id.as_str(), 3));
 }
 
 #[tokio::test(start_paused = true)]

@@ -2,9 +2,10 @@
 //! with one `DelayQueue` for the whole node, not a task or timer per message.
 //!
 //! Each message sent to a user's sockets is attempt 1. If it is not acknowledged within
-//! the ack timeout it is sent again to all the user's sockets after `retry::backoff_before`
-//! (1, 2, 4, 8, 16, 32 s); when attempt `MAX_ATTEMPTS` (7) is not acknowledged either, the
-//! message fails ("not acknowledged after 7 attempts") and the store dead-letters it. An
+//! the ack timeout it is sent again to all the user's sockets after the next wait of the
+//! node's `RetrySchedule` (by default 1, 2, 4, 8, 16, 32 s); when the last attempt (the 7th
+//! by default) is not acknowledged either, the message fails ("not acknowledged after 7
+//! attempts") and the store dead-letters it. An
 //! acknowledgement (or a read) stops the schedule. A user with no socket left on this node
 //! is not failing: the schedule stops and the next connection replays the message.
 //!
@@ -22,7 +23,7 @@ use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use esh_backends::MessageStore;
-use esh_common::retry::{backoff_before, MAX_ATTEMPTS};
+use esh_common::retry::RetrySchedule;
 use esh_common::{Attempt, Channel, MessageRoute, Millis, Status};
 use esh_schemas::StatusEvent;
 use futures::FutureExt;
@@ -59,7 +60,7 @@ struct Entry {
     user: String,
     frame: Utf8Bytes,
     route: MessageRoute,
-    /// The attempt last sent (1..=MAX_ATTEMPTS).
+    /// The attempt last sent (1..=the schedule's max_attempts).
     attempt: u32,
     /// When it was sent.
     sent_at: Millis,
@@ -78,6 +79,7 @@ pub(crate) struct Tracker {
     store: Arc<dyn MessageStore>,
     persist: mpsc::Sender<Persist>,
     ack_timeout: Duration,
+    schedule: RetrySchedule,
     timeout_error: String,
     /// Effects gathered during one turn of the loop, handed to the persister together.
     pending: Persist,
@@ -89,6 +91,7 @@ impl Tracker {
         store: Arc<dyn MessageStore>,
         persist: mpsc::Sender<Persist>,
         ack_timeout: Duration,
+        schedule: RetrySchedule,
     ) -> Self {
         Tracker {
             entries: HashMap::new(),
@@ -98,6 +101,7 @@ impl Tracker {
             store,
             persist,
             ack_timeout,
+            schedule,
             timeout_error: format!("not acknowledged within {}", describe(ack_timeout)),
             pending: Persist::default(),
         }
@@ -210,7 +214,7 @@ impl Tracker {
                 continue;
             }
             entry.timed_out = true;
-            match backoff_before(entry.attempt + 1) {
+            match self.schedule.backoff_before(entry.attempt + 1) {
                 Some(wait) => entry.key = Some(self.timers.insert(id, wait)),
                 None => exhausted.push(id),
             }
@@ -265,6 +269,7 @@ impl Tracker {
             }
         }
 
+        let max_attempts = self.schedule.max_attempts();
         for id in exhausted {
             match statuses.get(&id) {
                 Some(status) if status.is_delivered() || *status == Status::Failed => self.finish_elsewhere(&id, *status),
@@ -275,7 +280,7 @@ impl Tracker {
                         message_id: id,
                         status: Status::Failed,
                         at: now,
-                        error: Some(format!("not acknowledged after {MAX_ATTEMPTS} attempts")),
+                        error: Some(format!("not acknowledged after {max_attempts} attempts")),
                         attempts: entry.attempt,
                         route: entry.route,
                     });

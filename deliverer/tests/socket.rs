@@ -309,8 +309,12 @@ async fn a_message_replayed_on_connect_is_not_sent_again_by_the_routers_late_cop
     let mut client = server.connect().await?;
     let replayed = next_json(&mut client).await?;
     assert_eq!(replayed["message"]["id"], waiting.id.as_str());
-    // Lets the replay finish switching the socket to live frames.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A live frame for the user: held while the replay runs and released when it switches
+    // the socket to live, so its arrival means the replay has finished.
+    let marker = NodeEvent::Status { user: "m1".into(), message_id: "m-0".into(), status: Status::Read, at: Millis(0) };
+    server.backends.bus.send(&NODE.to_string(), vec![marker]).await?;
+    let frame = next_json(&mut client).await?;
+    assert_eq!((frame["type"].as_str(), frame["message_id"].as_str()), (Some("status"), Some("m-0")), "{frame}");
 
     let newer = server.stored().await?;
     let routed = vec![NodeEvent::Message(waiting.clone()), NodeEvent::Message(newer.clone())];

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, ValueEnum};
+use esh_common::retry::RetrySchedule;
 
 /// A part of the pipeline this process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
@@ -63,6 +64,12 @@ pub struct Config {
     /// How long a delivered message may stay unacknowledged before it is sent again.
     #[arg(long, env = "ESH_ACK_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub ack_timeout: Duration,
+
+    /// Waits before each retry of an unacknowledged delivery, comma-separated; the message
+    /// is dead-lettered when the retry after the last wait is not acknowledged either
+    /// (Req 4.1, 4.2: the default makes 7 attempts).
+    #[arg(long, env = "ESH_RETRY_SCHEDULE", default_value = "1s,2s,4s,8s,16s,32s", value_parser = parse_retry_schedule)]
+    pub retry_schedule: RetrySchedule,
 
     /// Heartbeat announced to clients (`heartbeat_s`); a socket silent for three of them is closed.
     #[arg(long, env = "ESH_HEARTBEAT", default_value = "30s", value_parser = parse_duration)]
@@ -138,6 +145,7 @@ impl Config {
             broadcast_recipients_per_hour: 1_000_000,
             backlog_limit: 10_000,
             ack_timeout: Duration::from_secs(5),
+            retry_schedule: RetrySchedule::default(),
             heartbeat: Duration::from_secs(30),
             log_url: None,
             store_url: None,
@@ -172,6 +180,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+/// Parses a retry schedule such as `1s,2s,4s,8s,16s,32s` or `10ms,20ms`: durations as
+/// [`parse_duration`] reads them, at least one, none zero.
+pub fn parse_retry_schedule(text: &str) -> Result<RetrySchedule, String> {
+    let waits = text.split(',').map(parse_duration).collect::<Result<Vec<_>, _>>()?;
+    RetrySchedule::new(waits).map_err(|error| format!("invalid retry schedule {text:?}: {error}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +201,16 @@ mod tests {
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("-5s").is_err());
+    }
+
+    #[test]
+    fn retry_schedules_read_like_durations() {
+        let schedule = parse_retry_schedule("10ms, 20ms,1s").unwrap();
+        assert_eq!(schedule.waits(), [Duration::from_millis(10), Duration::from_millis(20), Duration::from_secs(1)]);
+        assert!(parse_retry_schedule("").is_err());
+        assert!(parse_retry_schedule("1s,,2s").is_err());
+        assert!(parse_retry_schedule("1s,0ms").is_err());
+        assert!(parse_retry_schedule("1s,soon").is_err());
     }
 
     #[test]
@@ -206,6 +231,9 @@ mod tests {
         assert_eq!(config.ack_timeout, Duration::from_millis(50));
         assert_eq!(config.stages, vec![Stage::Ingest, Stage::Deliverer]);
         assert!(!config.runs(Stage::Router));
+        assert_eq!(config.retry_schedule, RetrySchedule::default(), "Req 4.1: 1, 2, 4, 8, 16, 32 s unless set");
+        let config = Config::from_args(["esh", "--retry-schedule", "5ms,7ms"]).unwrap();
+        assert_eq!(config.retry_schedule.waits(), [Duration::from_millis(5), Duration::from_millis(7)]);
 
         let local = Config::local("/tmp/x");
         assert_eq!(local.rate_limit_per_minute, 100);
@@ -213,5 +241,6 @@ mod tests {
         assert_eq!(local.backlog_limit, 10_000);
         assert_eq!(local.heartbeat, Duration::from_secs(30));
         assert_eq!(local.log_partitions, 8);
+        assert_eq!(local.retry_schedule.to_string(), "1s,2s,4s,8s,16s,32s");
     }
 }

@@ -2,6 +2,8 @@
 //! `esh send`, `esh chat`, `esh broadcast`, `esh user create`, `esh token`).
 //!
 //! Logs go to stderr (filtered by `RUST_LOG`); answers and frames go to stdout as JSON.
+//! `esh serve` prints one stable line `esh3ar listening on http://<addr>` to stdout once
+//! its listener is bound (README.md), the real port included when asked for port 0.
 //! SIGTERM or SIGINT stops the platform in order and the process exits 0.
 
 mod client;
@@ -64,6 +66,9 @@ fn init_logging(default: &str) {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
+/// What the line announcing the bound address starts with.
+const LISTENING_PREFIX: &str = "esh3ar listening on http://";
+
 async fn serve(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let data_dir = config.data_dir.clone();
@@ -74,7 +79,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             data_dir.join("admin_token").display()
         );
     }
-    println!("esh3ar listening on http://{}", platform.addr());
+    // A stable line: scripts and `server/tests/common/mod.rs` read the bound address from it.
+    println!("{LISTENING_PREFIX}{}", platform.addr());
     tokio::spawn(stop_on_signal(shutdown));
     platform.wait().await.context("stopped with an error")
 }

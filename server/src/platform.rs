@@ -189,6 +189,7 @@ impl Platform {
                 node_id: config.node_id.clone().unwrap_or_else(random_node_id),
                 heartbeat: config.heartbeat,
                 ack_timeout: config.ack_timeout,
+                retry_schedule: config.retry_schedule.clone(),
                 ..DelivererConfig::default()
             };
             let started = Deliverer::start(

@@ -1,6 +1,11 @@
 //! The end-to-end harness: a platform started in-process on `127.0.0.1:0` with a temporary
-//! data directory (or the real `esh` binary, for crash and shutdown tests), users created
-//! with the admin token, HTTP through reqwest and WebSockets through tokio-tungstenite.
+//! data directory (or the real `esh` binary, also on port 0, its address read from the line
+//! it prints, for crash and shutdown tests), users created with the admin token, HTTP
+//! through reqwest and WebSockets through tokio-tungstenite.
+//!
+//! Tests wait for events (a frame, a status, a pong, the binary's address line), never for
+//! a fixed time: to show that something did not happen, they wait for a later event that
+//! would have come after it (a ping's pong, a later message of the same pair).
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -8,14 +13,15 @@ pub mod durability;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use esh_server::{Config, Platform};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
@@ -371,14 +377,6 @@ impl Socket {
         messages
     }
 
-    /// Asserts that no frame arrives for `wait`.
-    pub async fn assert_silent(&mut self, wait: Duration) {
-        match self.read(wait).await {
-            Read::Silent => {}
-            other => panic!("expected silence, got {other:?}"),
-        }
-    }
-
     pub async fn ack(&mut self, ids: &[&str]) {
         self.send(json!({"type": "ack", "message_ids": ids})).await;
     }
@@ -418,84 +416,87 @@ where
 
 /// The real `esh` binary, run as a child process on a data directory.
 pub struct Process {
-    pub child: Child,
+    pub child: tokio::process::Child,
     pub addr: SocketAddr,
     pub api: Api,
 }
 
-/// A local port that is free right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
-}
+/// What the binary's stable address line starts with (`server/src/main.rs`, README.md).
+pub const LISTENING_PREFIX: &str = "esh3ar listening on http://";
 
 impl Process {
-    /// Starts `esh` on `data_dir` and waits until it answers `/health/live`.
+    /// Starts `esh` on `data_dir` with `ESH_HTTP_ADDR=127.0.0.1:0` and returns once it has
+    /// printed the address its listener is bound to (connections are queued from then on).
     pub async fn start(data_dir: &Path, extra_env: &HashMap<&str, String>) -> Process {
-        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_esh"));
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_esh"));
         command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("ESH_DATA_DIR", data_dir)
-            .env("ESH_HTTP_ADDR", addr.to_string())
+            .env("ESH_HTTP_ADDR", "127.0.0.1:0")
             .env("ESH_ADMIN_TOKEN", ADMIN)
             .env("ESH_JWT_SECRET", JWT_SECRET)
             .env("ESH_RATE_LIMIT_PER_MINUTE", "10000000")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
         for (key, value) in extra_env {
             command.env(key, value);
         }
-        let child = command.spawn().expect("esh binary starts");
-        let api = Api::new(addr, ADMIN);
-        let mut process = Process { child, addr, api };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(answer) = process.api.try_call(reqwest::Method::GET, "", "/health/live", None).await {
-                if answer.status == 200 {
-                    return process;
+        let mut child = command.spawn().expect("esh binary starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+        // Reads stdout to its end, so that the binary never blocks on a full pipe.
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            let mut addr_tx = Some(addr_tx);
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(addr) = line.strip_prefix(LISTENING_PREFIX) {
+                    if let Some(tx) = addr_tx.take() {
+                        let _ = tx.send(addr.trim().to_owned());
+                    }
                 }
             }
-            if let Ok(Some(status)) = process.child.try_wait() {
-                panic!("esh exited during start: {status}");
-            }
-            assert!(Instant::now() < deadline, "esh did not become live");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        });
+        let addr = tokio::select! {
+            addr = tokio::time::timeout(Duration::from_secs(60), addr_rx) => match addr {
+                Ok(Ok(addr)) => addr,
+                Ok(Err(_)) => panic!("esh closed stdout without printing its address"),
+                Err(_) => panic!("esh printed no address within 60 s"),
+            },
+            status = child.wait() => panic!("esh exited during start: {status:?}"),
+        };
+        let addr: SocketAddr = addr.parse().unwrap_or_else(|e| panic!("address line {addr:?}: {e}"));
+        let api = Api::new(addr, ADMIN);
+        Process { child, addr, api }
     }
 
     /// SIGKILL: no shutdown code runs.
-    pub fn kill_hard(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
+    pub async fn kill_hard(&mut self) {
+        self.child.kill().await.expect("SIGKILL and reap");
+    }
+
+    /// Sends SIGTERM and returns at once.
+    pub fn signal_terminate(&self) {
+        let id = self.child.id().expect("esh still running");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(id).expect("pid fits"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    }
+
+    /// Waits (up to `within`) for the process to exit.
+    pub async fn exited(&mut self, within: Duration) -> ExitStatus {
+        match tokio::time::timeout(within, self.child.wait()).await {
+            Ok(status) => status.expect("wait for esh"),
+            Err(_) => panic!("esh did not exit within {within:?}"),
+        }
     }
 
     /// SIGTERM, then waits (up to `within`) for the exit status.
     pub async fn terminate(&mut self, within: Duration) -> ExitStatus {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("esh did not exit within {within:?} of SIGTERM");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        self.signal_terminate();
+        self.exited(within).await
     }
 }
 
