@@ -786,3 +786,17 @@ async fn a_commit_lost_in_a_crash_only_redelivers() {
         assert!(covered || again.contains(&(r.partition, r.offset)), "record {} neither committed nor redelivered", text(r));
     }
 }
+
+/// A directory in the per-partition layout of earlier versions is refused, not opened as
+/// an empty log (its records would be silently dropped).
+#[tokio::test]
+async fn the_layout_of_earlier_versions_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir_all(dir.path().join("__consumer_offsets")).unwrap();
+    fs::create_dir_all(dir.path().join("t/0")).unwrap();
+    match EmbeddedMessageLog::open(dir.path(), 4) {
+        Err(BackendError::Corrupt(reason)) => assert!(reason.contains("earlier"), "{reason}"),
+        Err(other) => panic!("expected corrupt, got {other}"),
+        Ok(_) => panic!("an earlier layout must not open as an empty log"),
+    }
+}

@@ -223,6 +223,14 @@ impl EmbeddedMessageLog {
             Err(fs::TryLockError::Error(error)) => return Err(error.into()),
         }
 
+        // The per-partition layout of earlier versions always had this directory; its
+        // records are not in the journal, so opening it would silently drop them.
+        if dir.join("__consumer_offsets").exists() {
+            return Err(BackendError::Corrupt(format!(
+                "{} holds the per-partition layout of an earlier embedded log, which this one does not read",
+                dir.display()
+            )));
+        }
         let recovered = recover(&dir.join(JOURNAL_DIR))?;
         let topics: HashMap<String, Arc<Topic>> =
             recovered.topics.iter().map(|topic| (topic.name.clone(), topic.clone())).collect();
