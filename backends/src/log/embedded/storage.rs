@@ -68,6 +68,9 @@ pub(crate) struct Segment {
     pub(crate) size: u64,
     /// Whether the segment's checkpoint is written (it opens every segment).
     pub(crate) checkpointed: bool,
+    /// Bytes of the checkpoint: a segment holding no more is not rolled, however small
+    /// `segment_bytes` is.
+    pub(crate) checkpoint_bytes: u64,
     /// (topic id, partition) → the offset after the partition's last record here; what
     /// retention compares with the groups' committed offsets.
     pub(crate) highest: HashMap<(u32, u32), u64>,
@@ -79,7 +82,15 @@ impl Segment {
         let path = segment_path(dir, seq);
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
         sync_dir(dir)?;
-        Ok(Segment { seq, path, file: Arc::new(file), size: 0, checkpointed: false, highest: HashMap::new() })
+        Ok(Segment {
+            seq,
+            path,
+            file: Arc::new(file),
+            size: 0,
+            checkpointed: false,
+            checkpoint_bytes: 0,
+            highest: HashMap::new(),
+        })
     }
 
     /// Notes a record of a partition stored here.
@@ -372,8 +383,15 @@ impl Scan {
         // The writer appends through this read-write handle.
         let file = Arc::new(OpenOptions::new().read(true).write(true).open(&path)?);
         let file_len = file.metadata()?.len();
-        let mut segment =
-            Segment { seq, path: path.clone(), file: file.clone(), size: 0, checkpointed: false, highest: HashMap::new() };
+        let mut segment = Segment {
+            seq,
+            path: path.clone(),
+            file: file.clone(),
+            size: 0,
+            checkpointed: false,
+            checkpoint_bytes: 0,
+            highest: HashMap::new(),
+        };
         let mut reader = FrameReader::new(&file, 0, file_len);
         let bad = loop {
             match reader.next()? {
@@ -388,6 +406,9 @@ impl Scan {
                         break Some((pos, reason));
                     }
                     segment.size = reader.position();
+                    if segment.checkpointed && segment.checkpoint_bytes == 0 {
+                        segment.checkpoint_bytes = segment.size;
+                    }
                 }
             }
         };

@@ -253,7 +253,8 @@ impl Writer {
     fn write(&mut self, bytes: &[u8]) -> io::Result<u64> {
         let segment_bytes = self.shared.options.segment_bytes;
         let active = &self.segments[self.segments.len() - 1];
-        if active.checkpointed && active.size + bytes.len() as u64 > segment_bytes && !active.highest.is_empty() {
+        let full = active.size + bytes.len() as u64 > segment_bytes;
+        if active.checkpointed && full && active.size > active.checkpoint_bytes {
             let segment = Segment::create(&self.shared.journal_dir(), active.seq + 1)?;
             self.shared.files.insert(segment.seq, segment.file.clone());
             self.segments.push(segment);
@@ -278,6 +279,7 @@ impl Writer {
             // Before the sync that makes it durable: a failed sync stops the log anyway.
             active.checkpointed = true;
             active.size += checkpoint.len() as u64;
+            active.checkpoint_bytes = active.size;
         }
         Ok(active.size)
     }
