@@ -57,27 +57,20 @@ async fn read_all(log: &dyn MessageLog, group: &str, topic: &str) -> Vec<Consume
     }
 }
 
-/// Segment files of every partition of `topic`, sorted.
-fn segments(dir: &Path, topic: &str) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for partition in fs::read_dir(dir.join(topic)).expect("topic dir") {
-        let partition = partition.expect("entry").path();
-        if partition.is_dir() {
-            for file in fs::read_dir(&partition).expect("partition dir") {
-                let file = file.expect("entry").path();
-                if file.extension().is_some_and(|e| e == "log") {
-                    files.push(file);
-                }
-            }
-        }
-    }
+/// The journal's segment files, oldest first.
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir.join("journal"))
+        .expect("journal dir")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|file| file.extension().is_some_and(|e| e == "log"))
+        .collect();
     files.sort();
     files
 }
 
-/// The non-empty segment files of `topic`.
-fn used_segments(dir: &Path, topic: &str) -> Vec<PathBuf> {
-    segments(dir, topic).into_iter().filter(|f| fs::metadata(f).map(|m| m.len() > 0).unwrap_or(false)).collect()
+/// The newest journal segment (where appends go).
+fn active_segment(dir: &Path) -> PathBuf {
+    segments(dir).pop().expect("a journal segment")
 }
 
 // ---- the conformance suite ----
@@ -296,27 +289,31 @@ async fn kill_9_loses_no_acknowledged_record() {
 }
 
 /// A torn write (garbage after the last record, as a crash mid-append leaves) is cut off
-/// on open; the records before it stay and new appends continue after them.
+/// the journal on open; the records before it, of every topic, stay and new appends
+/// continue after them.
 #[tokio::test]
 async fn a_torn_tail_is_cut_off_and_earlier_records_kept() {
     let dir = tempfile::tempdir().unwrap();
     {
         let log = open(dir.path());
         log.append("t", (0..10).map(|i| record("one-key", format!("{i}"))).collect()).await.unwrap();
+        log.append("u", (0..5).map(|i| record(&format!("k{i}"), format!("u{i}"))).collect()).await.unwrap();
     }
-    let used = used_segments(dir.path(), "t");
-    assert_eq!(used.len(), 1);
-    let size = fs::metadata(&used[0]).unwrap().len();
-    let mut file = fs::OpenOptions::new().append(true).open(&used[0]).unwrap();
+    let journal = active_segment(dir.path());
+    let size = fs::metadata(&journal).unwrap().len();
+    let mut file = fs::OpenOptions::new().append(true).open(&journal).unwrap();
     file.write_all(&[0x2a, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3]).unwrap();
     drop(file);
 
     let log = open(dir.path());
-    assert_eq!(fs::metadata(&used[0]).unwrap().len(), size, "the torn tail was truncated");
+    assert_eq!(fs::metadata(&journal).unwrap().len(), size, "the torn tail was truncated");
     log.append("t", vec![record("one-key", "10")]).await.unwrap();
     let all = read_all(log.as_ref(), "g", "t").await;
     assert_eq!(all.iter().map(text).collect::<Vec<_>>(), (0..=10).map(|i| i.to_string()).collect::<Vec<_>>());
     assert_eq!(all.iter().map(|r| r.offset).collect::<Vec<_>>(), (0..=10).collect::<Vec<_>>());
+    let mut other: Vec<String> = read_all(log.as_ref(), "g", "u").await.iter().map(text).collect();
+    other.sort();
+    assert_eq!(other, (0..5).map(|i| format!("u{i}")).collect::<Vec<_>>());
 }
 
 /// A record cut in the middle (the file ends inside it) is dropped; the earlier ones stay.
@@ -329,9 +326,9 @@ async fn a_record_cut_mid_write_is_dropped() {
             log.append("t", vec![record("one-key", format!("value-{i}"))]).await.unwrap();
         }
     }
-    let used = used_segments(dir.path(), "t");
-    let size = fs::metadata(&used[0]).unwrap().len();
-    fs::OpenOptions::new().write(true).open(&used[0]).unwrap().set_len(size - 5).unwrap();
+    let journal = active_segment(dir.path());
+    let size = fs::metadata(&journal).unwrap().len();
+    fs::OpenOptions::new().write(true).open(&journal).unwrap().set_len(size - 5).unwrap();
 
     let log = open(dir.path());
     let all = read_all(log.as_ref(), "g", "t").await;
@@ -359,7 +356,7 @@ async fn corruption_in_an_older_segment_is_reported() {
             log.append("t", vec![record("k", vec![i as u8; 100])]).await.unwrap();
         }
     }
-    let files = segments(dir.path(), "t");
+    let files = segments(dir.path());
     assert!(files.len() > 2, "segments were rolled: {files:?}");
     let mut bytes = fs::read(&files[0]).unwrap();
     bytes[20] ^= 0xff;
@@ -371,7 +368,7 @@ async fn corruption_in_an_older_segment_is_reported() {
     }
 }
 
-/// Hostile bytes in segment and commit files never panic: the log opens (cutting what is
+/// Hostile bytes in journal segments never panic: the log opens (cutting what is
 /// not a valid record) or reports `Corrupt`.
 #[tokio::test]
 async fn hostile_bytes_on_disk_never_panic() {
@@ -391,9 +388,7 @@ async fn hostile_bytes_on_disk_never_panic() {
             let got = collect(consumer.as_mut(), 20).await;
             consumer.commit(&got[..5]).await.unwrap();
         }
-        let mut victims = segments(dir.path(), "t");
-        victims.push(dir.path().join("__consumer_offsets/commits.log"));
-        for victim in victims {
+        for victim in segments(dir.path()) {
             let mut bytes = fs::read(&victim).unwrap();
             match round % 4 {
                 // Flip random bytes.
@@ -427,8 +422,8 @@ async fn hostile_bytes_on_disk_never_panic() {
     }
 }
 
-/// Retention: once every group that knows a topic has committed past a segment, the
-/// segment file is deleted, so the disk does not grow forever.
+/// Retention: once every group that knows a topic has committed past a journal segment,
+/// the segment file is deleted, so the disk does not grow forever.
 #[tokio::test]
 async fn retention_deletes_fully_consumed_segments() {
     let dir = tempfile::tempdir().unwrap();
@@ -437,22 +432,28 @@ async fn retention_deletes_fully_consumed_segments() {
     for i in 0..100 {
         log.append("t", vec![record(&format!("k{}", i % 10), vec![b'x'; 100])]).await.unwrap();
     }
-    let before = segments(dir.path(), "t").len();
+    let before = segments(dir.path()).len();
     assert!(before > 8, "small segments were rolled: {before}");
     let got = collect(consumer.as_mut(), 100).await;
     consumer.commit(&got).await.unwrap();
-    let after = segments(dir.path(), "t");
-    assert_eq!(after.len(), 2, "only the active segment of each partition is left: {after:?}");
+    // The writer handles requests in order: once this append is durable, the commit
+    // queued before it is too, and retention has run.
+    log.append("other", vec![record("k", "sync point")]).await.unwrap();
+    let after = segments(dir.path());
+    assert_eq!(after.len(), 1, "only the active segment is left: {after:?}");
     assert_eq!(log.lag("router", "t").await.unwrap(), 0);
-    // Reopening works from the remaining segments and keeps offsets going.
+    // Reopening works from the remaining segment and keeps offsets going.
+    let ends = log.end_offsets("t").await.unwrap();
     drop(consumer);
     drop(log);
     let log = EmbeddedMessageLog::open_with(dir.path(), small_segments(2)).unwrap();
+    assert_eq!(log.end_offsets("t").await.unwrap(), ends);
+    assert_eq!(log.lag("router", "t").await.unwrap(), 0);
     log.append("t", vec![record("k0", "next")]).await.unwrap();
     let mut consumer = log.subscribe("router", &["t"]).await.unwrap();
     let next = collect(consumer.as_mut(), 1).await;
     assert_eq!(text(&next[0]), "next");
-    assert!(next[0].offset > 0);
+    assert_eq!(next[0].offset, ends[next[0].partition as usize]);
 }
 
 /// Retention never deletes what a group that knows the topic has not committed, even a
@@ -486,7 +487,7 @@ async fn old_records_are_read_from_the_files() {
     for chunk in 0..10 {
         log.append("t", (0..100).map(|i| record("k", format!("{}", chunk * 100 + i))).collect()).await.unwrap();
     }
-    assert!(segments(dir.path(), "t").len() > 3);
+    assert!(segments(dir.path()).len() > 3);
     let mut consumer = log.subscribe("g", &["t"]).await.unwrap();
     let mut all = Vec::new();
     while all.len() < 1000 {
@@ -543,7 +544,7 @@ async fn topics_keep_their_partition_count_across_restarts() {
     let all = read_all(&log, "g2", "t").await;
     assert_eq!(all.len(), 2);
     assert!(all.iter().all(|r| r.partition == first[0].partition && r.partition < 3));
-    assert_eq!(fs::read_dir(dir.path().join("t")).unwrap().filter(|e| e.as_ref().unwrap().path().is_dir()).count(), 3);
+    assert_eq!(log.end_offsets("t").await.unwrap().len(), 3);
 }
 
 /// One process at a time: a second open of a directory in use is refused; after the first
@@ -559,7 +560,8 @@ async fn a_directory_in_use_is_refused() {
     log.check().await.unwrap();
 }
 
-/// Topic names become directories: names that could escape the log directory are refused.
+/// Topic names follow Kafka's rules; names that could escape a directory or take the
+/// log's reserved `__` prefix are refused.
 #[tokio::test]
 async fn unsafe_topic_names_are_refused() {
     let (dir, log) = fresh();
@@ -637,4 +639,164 @@ async fn a_paused_clock_holds_still_while_the_log_syncs() {
     assert_eq!(got.len(), 20);
     assert!(started.elapsed() < Duration::from_secs(5), "the clock jumped {:?}", started.elapsed());
     assert!(!timeout.is_finished());
+}
+
+// ---- the journal ----
+
+/// Req 4.6, 6.1: records of several topics and partitions, interleaved in the one journal,
+/// are all back after a reopen (the partition indexes rebuilt from the journal, the tail
+/// empty so every read goes to the files), in order per partition with their offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_rebuilds_partition_indexes_from_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || EmbeddedLogOptions { partitions: 4, segment_bytes: 1024, tail_bytes: 0, ..EmbeddedLogOptions::default() };
+    let topics = ["a", "b", "c"];
+    let before: Vec<Vec<Consumed>> = {
+        let log = Arc::new(EmbeddedMessageLog::open_with(dir.path(), options()).unwrap());
+        let mut tasks = Vec::new();
+        for (t, topic) in topics.into_iter().enumerate() {
+            let log = log.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..60 {
+                    let records = vec![record(&format!("k{}", i % 7), format!("{t}:{i}"))];
+                    log.append(topic, records).await.unwrap();
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let mut before = Vec::new();
+        for topic in topics {
+            before.push(read_all(log.as_ref(), "first-reader", topic).await);
+        }
+        before
+    };
+    assert!(segments(dir.path()).len() > 2, "the journal rolled");
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2, "only the journal and the lock file");
+
+    let log = EmbeddedMessageLog::open_with(dir.path(), options()).unwrap();
+    for (t, topic) in topics.into_iter().enumerate() {
+        let after = read_all(&log, "second-reader", topic).await;
+        assert_eq!(after.len(), 60, "every record of {topic} is back");
+        let mut per_partition: HashMap<u32, Vec<&Consumed>> = HashMap::new();
+        for r in &after {
+            per_partition.entry(r.partition).or_default().push(r);
+        }
+        for (partition, records) in per_partition {
+            let offsets: Vec<u64> = records.iter().map(|r| r.offset).collect();
+            assert_eq!(offsets, (0..records.len() as u64).collect::<Vec<_>>(), "{topic}/{partition}: offsets unchanged");
+            let sequence: Vec<u32> =
+                records.iter().map(|r| text(r).split_once(':').unwrap().1.parse().unwrap()).collect();
+            assert!(sequence.windows(2).all(|w| w[0] < w[1]), "{topic}/{partition}: append order kept");
+        }
+        let key = |r: &Consumed| (r.partition, r.offset, r.key.clone(), r.value.clone());
+        let mut expected: Vec<_> = before[t].iter().map(key).collect();
+        let mut got: Vec<_> = after.iter().map(key).collect();
+        expected.sort();
+        got.sort();
+        assert_eq!(got, expected, "{topic}: the same records at the same offsets");
+    }
+}
+
+/// Retention deletes a journal segment only once every group that knows its topics has
+/// committed past all its records; the committed offsets survive the deletion and a
+/// reopen.
+#[tokio::test]
+async fn retention_waits_for_every_group_and_commits_survive_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedMessageLog::open_with(dir.path(), small_segments(1)).unwrap();
+    let mut router = log.subscribe("router", &["t"]).await.unwrap();
+    let mut notifier = log.subscribe("notifier", &["t"]).await.unwrap();
+    for i in 0..60 {
+        log.append("t", vec![record("k", format!("{i:0100}"))]).await.unwrap();
+    }
+    let rolled = segments(dir.path());
+    assert!(rolled.len() > 4, "small segments were rolled: {rolled:?}");
+
+    let all = collect(router.as_mut(), 60).await;
+    router.commit(&all).await.unwrap();
+    log.append("sync", vec![record("k", "point")]).await.unwrap();
+    assert!(segments(dir.path()).starts_with(&rolled), "the notifier has committed nothing: every segment stays");
+
+    let got = collect(notifier.as_mut(), 60).await;
+    notifier.commit(&got[..30]).await.unwrap();
+    log.append("sync", vec![record("k", "point")]).await.unwrap();
+    let left = segments(dir.path());
+    let deleted = rolled.iter().take_while(|f| !left.contains(f)).count();
+    assert!(deleted > 0 && deleted < rolled.len() - 1, "only segments below offset 30 go: {left:?}");
+    assert!(rolled[deleted..].iter().all(|f| left.contains(f)), "deleted from the oldest on: {left:?}");
+    let kept = read_all(&log, "late", "t").await;
+    assert!(kept.first().is_some_and(|r| r.offset <= 30), "offset 30 on is kept: {:?}", kept.first().map(|r| r.offset));
+    assert_eq!(kept.last().map(|r| r.offset), Some(59));
+
+    drop((router, notifier, log));
+    let log = EmbeddedMessageLog::open_with(dir.path(), small_segments(1)).unwrap();
+    assert_eq!(log.lag("router", "t").await.unwrap(), 0, "the router's commit survived");
+    assert_eq!(log.lag("notifier", "t").await.unwrap(), 30, "the notifier's commit survived");
+    let mut notifier = log.subscribe("notifier", &["t"]).await.unwrap();
+    let rest = collect(notifier.as_mut(), 30).await;
+    assert_eq!(rest.iter().map(|r| r.offset).collect::<Vec<_>>(), (30..60).collect::<Vec<_>>());
+    assert!(notifier.poll(10, Duration::from_millis(100)).await.unwrap().is_empty());
+}
+
+/// A commit returns before it is durable; one lost in a crash before the next group
+/// commit (the journal ends where the last append's group commit left it) means
+/// redelivery, never a lost record (at-least-once, Req 6.1).
+#[tokio::test]
+async fn a_commit_lost_in_a_crash_only_redelivers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (durable_size, committed_first) = {
+        let log = open(dir.path());
+        let mut consumer = log.subscribe("router", &["t"]).await.unwrap();
+        log.append("t", (0..20).map(|i| record(&format!("k{i}"), format!("{i}"))).collect()).await.unwrap();
+        let first = collect(consumer.as_mut(), 20).await;
+        consumer.commit(&first[..5]).await.unwrap();
+        log.append("t", (20..40).map(|i| record(&format!("k{i}"), format!("{i}"))).collect()).await.unwrap();
+        let size = fs::metadata(active_segment(dir.path())).unwrap().len();
+        let second = collect(consumer.as_mut(), 20).await;
+        consumer.commit(&first).await.unwrap();
+        consumer.commit(&second).await.unwrap();
+        assert_eq!(log.lag("router", "t").await.unwrap(), 0, "commits apply in memory at once");
+        (size, first[..5].to_vec())
+    };
+    let journal = active_segment(dir.path());
+    assert!(fs::metadata(&journal).unwrap().len() > durable_size, "the commits were written after the appends");
+    // The crash: nothing after the last append's group commit reached the disk.
+    fs::OpenOptions::new().write(true).open(&journal).unwrap().set_len(durable_size).unwrap();
+
+    let log = open(dir.path());
+    let everything = read_all(log.as_ref(), "auditor", "t").await;
+    assert_eq!(everything.len(), 40, "no appended record is lost");
+    // The first commit rode on the second append's group commit; the later ones are lost.
+    let survived: u64 = {
+        let mut per_partition: HashMap<u32, u64> = HashMap::new();
+        for r in &committed_first {
+            let next = per_partition.entry(r.partition).or_insert(0);
+            *next = (*next).max(r.offset + 1);
+        }
+        per_partition.values().sum()
+    };
+    assert_eq!(log.lag("router", "t").await.unwrap(), 40 - survived);
+    let redelivered = read_all(log.as_ref(), "router", "t").await;
+    assert_eq!(redelivered.len() as u64, 40 - survived, "everything past the durable commit comes again");
+    let again: HashSet<(u32, u64)> = redelivered.iter().map(|r| (r.partition, r.offset)).collect();
+    for r in &everything {
+        let covered = committed_first.iter().any(|c| c.partition == r.partition && c.offset >= r.offset);
+        assert!(covered || again.contains(&(r.partition, r.offset)), "record {} neither committed nor redelivered", text(r));
+    }
+}
+
+/// A directory in the per-partition layout of earlier versions is refused, not opened as
+/// an empty log (its records would be silently dropped).
+#[tokio::test]
+async fn the_layout_of_earlier_versions_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir_all(dir.path().join("__consumer_offsets")).unwrap();
+    fs::create_dir_all(dir.path().join("t/0")).unwrap();
+    match EmbeddedMessageLog::open(dir.path(), 4) {
+        Err(BackendError::Corrupt(reason)) => assert!(reason.contains("earlier"), "{reason}"),
+        Err(other) => panic!("expected corrupt, got {other}"),
+        Ok(_) => panic!("an earlier layout must not open as an empty log"),
+    }
 }

@@ -2,17 +2,28 @@
 //! semantics of the Kafka one (per-partition order, consumer groups, committed offsets,
 //! redelivery of what was not committed) and the durability of an fsync'd append.
 //!
-//! - `codec`: the key → partition hash (Kafka's murmur2) and the CRC-checked frames on disk.
-//! - `storage`: topics, partitions, segment files, recovery, the in-memory tail and reads.
-//! - `groups`: consumer groups, partition assignment and the durable commit log.
-//! - `writer`: the one thread that writes, with group commit (one `fdatasync` per touched
-//!   file for everything queued, the files synced in parallel).
+//! Every topic and partition shares one journal: a sequence of segment files holding CRC
+//! framed records (with their topic id, partition and offset), consumer commits and topic
+//! definitions, in the order written. One writer thread writes everything queued as one
+//! group commit and makes it durable with a single `fdatasync`, however many partitions
+//! it touched. Partitions are in-memory indexes into the journal (offset → position) plus
+//! a tail of recent records, rebuilt by scanning the journal on open (a torn tail is cut
+//! off).
 //!
-//! Data lives under `dir`: `<topic>/<partition>/<base offset>.log` segments,
-//! `__consumer_offsets/commits.log`, and `__lock`, which keeps a second process out.
-//! Records become visible to consumers only once durable. Segments that every group
-//! knowing the topic has committed past are deleted (retention), except the active one;
-//! a topic no group ever subscribed to keeps everything.
+//! - `codec`: the key → partition hash (Kafka's murmur2) and the frames on disk.
+//! - `storage`: journal segments, recovery, topics, partition indexes, tails and reads.
+//! - `groups`: consumer groups, partition assignment and committed offsets.
+//! - `writer`: the one thread that writes: group commit, segment rolls, retention.
+//!
+//! Data lives under `dir`: `journal/<seq>.log` segments (each opening with a checkpoint of
+//! every topic, its partitions' next offsets and every committed offset), and `__lock`,
+//! which keeps a second process out. Records become visible to consumers only once
+//! durable. Consumer commits do not wait for a sync: `LogConsumer::commit` applies them in
+//! memory and queues them, and they become durable with the next group commit; one lost
+//! in a crash only means redelivery (at-least-once). Segments whose every record every
+//! group knowing its topic has durably committed past are deleted from the oldest on
+//! (retention), except the active one; a topic no group ever subscribed to keeps
+//! everything.
 
 mod codec;
 mod groups;
@@ -31,10 +42,10 @@ use std::time::Duration;
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use self::codec::{MAX_BODY, RECORD_OVERHEAD};
-use self::groups::{CommitLog, Group, Groups, Position};
-use self::storage::{lock, valid_topic_name, Topic, MAX_PARTITIONS};
-use self::writer::{Request, Syncer, Writer};
+use self::codec::{MAX_BODY, MAX_PARTITIONS, RECORD_OVERHEAD};
+use self::groups::{Committed, Group, Groups, Position};
+use self::storage::{lock, recover, valid_topic_name, SegmentFiles, Topic, JOURNAL_DIR};
+use self::writer::{Request, Writer};
 use super::{Consumed, LogConsumer, MessageLog, Record};
 use crate::error::BackendError;
 
@@ -43,20 +54,18 @@ use crate::error::BackendError;
 pub struct EmbeddedLogOptions {
     /// Partitions of each new topic (1..=4096); existing topics keep their count.
     pub partitions: u32,
-    /// A segment file is rolled once it would grow past this many bytes.
+    /// A journal segment file is rolled once it would grow past this many bytes.
     pub segment_bytes: u64,
     /// Bytes of recent records kept in memory per partition for readers.
     pub tail_bytes: usize,
-    /// Most records the writer makes durable with one sync per file (group commit).
+    /// Most records the writer makes durable with one sync (group commit).
     pub max_group_records: usize,
-    /// Most bytes the writer makes durable with one sync per file (group commit).
+    /// Most bytes the writer makes durable with one sync (group commit).
     pub max_group_bytes: usize,
     /// Requests queued for the writer before callers wait.
     pub queue_capacity: usize,
     /// Largest key plus value of one record.
     pub max_record_bytes: usize,
-    /// Threads that sync a group's files in parallel with the writer (0: one by one).
-    pub sync_threads: usize,
 }
 
 impl Default for EmbeddedLogOptions {
@@ -69,7 +78,6 @@ impl Default for EmbeddedLogOptions {
             max_group_bytes: 4 << 20,
             queue_capacity: 1024,
             max_record_bytes: 8 << 20,
-            sync_threads: 8,
         }
     }
 }
@@ -79,8 +87,8 @@ pub(crate) struct Shared {
     dir: PathBuf,
     options: EmbeddedLogOptions,
     topics: RwLock<HashMap<String, Arc<Topic>>>,
-    /// Held while a topic is being created.
-    creating: Mutex<()>,
+    /// The journal segments readers may read.
+    files: SegmentFiles,
     groups: Groups,
     /// Why the writer stopped taking appends, if it did.
     failure: Mutex<Option<String>>,
@@ -92,26 +100,13 @@ impl Shared {
         self.topics.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
     }
 
-    fn topic_names(&self) -> Vec<String> {
-        self.topics.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
+    /// Makes a topic visible, once its definition is durable.
+    fn add_topic(&self, topic: Arc<Topic>) {
+        self.topics.write().unwrap_or_else(|p| p.into_inner()).insert(topic.name.clone(), topic);
     }
 
-    /// The topic `name`, created (durably, with the configured partition count) if new.
-    fn topic_or_create(&self, name: &str) -> Result<Arc<Topic>, BackendError> {
-        if let Some(topic) = self.topic(name) {
-            return Ok(topic);
-        }
-        if !valid_topic_name(name) {
-            return Err(BackendError::Conflict(format!("invalid topic name {name:?}")));
-        }
-        // Creators queue here; readers of other topics are not held up by the file work.
-        let _creating = lock(&self.creating);
-        if let Some(topic) = self.topic(name) {
-            return Ok(topic);
-        }
-        let topic = Arc::new(Topic::create(&self.dir, name, self.options.partitions)?);
-        self.topics.write().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned(), topic.clone());
-        Ok(topic)
+    fn journal_dir(&self) -> PathBuf {
+        self.dir.join(JOURNAL_DIR)
     }
 
     fn failure(&self) -> Option<String> {
@@ -170,16 +165,25 @@ impl Core {
         answer.await.map_err(|_| stopped())?
     }
 
-    /// The topic `name`, created off the async threads when new.
+    /// Hands `request` to the writer without waiting for its outcome.
+    async fn queue(&self, request: Request) -> Result<(), BackendError> {
+        if let Some(failure) = self.shared.failure() {
+            return Err(BackendError::Unavailable(failure));
+        }
+        let Some(requests) = &self.requests else { return Err(stopped()) };
+        requests.send(request).await.map_err(|_| stopped())
+    }
+
+    /// The topic `name`, created (durably, with the configured partition count) when new.
     async fn topic(&self, name: &str) -> Result<Arc<Topic>, BackendError> {
         if let Some(topic) = self.shared.topic(name) {
             return Ok(topic);
         }
-        let shared = self.shared.clone();
-        let name = name.to_owned();
-        tokio::task::spawn_blocking(move || shared.topic_or_create(&name))
-            .await
-            .map_err(|e| BackendError::Unavailable(format!("topic creation stopped: {e}")))?
+        if !valid_topic_name(name) {
+            return Err(BackendError::Conflict(format!("invalid topic name {name:?}")));
+        }
+        self.call(|reply| Request::CreateTopic { name: name.to_owned(), reply }).await?;
+        self.shared.topic(name).ok_or_else(|| BackendError::Unavailable(format!("topic {name:?} was not created")))
     }
 }
 
@@ -219,51 +223,49 @@ impl EmbeddedMessageLog {
             Err(fs::TryLockError::Error(error)) => return Err(error.into()),
         }
 
-        let mut topics = HashMap::new();
-        for entry in fs::read_dir(dir)? {
-            let entry = entry?;
-            let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
-            if !entry.file_type()?.is_dir() || !valid_topic_name(&name) {
-                continue;
-            }
-            match Topic::open(&entry.path(), &name)? {
-                Some(topic) => {
-                    topics.insert(name, Arc::new(topic));
-                }
-                None => tracing::warn!(topic = %name, "ignoring a topic whose creation never finished"),
-            }
+        // The per-partition layout of earlier versions always had this directory; its
+        // records are not in the journal, so opening it would silently drop them.
+        if dir.join("__consumer_offsets").exists() {
+            return Err(BackendError::Corrupt(format!(
+                "{} holds the per-partition layout of an earlier embedded log, which this one does not read",
+                dir.display()
+            )));
         }
-
-        let (commits, positions) = CommitLog::open(&dir.join("__consumer_offsets"))?;
+        let recovered = recover(&dir.join(JOURNAL_DIR))?;
+        let topics: HashMap<String, Arc<Topic>> =
+            recovered.topics.iter().map(|topic| (topic.name.clone(), topic.clone())).collect();
         let groups = Groups::default();
-        for position in positions {
-            let fits = topics.get(&position.topic).is_none_or(|t: &Arc<Topic>| position.partition < t.partitions.len() as u32);
-            if fits {
-                groups.get_or_create(&position.group).state.lock().unwrap_or_else(|p| p.into_inner()).advance(
-                    &position.topic,
-                    position.partition,
-                    position.offset,
-                );
-            }
+        let mut committed = Committed::default();
+        for position in &recovered.commits {
+            lock(&groups.get_or_create(&position.group).state).advance(
+                &position.topic,
+                position.partition,
+                position.offset,
+            );
+            committed.advance(position);
         }
-        let mut live_positions = Vec::new();
-        for (name, group) in groups.all() {
-            lock(&group.state).positions(&name, &mut live_positions);
+        let files = SegmentFiles::default();
+        for segment in &recovered.segments {
+            files.insert(segment.seq, segment.file.clone());
         }
 
         let shared = Arc::new(Shared {
             dir: dir.to_owned(),
             options,
             topics: RwLock::new(topics),
-            creating: Mutex::new(()),
+            files,
             groups,
             failure: Mutex::new(None),
             writer_alive: AtomicBool::new(true),
         });
         let (requests, receiver) = mpsc::channel(shared.options.queue_capacity);
-        let syncer = Syncer::start(shared.options.sync_threads)?;
-        let writer =
-            Writer { shared: shared.clone(), commits, requests: receiver, syncer, live_positions: live_positions.len() };
+        let writer = Writer {
+            shared: shared.clone(),
+            requests: receiver,
+            segments: recovered.segments,
+            topics: recovered.topics,
+            committed,
+        };
         let thread = std::thread::Builder::new().name("esh-log-writer".into()).spawn(move || writer.run())?;
         Ok(EmbeddedMessageLog {
             core: Arc::new(Core { shared, requests: Some(requests), thread: Some(thread), _lock: lock_file }),
@@ -317,8 +319,15 @@ impl MessageLog for EmbeddedMessageLog {
                 })
                 .collect()
         };
+        let unknown_in_memory: Vec<(String, u32, u64)> =
+            unknown.iter().map(|p| (p.topic.clone(), p.partition, p.offset)).collect();
         if !unknown.is_empty() {
-            self.core.call(|reply| Request::Commit { positions: unknown, reply }).await?;
+            // Known durably before the first poll, so retention keeps the group's backlog.
+            self.core.call(|reply| Request::Commit { positions: unknown, reply: Some(reply) }).await?;
+            let mut state = lock(&handle.state);
+            for position in &unknown_in_memory {
+                state.advance(&position.0, position.1, position.2);
+            }
         }
         let notify = Arc::new(Notify::new());
         for topic in &subscribed {
@@ -440,7 +449,7 @@ impl EmbeddedConsumer {
                 let source = &topic.partitions[partition as usize];
                 let mut failure = None;
                 while out.len() < max {
-                    match source.read(&topic.name, partition, position, max - out.len()).await {
+                    match source.read(&topic, partition, position, max - out.len(), &self.core.shared.files).await {
                         Ok((records, next)) => {
                             position = next;
                             if records.is_empty() {
@@ -512,7 +521,14 @@ impl LogConsumer for EmbeddedConsumer {
         if positions.is_empty() {
             return Ok(());
         }
-        self.core.call(|reply| Request::Commit { positions, reply }).await
+        // In memory now (lag, rebalances); durable with the writer's next group commit.
+        {
+            let mut state = lock(&self.group.state);
+            for position in &positions {
+                state.advance(&position.topic, position.partition, position.offset);
+            }
+        }
+        self.core.queue(Request::Commit { positions, reply: None }).await
     }
 }
 

@@ -60,6 +60,8 @@ pub trait LogConsumer: Send {
 
     /// Commits the group's position past each given record (the highest offset per
     /// partition wins); committed records are not delivered again to the group, uncommitted
-    /// ones are, after a restart or a rebalance.
+    /// ones are, after a restart or a rebalance. May return once the commit is recorded in
+    /// memory and queued, before it is durable: a commit lost in a crash only means the
+    /// records after the last durable one are delivered again (at-least-once).
     async fn commit(&mut self, records: &[Consumed]) -> Result<(), BackendError>;
 }

@@ -1,12 +1,16 @@
-//! Bytes on disk: the key → partition hash, the CRC-checked frame every record and
-//! committed offset is stored in, and a reader that walks frames in a file.
+//! Bytes on disk: the key → partition hash, the CRC-checked frames of the journal (records
+//! of every topic and partition, committed offsets, topic definitions, checkpoint ends),
+//! and readers that walk frames in a file or fetch one at a known position.
 //!
 //! A frame is `len: u32 LE | crc32(body): u32 LE | body` where `len` is the body length.
-//! A record body is `version 1: u8 | offset: u64 LE | key length: u32 LE | key | value`;
-//! a commit body is `version 1: u8 | group length: u16 LE | group | topic length: u16 LE |
-//! topic | partition: u32 LE | next offset: u64 LE`. Every length read from disk is
-//! checked before use: hostile bytes make a frame invalid, never a panic or a huge
-//! allocation beyond [`MAX_BODY`].
+//! Bodies start with their kind; integers are little-endian:
+//! - record `0x11 | topic id: u32 | partition: u32 | offset: u64 | key length: u32 | key | value`;
+//! - commit `0x12 | group length: u16 | group | topic id: u32 | partition: u32 | next offset: u64`;
+//! - topic `0x13 | topic id: u32 | name length: u16 | name | partitions: u32 | next offset: u64 × partitions`;
+//! - checkpoint end `0x14`.
+//!
+//! Every length read from disk is checked before use: hostile bytes make a frame invalid,
+//! never a panic or a huge allocation beyond [`MAX_BODY`].
 
 use std::fs::File;
 use std::io;
@@ -17,8 +21,16 @@ pub(crate) const FRAME_HEADER: usize = 8;
 /// The largest body a frame may claim; anything longer is corrupt.
 pub(crate) const MAX_BODY: usize = 64 << 20;
 /// Bytes of a record body besides its key and value.
-pub(crate) const RECORD_OVERHEAD: usize = 1 + 8 + 4;
-const VERSION: u8 = 1;
+pub(crate) const RECORD_OVERHEAD: usize = 1 + 4 + 4 + 8 + 4;
+/// Most partitions a topic may have (bounds what is read from disk).
+pub(crate) const MAX_PARTITIONS: u32 = 4096;
+/// Frame kinds (the first byte of a body).
+const RECORD: u8 = 0x11;
+const COMMIT: u8 = 0x12;
+const TOPIC: u8 = 0x13;
+const CHECKPOINT_END: u8 = 0x14;
+/// What [`read_frame_at`] reads first.
+const FIRST_READ: usize = 4096;
 /// How much a [`FrameReader`] reads at a time.
 const READ_CHUNK: usize = 256 << 10;
 
@@ -64,13 +76,10 @@ pub(crate) fn partition_for(key: &str, partitions: u32) -> u32 {
 }
 
 /// Appends one record frame to `out`; returns the frame's length.
-pub(crate) fn encode_record(out: &mut Vec<u8>, offset: u64, key: &str, value: &[u8]) -> usize {
-    let start = out.len();
-    let body_len = RECORD_OVERHEAD + key.len() + value.len();
-    out.reserve(FRAME_HEADER + body_len);
-    out.extend_from_slice(&(body_len as u32).to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
-    out.push(VERSION);
+pub(crate) fn encode_record(out: &mut Vec<u8>, topic: u32, partition: u32, offset: u64, key: &str, value: &[u8]) -> usize {
+    let start = open_frame(out, RECORD_OVERHEAD + key.len() + value.len(), RECORD);
+    out.extend_from_slice(&topic.to_le_bytes());
+    out.extend_from_slice(&partition.to_le_bytes());
     out.extend_from_slice(&offset.to_le_bytes());
     out.extend_from_slice(&(key.len() as u32).to_le_bytes());
     out.extend_from_slice(key.as_bytes());
@@ -78,22 +87,48 @@ pub(crate) fn encode_record(out: &mut Vec<u8>, offset: u64, key: &str, value: &[
     seal(out, start)
 }
 
-/// Appends one commit frame to `out`; returns the frame's length. Names longer than
+/// Appends one commit frame to `out`; returns the frame's length. Group names longer than
 /// `u16::MAX` bytes are refused by the callers before this.
-pub(crate) fn encode_commit(out: &mut Vec<u8>, group: &str, topic: &str, partition: u32, offset: u64) -> usize {
-    debug_assert!(group.len() <= usize::from(u16::MAX) && topic.len() <= usize::from(u16::MAX));
-    let start = out.len();
-    let body_len = 1 + 2 + group.len() + 2 + topic.len() + 4 + 8;
-    out.extend_from_slice(&(body_len as u32).to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
-    out.push(VERSION);
+pub(crate) fn encode_commit(out: &mut Vec<u8>, group: &str, topic: u32, partition: u32, offset: u64) -> usize {
+    debug_assert!(group.len() <= usize::from(u16::MAX));
+    let start = open_frame(out, 1 + 2 + group.len() + 4 + 4 + 8, COMMIT);
     out.extend_from_slice(&(group.len() as u16).to_le_bytes());
     out.extend_from_slice(group.as_bytes());
-    out.extend_from_slice(&(topic.len() as u16).to_le_bytes());
-    out.extend_from_slice(topic.as_bytes());
+    out.extend_from_slice(&topic.to_le_bytes());
     out.extend_from_slice(&partition.to_le_bytes());
     out.extend_from_slice(&offset.to_le_bytes());
     seal(out, start)
+}
+
+/// Appends one topic frame to `out`: the topic's id, name and partition count, with the
+/// offset of the next record of each partition (`ends.len()` is the partition count).
+pub(crate) fn encode_topic(out: &mut Vec<u8>, id: u32, name: &str, ends: &[u64]) -> usize {
+    debug_assert!(name.len() <= usize::from(u16::MAX) && !ends.is_empty() && ends.len() <= MAX_PARTITIONS as usize);
+    let start = open_frame(out, 1 + 4 + 2 + name.len() + 4 + 8 * ends.len(), TOPIC);
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(&(ends.len() as u32).to_le_bytes());
+    for end in ends {
+        out.extend_from_slice(&end.to_le_bytes());
+    }
+    seal(out, start)
+}
+
+/// Appends the frame that closes a segment's checkpoint to `out`.
+pub(crate) fn encode_checkpoint_end(out: &mut Vec<u8>) -> usize {
+    let start = open_frame(out, 1, CHECKPOINT_END);
+    seal(out, start)
+}
+
+/// Starts a frame of `body_len` bytes whose body begins with `kind`; returns its start.
+fn open_frame(out: &mut Vec<u8>, body_len: usize, kind: u8) -> usize {
+    let start = out.len();
+    out.reserve(FRAME_HEADER + body_len);
+    out.extend_from_slice(&(body_len as u32).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.push(kind);
+    start
 }
 
 /// Writes the CRC of the frame that starts at `start` and returns the frame's length.
@@ -133,48 +168,109 @@ pub(crate) fn next_frame(buf: &[u8]) -> Frame {
 /// A record body, borrowed.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct RecordRef<'a> {
+    pub(crate) topic: u32,
+    pub(crate) partition: u32,
     pub(crate) offset: u64,
     pub(crate) key: &'a str,
     pub(crate) value: &'a [u8],
-}
-
-/// Decodes a record body whose CRC already matched.
-pub(crate) fn decode_record(body: &[u8]) -> Result<RecordRef<'_>, &'static str> {
-    let mut cursor = Cursor(body);
-    if cursor.u8()? != VERSION {
-        return Err("unknown record version");
-    }
-    let offset = cursor.u64()?;
-    let key_len = cursor.u32()? as usize;
-    let key = std::str::from_utf8(cursor.take(key_len)?).map_err(|_| "record key is not utf-8")?;
-    Ok(RecordRef { offset, key, value: cursor.0 })
 }
 
 /// A committed position, borrowed.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct CommitRef<'a> {
     pub(crate) group: &'a str,
-    pub(crate) topic: &'a str,
+    pub(crate) topic: u32,
     pub(crate) partition: u32,
     pub(crate) offset: u64,
 }
 
-/// Decodes a commit body whose CRC already matched.
-pub(crate) fn decode_commit(body: &[u8]) -> Result<CommitRef<'_>, &'static str> {
+/// A topic definition.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct TopicRef<'a> {
+    pub(crate) id: u32,
+    pub(crate) name: &'a str,
+    /// The next offset of each partition when the frame was written.
+    pub(crate) ends: Vec<u64>,
+}
+
+/// One decoded frame body of the journal.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Entry<'a> {
+    Record(RecordRef<'a>),
+    Commit(CommitRef<'a>),
+    Topic(TopicRef<'a>),
+    CheckpointEnd,
+}
+
+/// Decodes a frame body whose CRC already matched.
+pub(crate) fn decode(body: &[u8]) -> Result<Entry<'_>, &'static str> {
     let mut cursor = Cursor(body);
-    if cursor.u8()? != VERSION {
-        return Err("unknown commit version");
-    }
-    let group_len = usize::from(cursor.u16()?);
-    let group = std::str::from_utf8(cursor.take(group_len)?).map_err(|_| "group is not utf-8")?;
-    let topic_len = usize::from(cursor.u16()?);
-    let topic = std::str::from_utf8(cursor.take(topic_len)?).map_err(|_| "topic is not utf-8")?;
-    let partition = cursor.u32()?;
-    let offset = cursor.u64()?;
+    let entry = match cursor.u8()? {
+        RECORD => {
+            let topic = cursor.u32()?;
+            let partition = cursor.u32()?;
+            let offset = cursor.u64()?;
+            let key_len = cursor.u32()? as usize;
+            let key = std::str::from_utf8(cursor.take(key_len)?).map_err(|_| "record key is not utf-8")?;
+            return Ok(Entry::Record(RecordRef { topic, partition, offset, key, value: cursor.0 }));
+        }
+        COMMIT => {
+            let group_len = usize::from(cursor.u16()?);
+            let group = std::str::from_utf8(cursor.take(group_len)?).map_err(|_| "group is not utf-8")?;
+            let topic = cursor.u32()?;
+            let partition = cursor.u32()?;
+            let offset = cursor.u64()?;
+            Entry::Commit(CommitRef { group, topic, partition, offset })
+        }
+        TOPIC => {
+            let id = cursor.u32()?;
+            let name_len = usize::from(cursor.u16()?);
+            let name = std::str::from_utf8(cursor.take(name_len)?).map_err(|_| "topic is not utf-8")?;
+            let count = cursor.u32()?;
+            if !(1..=MAX_PARTITIONS).contains(&count) {
+                return Err("impossible partition count");
+            }
+            let ends = (0..count).map(|_| cursor.u64()).collect::<Result<Vec<u64>, _>>()?;
+            Entry::Topic(TopicRef { id, name, ends })
+        }
+        CHECKPOINT_END => Entry::CheckpointEnd,
+        _ => return Err("unknown frame kind"),
+    };
     if !cursor.0.is_empty() {
-        return Err("trailing bytes after commit");
+        return Err("trailing bytes in a frame");
     }
-    Ok(CommitRef { group, topic, partition, offset })
+    Ok(entry)
+}
+
+/// Reads the frame at `pos` of `file` (which must end by `limit`) and returns its body,
+/// or why the bytes there are not a valid frame.
+pub(crate) fn read_frame_at(file: &File, pos: u64, limit: u64) -> io::Result<Result<Vec<u8>, &'static str>> {
+    let available = limit.saturating_sub(pos);
+    // Most records fit in one read; a bigger one takes a second.
+    let mut buf = vec![0; (available.min(FIRST_READ as u64)) as usize];
+    let filled = read_full_at(file, &mut buf, pos)?;
+    buf.truncate(filled);
+    loop {
+        match next_frame(&buf) {
+            Frame::Complete { len } => {
+                buf.truncate(len);
+                buf.drain(..FRAME_HEADER);
+                return Ok(Ok(buf));
+            }
+            Frame::Invalid(reason) => return Ok(Err(reason)),
+            Frame::Incomplete { needed } => {
+                if needed as u64 > available {
+                    return Ok(Err("incomplete frame"));
+                }
+                let have = buf.len();
+                buf.resize(needed, 0);
+                let more = read_full_at(file, &mut buf[have..], pos + have as u64)?;
+                if have + more < needed {
+                    return Ok(Err("file shorter than expected"));
+                }
+            }
+        }
+    }
 }
 
 struct Cursor<'a>(&'a [u8]);
@@ -324,46 +420,56 @@ mod tests {
     }
 
     #[test]
-    fn records_and_commits_round_trip() {
+    fn every_frame_kind_round_trips() {
         let mut buf = Vec::new();
-        let len = encode_record(&mut buf, 42, "key", b"value");
+        let len = encode_record(&mut buf, 2, 5, 42, "key", b"value");
         assert_eq!(len, buf.len());
         assert_eq!(next_frame(&buf), Frame::Complete { len });
-        let record = decode_record(&buf[FRAME_HEADER..]).unwrap();
-        assert_eq!(record, RecordRef { offset: 42, key: "key", value: b"value" });
+        let record = decode(&buf[FRAME_HEADER..]).unwrap();
+        assert_eq!(record, Entry::Record(RecordRef { topic: 2, partition: 5, offset: 42, key: "key", value: b"value" }));
 
         let mut buf = Vec::new();
-        let len = encode_commit(&mut buf, "router", "esh.messages.high", 3, 7);
+        let len = encode_commit(&mut buf, "router", 1, 3, 7);
         assert_eq!(next_frame(&buf), Frame::Complete { len });
-        let commit = decode_commit(&buf[FRAME_HEADER..]).unwrap();
-        assert_eq!(commit, CommitRef { group: "router", topic: "esh.messages.high", partition: 3, offset: 7 });
+        let commit = decode(&buf[FRAME_HEADER..]).unwrap();
+        assert_eq!(commit, Entry::Commit(CommitRef { group: "router", topic: 1, partition: 3, offset: 7 }));
+
+        let mut buf = Vec::new();
+        let len = encode_topic(&mut buf, 4, "esh.messages.high", &[3, 0, 9]);
+        assert_eq!(next_frame(&buf), Frame::Complete { len });
+        let topic = decode(&buf[FRAME_HEADER..]).unwrap();
+        assert_eq!(topic, Entry::Topic(TopicRef { id: 4, name: "esh.messages.high", ends: vec![3, 0, 9] }));
+
+        let mut buf = Vec::new();
+        encode_checkpoint_end(&mut buf);
+        assert_eq!(decode(&buf[FRAME_HEADER..]).unwrap(), Entry::CheckpointEnd);
     }
 
     #[test]
-    fn damaged_frames_are_invalid_not_panics() {
-        let mut buf = Vec::new();
-        encode_record(&mut buf, 1, "k", b"v");
-        for cut in 0..buf.len() {
-            assert!(matches!(next_frame(&buf[..cut]), Frame::Incomplete { .. }));
+    fn a_frame_is_read_back_at_its_position() {
+        let mut bytes = Vec::new();
+        let mut positions = Vec::new();
+        for i in 0..20u64 {
+            positions.push(bytes.len() as u64);
+            encode_record(&mut bytes, 0, (i % 3) as u32, i, "k", &vec![1; (i * 700) as usize]);
         }
-        for i in 0..buf.len() {
-            let mut flipped = buf.clone();
-            flipped[i] ^= 0x40;
-            assert!(!matches!(next_frame(&flipped), Frame::Complete { .. }), "flip at {i} went unnoticed");
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&bytes).unwrap();
+        for (i, pos) in positions.iter().enumerate() {
+            let body = read_frame_at(&file, *pos, u64::MAX).unwrap().unwrap();
+            let Entry::Record(record) = decode(&body).unwrap() else { panic!("not a record") };
+            assert_eq!((record.offset, record.value.len()), (i as u64, i * 700));
         }
-        assert_eq!(next_frame(&[0xff; 16]), Frame::Invalid("impossible record length"));
-        // Bodies with a valid CRC but hostile contents.
-        for body in [&[1u8, 0, 0][..], &[9u8; 13][..], &[1, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff][..]] {
-            assert!(decode_record(body).is_err());
-            assert!(decode_commit(body).is_err());
-        }
+        let last = *positions.last().unwrap();
+        assert!(read_frame_at(&file, last, bytes.len() as u64 - 1).unwrap().is_err(), "a cut frame is refused");
+        assert!(read_frame_at(&file, last + 1, u64::MAX).unwrap().is_err(), "a wrong position is refused");
     }
 
     #[test]
     fn reader_walks_frames_and_stops_at_a_torn_tail() {
         let mut bytes = Vec::new();
         for i in 0..1000u64 {
-            encode_record(&mut bytes, i, "key", &vec![7; (i % 50) as usize]);
+            encode_record(&mut bytes, 0, 0, i, "key", &vec![7; (i % 50) as usize]);
         }
         let whole = bytes.len() as u64;
         bytes.extend_from_slice(&[3, 0, 0]);
@@ -375,7 +481,8 @@ mod tests {
         loop {
             match reader.next().unwrap() {
                 Step::Frame { body, .. } => {
-                    assert_eq!(decode_record(body).unwrap().offset, expected);
+                    let Entry::Record(record) = decode(body).unwrap() else { panic!("not a record") };
+                    assert_eq!(record.offset, expected);
                     expected += 1;
                 }
                 Step::Bad { pos, .. } => {

@@ -1,22 +1,18 @@
-//! Consumer groups: committed offsets (kept in memory, persisted by the writer thread in an
-//! append-only, CRC-framed commit log that is compacted by atomic rewrite), the live
-//! members and which member owns which partition.
+//! Consumer groups: committed offsets (in memory as members commit them; in the journal
+//! once the writer's next group commit syncs them, and repeated in every new segment's
+//! checkpoint so that retention never drops them), the live members and which member owns
+//! which partition.
 //!
 //! Assignment: for each topic, its partitions go round-robin to the members subscribed to
 //! it, in joining order; every join or leave recomputes it and bumps the generation,
 //! which members compare on each poll.
 
 use std::collections::{BTreeSet, HashMap};
-use std::fs::{self, File, OpenOptions};
-use std::io;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
-use super::codec::{decode_commit, encode_commit, FrameReader, Step};
-use super::storage::{lock, sync_dir, MAX_PARTITIONS};
-use crate::error::BackendError;
+use super::codec::MAX_PARTITIONS;
+use super::storage::lock;
 
 /// A group's position in one partition: the offset it reads next.
 pub(crate) struct Position {
@@ -89,15 +85,6 @@ impl GroupState {
         !known
     }
 
-    /// Every committed offset of the group, for compaction.
-    pub(crate) fn positions(&self, group: &str, out: &mut Vec<Position>) {
-        for (topic, offsets) in &self.committed {
-            for (partition, offset) in offsets.iter().enumerate() {
-                out.push(Position { group: group.to_owned(), topic: topic.clone(), partition: partition as u32, offset: *offset });
-            }
-        }
-    }
-
     /// Adds a member on `topics`; returns its id.
     pub(crate) fn join(&mut self, topics: Vec<(String, u32)>, notify: Arc<Notify>) -> u64 {
         self.next_member += 1;
@@ -150,112 +137,62 @@ impl Groups {
     pub(crate) fn get_or_create(&self, name: &str) -> Arc<Group> {
         lock(&self.map).entry(name.to_owned()).or_insert_with(|| Arc::new(Group::new())).clone()
     }
-
-    /// Every group, for retention and compaction.
-    pub(crate) fn all(&self) -> Vec<(String, Arc<Group>)> {
-        lock(&self.map).iter().map(|(name, group)| (name.clone(), group.clone())).collect()
-    }
 }
 
-/// The durable record of committed offsets: one frame per commit, last one wins.
-pub(crate) struct CommitLog {
-    path: PathBuf,
-    file: Arc<File>,
-    size: u64,
-    /// Frames in the file.
-    frames: usize,
+/// The committed offsets the journal holds (durable), kept by the writer thread: what
+/// retention goes by and what every new segment's checkpoint repeats. Group members work
+/// from [`GroupState`], which is ahead of this by the commits not yet synced.
+#[derive(Default)]
+pub(crate) struct Committed {
+    /// group → topic → committed offset per partition.
+    groups: HashMap<String, HashMap<String, Vec<u64>>>,
 }
 
-/// Frames written but not yet synced.
-pub(crate) struct Staged {
-    bytes: u64,
-    frames: usize,
-}
-
-/// Compact when the file holds more than this many frames and 4× the live positions.
-const COMPACT_AFTER: usize = 10_000;
-
-impl CommitLog {
-    /// Opens (or creates) the commit log in `dir` and returns the positions it holds, in
-    /// the order written. A torn tail is cut off.
-    pub(crate) fn open(dir: &Path) -> Result<(CommitLog, Vec<Position>), BackendError> {
-        fs::create_dir_all(dir)?;
-        let path = dir.join("commits.log");
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
-        let len = file.metadata()?.len();
-        let mut positions = Vec::new();
-        let mut reader = FrameReader::new(&file, 0, len);
-        let bad = loop {
-            match reader.next()? {
-                Step::End => break None,
-                Step::Bad { pos, reason } => break Some((pos, reason)),
-                Step::Frame { pos, body } => match decode_commit(body) {
-                    Ok(c) => positions.push(Position {
-                        group: c.group.to_owned(),
-                        topic: c.topic.to_owned(),
-                        partition: c.partition,
-                        offset: c.offset,
-                    }),
-                    Err(reason) => break Some((pos, reason)),
-                },
-            }
+impl Committed {
+    /// Whether `position` moves its group forward (or makes the topic known to it).
+    pub(crate) fn moves(&self, position: &Position) -> bool {
+        let Some(offsets) = self.groups.get(&position.group).and_then(|topics| topics.get(&position.topic)) else {
+            return true;
         };
-        let size = match bad {
-            None => len,
-            Some((pos, reason)) => {
-                tracing::warn!(file = %path.display(), byte = pos, %reason, "truncating a torn tail of the commit log");
-                file.set_len(pos)?;
-                file.sync_all()?;
-                pos
-            }
-        };
-        sync_dir(dir)?;
-        let frames = positions.len();
-        Ok((CommitLog { path, file: Arc::new(file), size, frames }, positions))
+        offsets.get(position.partition as usize).copied().unwrap_or(0) < position.offset
     }
 
-    /// Writes `positions` after the last durable frame without syncing (the writer syncs
-    /// it with the group's other files, then calls [`CommitLog::confirm`]); on failure the
-    /// file is cut back to where it was.
-    pub(crate) fn stage(&mut self, positions: &[Position]) -> io::Result<Staged> {
-        let mut bytes = Vec::with_capacity(positions.len() * 64);
-        for p in positions {
-            encode_commit(&mut bytes, &p.group, &p.topic, p.partition, p.offset);
+    /// Raises a committed offset (never lowers it).
+    pub(crate) fn advance(&mut self, position: &Position) {
+        if position.partition >= MAX_PARTITIONS {
+            return;
         }
-        if let Err(error) = self.file.write_all_at(&bytes, self.size) {
-            let _ = self.file.set_len(self.size);
-            return Err(error);
+        let offsets =
+            self.groups.entry(position.group.clone()).or_default().entry(position.topic.clone()).or_default();
+        let index = position.partition as usize;
+        if offsets.len() <= index {
+            offsets.resize(index + 1, 0);
         }
-        Ok(Staged { bytes: bytes.len() as u64, frames: positions.len() })
+        offsets[index] = offsets[index].max(position.offset);
     }
 
-    /// The file to sync after [`CommitLog::stage`].
-    pub(crate) fn file(&self) -> &Arc<File> {
-        &self.file
+    /// The lowest committed offset of a partition among the groups that know its topic;
+    /// `None` when no group does (then everything is kept).
+    pub(crate) fn floor(&self, topic: &str, partition: u32) -> Option<u64> {
+        self.groups
+            .values()
+            .filter_map(|topics| topics.get(topic))
+            .map(|offsets| offsets.get(partition as usize).copied().unwrap_or(0))
+            .min()
     }
 
-    /// Counts staged frames as durable once synced.
-    pub(crate) fn confirm(&mut self, staged: Staged) {
-        self.size += staged.bytes;
-        self.frames += staged.frames;
-    }
-
-    /// Whether the file holds many more frames than `live` positions.
-    pub(crate) fn wants_compaction(&self, live: usize) -> bool {
-        self.frames > COMPACT_AFTER && self.frames > live.saturating_mul(4)
-    }
-
-    /// Rewrites the file with only `live` positions (write aside, fsync, rename, fsync dir).
-    pub(crate) fn compact(&mut self, live: &[Position]) -> io::Result<()> {
-        let mut bytes = Vec::with_capacity(live.len() * 64);
-        for p in live {
-            encode_commit(&mut bytes, &p.group, &p.topic, p.partition, p.offset);
-        }
-        super::storage::write_atomically(&self.path, &bytes)?;
-        self.file = Arc::new(OpenOptions::new().read(true).write(true).open(&self.path)?);
-        self.size = bytes.len() as u64;
-        self.frames = live.len();
-        Ok(())
+    /// Every committed position, for a checkpoint.
+    pub(crate) fn positions(&self) -> impl Iterator<Item = Position> + '_ {
+        self.groups.iter().flat_map(|(group, topics)| {
+            topics.iter().flat_map(move |(topic, offsets)| {
+                offsets.iter().enumerate().map(move |(partition, offset)| Position {
+                    group: group.clone(),
+                    topic: topic.clone(),
+                    partition: partition as u32,
+                    offset: *offset,
+                })
+            })
+        })
     }
 }
 
@@ -296,26 +233,21 @@ mod tests {
         assert!(!state.advance("t", MAX_PARTITIONS, 1), "hostile partition numbers are ignored");
     }
 
-    /// The commit log keeps only live positions after compaction and reads back the same
-    /// state after a reopen (last write wins).
+    /// Retention's floor is the slowest group that knows the topic; a topic no group
+    /// knows has none (everything is kept).
     #[test]
-    fn the_commit_log_compacts_and_reopens() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut log, positions) = CommitLog::open(dir.path()).unwrap();
-        assert!(positions.is_empty());
-        for offset in 1..=(COMPACT_AFTER as u64 / 2 + 1) {
-            let staged = log.stage(&[position("router", 0, offset), position("notifier", 1, offset * 2)]).unwrap();
-            log.confirm(staged);
-        }
-        assert!(log.wants_compaction(2));
-        let live = [position("router", 0, 5001), position("notifier", 1, 10002)];
-        log.compact(&live).unwrap();
-        assert!(!log.wants_compaction(2));
-        let staged = log.stage(&[position("router", 0, 6000)]).unwrap();
-        log.confirm(staged);
-        drop(log);
-        let (_, positions) = CommitLog::open(dir.path()).unwrap();
-        let read: Vec<(String, u32, u64)> = positions.into_iter().map(|p| (p.group, p.partition, p.offset)).collect();
-        assert_eq!(read, [("router".into(), 0, 5001), ("notifier".into(), 1, 10002), ("router".into(), 0, 6000)]);
+    fn the_floor_is_the_slowest_group_that_knows_the_topic() {
+        let mut committed = Committed::default();
+        assert_eq!(committed.floor("t", 0), None);
+        assert!(committed.moves(&position("router", 0, 0)), "becoming known is a move");
+        committed.advance(&position("router", 0, 10));
+        committed.advance(&position("notifier", 1, 3));
+        assert_eq!(committed.floor("t", 0), Some(0), "the notifier knows t but never committed in partition 0");
+        committed.advance(&position("notifier", 0, 4));
+        assert_eq!(committed.floor("t", 0), Some(4));
+        assert!(!committed.moves(&position("router", 0, 9)));
+        committed.advance(&position("router", 0, 9));
+        assert_eq!(committed.floor("t", 0), Some(4), "offsets never go back");
+        assert_eq!(committed.positions().count(), 3);
     }
 }

@@ -1,31 +1,33 @@
-//! Topics, partitions and their segment files: recovery on open, the in-memory tail and
-//! sparse offset index, and reads that come from memory when recent and from the segment
-//! file otherwise.
+//! The journal and what is rebuilt from it: the segment files every topic and partition
+//! share, recovery on open, topics with their partitions, each partition's in-memory index
+//! (offset → journal position) and tail of recent records, and reads that come from memory
+//! when recent and from the journal otherwise.
 //!
-//! Layout: `<dir>/<topic>/partitions` holds the partition count (written last when a topic
-//! is created, so a topic without it was never used); `<dir>/<topic>/<p>/<base>.log` are
-//! the segments of partition `p`, `<base>` (20 digits) being the offset of their first
-//! record. Only the writer thread changes a partition; readers take its lock briefly to
-//! copy from the tail or to find a file position, and read files outside the lock.
+//! Layout: `<dir>/journal/<seq>.log` (20 digits, numbered from 0 up, one more per roll).
+//! Every segment opens with a checkpoint: a topic frame per topic (name, partition count
+//! and each partition's next offset), a commit frame per known group position, then a
+//! checkpoint end. So the oldest remaining segment alone tells what came before it, and
+//! retention can delete whole segments from the front without losing topics or offsets.
+//! After the checkpoint come, in the order written, records, commits and new topics.
+//! Only the writer thread changes the journal and the indexes; readers take a
+//! partition's lock briefly to copy from the tail or to find journal positions, and read
+//! files outside the lock.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use tokio::sync::Notify;
 
-use super::codec::{decode_record, FrameReader, Step};
+use super::codec::{decode, read_frame_at, Entry, FrameReader, Step};
+use super::groups::Position;
 use crate::error::BackendError;
 use crate::log::Consumed;
 
-/// A sparse index entry every this many bytes of a segment.
-const INDEX_INTERVAL: u64 = 4096;
-/// Most partitions a topic may have (bounds what is read from disk).
-pub(crate) const MAX_PARTITIONS: u32 = 4096;
-/// The file holding a topic's partition count.
-const PARTITIONS_FILE: &str = "partitions";
+/// The directory of the journal segments, under the log's directory.
+pub(crate) const JOURNAL_DIR: &str = "journal";
 /// Bytes a record costs in the tail besides its key and value.
 const TAIL_RECORD_OVERHEAD: usize = 64;
 
@@ -49,64 +51,80 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Writes `contents` to `path` atomically and durably (temp file, fsync, rename, fsync dir).
-pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let temp = path.with_extension("tmp");
-    let mut file = File::create(&temp)?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    drop(file);
-    fs::rename(&temp, path)?;
-    sync_dir(dir)
-}
-
-fn segment_path(dir: &Path, base: u64) -> PathBuf {
-    dir.join(format!("{base:020}.log"))
+fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:020}.log"))
 }
 
 fn corrupt(path: &Path, what: impl std::fmt::Display) -> BackendError {
     BackendError::Corrupt(format!("{}: {what}", path.display()))
 }
 
-/// One segment file of a partition.
+/// One journal segment file, as the writer sees it.
 pub(crate) struct Segment {
-    /// Offset of its first record.
-    pub(crate) base: u64,
-    /// Offset after its last record.
-    pub(crate) end: u64,
-    /// Bytes of valid records (the file is never longer once recovered).
-    pub(crate) size: u64,
-    pub(crate) file: Arc<File>,
+    pub(crate) seq: u64,
     pub(crate) path: PathBuf,
-    /// (offset, file position) of a record every [`INDEX_INTERVAL`] bytes, ascending.
-    index: Vec<(u64, u64)>,
-    /// Where the next index entry is due.
-    next_index_at: u64,
+    pub(crate) file: Arc<File>,
+    /// Bytes of valid frames (the file is never longer once recovered).
+    pub(crate) size: u64,
+    /// Whether the segment's checkpoint is written (it opens every segment).
+    pub(crate) checkpointed: bool,
+    /// Bytes of the checkpoint: a segment holding no more is not rolled, however small
+    /// `segment_bytes` is.
+    pub(crate) checkpoint_bytes: u64,
+    /// (topic id, partition) → the offset after the partition's last record here; what
+    /// retention compares with the groups' committed offsets.
+    pub(crate) highest: HashMap<(u32, u32), u64>,
 }
 
 impl Segment {
     /// Creates an empty segment file and makes its name durable.
-    pub(crate) fn create(dir: &Path, base: u64) -> io::Result<Segment> {
-        let path = segment_path(dir, base);
+    pub(crate) fn create(dir: &Path, seq: u64) -> io::Result<Segment> {
+        let path = segment_path(dir, seq);
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
         sync_dir(dir)?;
-        Ok(Segment { base, end: base, size: 0, file: Arc::new(file), path, index: Vec::new(), next_index_at: 0 })
+        Ok(Segment {
+            seq,
+            path,
+            file: Arc::new(file),
+            size: 0,
+            checkpointed: false,
+            checkpoint_bytes: 0,
+            highest: HashMap::new(),
+        })
     }
 
-    /// Notes a record of `offset` written at `pos` (records come in offset order).
-    pub(crate) fn note(&mut self, offset: u64, pos: u64) {
-        if pos >= self.next_index_at {
-            self.index.push((offset, pos));
-            self.next_index_at = pos + INDEX_INTERVAL;
-        }
+    /// Notes a record of a partition stored here.
+    pub(crate) fn note(&mut self, topic: u32, partition: u32, offset: u64) {
+        let next = self.highest.entry((topic, partition)).or_insert(0);
+        *next = (*next).max(offset + 1);
+    }
+}
+
+/// The segment files readers may read, by sequence number (the writer adds and removes).
+#[derive(Default)]
+pub(crate) struct SegmentFiles {
+    files: RwLock<BTreeMap<u64, Arc<File>>>,
+}
+
+impl SegmentFiles {
+    pub(crate) fn insert(&self, seq: u64, file: Arc<File>) {
+        self.files.write().unwrap_or_else(|p| p.into_inner()).insert(seq, file);
     }
 
-    /// A file position at or before the record of `offset` (which must be in the segment).
-    fn position_of(&self, offset: u64) -> u64 {
-        let after = self.index.partition_point(|(o, _)| *o <= offset);
-        if after == 0 { 0 } else { self.index[after - 1].1 }
+    pub(crate) fn remove(&self, seq: u64) {
+        self.files.write().unwrap_or_else(|p| p.into_inner()).remove(&seq);
     }
+
+    fn get(&self, seq: u64) -> Option<Arc<File>> {
+        self.files.read().unwrap_or_else(|p| p.into_inner()).get(&seq).cloned()
+    }
+}
+
+/// Where a record's frame is in the journal.
+#[derive(Clone, Copy)]
+pub(crate) struct Loc {
+    pub(crate) segment: u64,
+    pub(crate) pos: u64,
 }
 
 /// A record held in memory, recently appended.
@@ -118,36 +136,16 @@ pub(crate) struct TailRecord {
 
 /// What the lock of a partition guards.
 pub(crate) struct PartitionState {
-    /// Ascending and contiguous; the last is the active one; never empty.
-    pub(crate) segments: Vec<Segment>,
+    /// The journal position of each stored record, from offset `start` on.
+    locs: VecDeque<Loc>,
     /// The most recent records, contiguous up to the partition's end.
     tail: VecDeque<TailRecord>,
     tail_bytes: usize,
 }
 
-impl PartitionState {
-    /// Adds durable records to the in-memory tail, dropping the oldest beyond `budget` bytes.
-    pub(crate) fn push_tail(&mut self, records: Vec<TailRecord>, budget: usize) {
-        for record in records {
-            self.tail_bytes += record.key.len() + record.value.len() + TAIL_RECORD_OVERHEAD;
-            self.tail.push_back(record);
-        }
-        while self.tail_bytes > budget {
-            let Some(old) = self.tail.pop_front() else { break };
-            self.tail_bytes -= old.key.len() + old.value.len() + TAIL_RECORD_OVERHEAD;
-        }
-    }
-
-    pub(crate) fn active(&mut self) -> &mut Segment {
-        let last = self.segments.len() - 1;
-        &mut self.segments[last]
-    }
-}
-
-/// One partition of a topic.
+/// One partition of a topic: an index into the journal and a tail in memory.
 pub(crate) struct Partition {
-    pub(crate) dir: PathBuf,
-    /// First offset still stored (segments before it were deleted by retention).
+    /// First offset still stored (records before it were deleted by retention).
     pub(crate) start: AtomicU64,
     /// Offset of the next record; everything before it is durable and readable.
     pub(crate) end: AtomicU64,
@@ -155,65 +153,60 @@ pub(crate) struct Partition {
 }
 
 impl Partition {
-    /// Opens (or creates) the partition in `dir`, rebuilding the index from its segments
-    /// and truncating a torn tail of the last one. A bad record in an older segment, or a
-    /// gap between segments, is corruption.
-    pub(crate) fn open(dir: PathBuf) -> Result<Partition, BackendError> {
-        fs::create_dir_all(&dir)?;
-        let mut bases = Vec::new();
-        for entry in fs::read_dir(&dir)? {
-            let name = entry?.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let Some(stem) = name.strip_suffix(".log") else { continue };
-            match stem.parse::<u64>() {
-                Ok(base) if stem.len() == 20 => bases.push(base),
-                _ => tracing::warn!(file = %dir.join(name).display(), "ignoring a file that is not a segment"),
-            }
-        }
-        bases.sort_unstable();
-        let mut segments = Vec::with_capacity(bases.len().max(1));
-        let count = bases.len();
-        for (i, base) in bases.into_iter().enumerate() {
-            let last = i + 1 == count;
-            let segment = recover_segment(&dir, base, last)?;
-            if let Some(previous) = segments.last() {
-                let previous: &Segment = previous;
-                if previous.end != segment.base {
-                    return Err(corrupt(
-                        &segment.path,
-                        format!("expected a segment starting at offset {}, found {}", previous.end, segment.base),
-                    ));
-                }
-            }
-            segments.push(segment);
-        }
-        if segments.is_empty() {
-            segments.push(Segment::create(&dir, 0)?);
-        }
-        let start = segments[0].base;
-        let end = segments[segments.len() - 1].end;
-        Ok(Partition {
-            dir,
-            start: AtomicU64::new(start),
+    /// An empty partition whose next record gets offset `end`.
+    fn new(end: u64) -> Partition {
+        Partition {
+            start: AtomicU64::new(end),
             end: AtomicU64::new(end),
-            state: Mutex::new(PartitionState { segments, tail: VecDeque::new(), tail_bytes: 0 }),
-        })
+            state: Mutex::new(PartitionState { locs: VecDeque::new(), tail: VecDeque::new(), tail_bytes: 0 }),
+        }
+    }
+
+    /// Publishes durable records written at `locs` (from offset `end` on): index, tail,
+    /// then the end offset that makes them visible.
+    pub(crate) fn publish(&self, locs: impl Iterator<Item = Loc>, records: Vec<TailRecord>, budget: usize) {
+        let mut state = lock(&self.state);
+        state.locs.extend(locs);
+        for record in records {
+            state.tail_bytes += record.key.len() + record.value.len() + TAIL_RECORD_OVERHEAD;
+            state.tail.push_back(record);
+        }
+        while state.tail_bytes > budget {
+            let Some(old) = state.tail.pop_front() else { break };
+            state.tail_bytes -= old.key.len() + old.value.len() + TAIL_RECORD_OVERHEAD;
+        }
+        let end = self.start.load(Ordering::Acquire) + state.locs.len() as u64;
+        self.end.store(end, Ordering::Release);
+    }
+
+    /// Forgets the records stored in segments before `first` (deleted by retention).
+    pub(crate) fn forget_before(&self, first: u64) {
+        let mut state = lock(&self.state);
+        let mut dropped = 0;
+        while state.locs.front().is_some_and(|loc| loc.segment < first) {
+            state.locs.pop_front();
+            dropped += 1;
+        }
+        self.start.fetch_add(dropped, Ordering::AcqRel);
     }
 
     /// Reads up to `max` records from offset `from` on (clamped to the first stored
-    /// offset), stopping early at a segment or memory boundary; returns them and the
-    /// offset to read next. An empty result means `from` is at the end.
+    /// offset), from the tail when they are there and from the journal otherwise;
+    /// returns them and the offset to read next. An empty result means `from` is at the
+    /// end.
     pub(crate) async fn read(
         &self,
-        topic: &str,
+        topic: &Topic,
         partition: u32,
         from: u64,
         max: usize,
+        files: &SegmentFiles,
     ) -> Result<(Vec<Consumed>, u64), BackendError> {
         let plan = {
             let state = lock(&self.state);
             let end = self.end.load(Ordering::Acquire);
-            let from = from.max(self.start.load(Ordering::Acquire));
+            let start = self.start.load(Ordering::Acquire);
+            let from = from.max(start);
             if from >= end || max == 0 {
                 return Ok((Vec::new(), from));
             }
@@ -224,7 +217,7 @@ impl Partition {
                     .range((from - tail_start) as usize..)
                     .take(max)
                     .map(|r| Consumed {
-                        topic: topic.to_owned(),
+                        topic: topic.name.clone(),
                         partition,
                         offset: r.offset,
                         key: r.key.clone(),
@@ -234,167 +227,82 @@ impl Partition {
                 let next = from + records.len() as u64;
                 return Ok((records, next));
             }
-            let index = state.segments.partition_point(|s| s.end <= from);
-            let Some(segment) = state.segments.get(index) else {
-                return Err(corrupt(&self.dir, format!("no segment holds offset {from}")));
-            };
-            FileRead {
-                file: segment.file.clone(),
-                path: segment.path.clone(),
-                from_pos: segment.position_of(from),
-                limit: segment.size,
-                from,
-                until: segment.end.min(tail_start),
+            // Files are looked up under the partition lock: retention drops a segment
+            // from the index before it drops the file, so a planned read finds its file.
+            let until = tail_start.min(from + max as u64);
+            let mut reads = Vec::with_capacity((until - from) as usize);
+            for offset in from..until {
+                let Some(loc) = state.locs.get((offset - start) as usize) else { break };
+                let Some(file) = files.get(loc.segment) else {
+                    return Err(BackendError::Corrupt(format!("journal segment {} is missing", loc.segment)));
+                };
+                reads.push((offset, file, loc.pos));
             }
+            reads
         };
-        let topic = topic.to_owned();
-        let records = tokio::task::spawn_blocking(move || plan.run(&topic, partition, max))
+        let (id, name) = (topic.id, topic.name.clone());
+        let records = tokio::task::spawn_blocking(move || read_records(id, &name, partition, plan))
             .await
             .map_err(|e| BackendError::Unavailable(format!("log reader stopped: {e}")))??;
         let next = match records.last() {
             Some(last) => last.offset + 1,
-            None => return Err(corrupt(&self.dir, format!("offset {from} is missing from its segment"))),
+            None => return Err(BackendError::Corrupt(format!("offset {from} of {}/{partition} is missing", topic.name))),
         };
         Ok((records, next))
     }
 }
 
-/// A read from a segment file, planned under the partition lock and run outside it.
-struct FileRead {
-    file: Arc<File>,
-    path: PathBuf,
-    from_pos: u64,
-    limit: u64,
-    from: u64,
-    until: u64,
-}
-
-impl FileRead {
-    fn run(self, topic: &str, partition: u32, max: usize) -> Result<Vec<Consumed>, BackendError> {
-        let mut reader = FrameReader::new(&self.file, self.from_pos, self.limit);
-        let mut records = Vec::new();
-        let mut expected: Option<u64> = None;
-        while records.len() < max {
-            let body = match reader.next()? {
-                Step::Frame { body, .. } => body,
-                Step::End => break,
-                Step::Bad { pos, reason } => return Err(corrupt(&self.path, format!("{reason} at byte {pos}"))),
-            };
-            let record = decode_record(body).map_err(|reason| corrupt(&self.path, reason))?;
-            if expected.is_some_and(|e| e != record.offset) {
-                return Err(corrupt(&self.path, format!("offset {} out of sequence", record.offset)));
+/// Reads records at known journal positions, checking each is the one expected.
+fn read_records(
+    topic: u32,
+    name: &str,
+    partition: u32,
+    reads: Vec<(u64, Arc<File>, u64)>,
+) -> Result<Vec<Consumed>, BackendError> {
+    let mut records = Vec::with_capacity(reads.len());
+    for (offset, file, pos) in reads {
+        let bad = |what: &str| BackendError::Corrupt(format!("journal record {name}/{partition}@{offset}: {what}"));
+        // Indexed records are whole (they were synced before being indexed).
+        let body = read_frame_at(&file, pos, u64::MAX)?.map_err(bad)?;
+        match decode(&body).map_err(bad)? {
+            Entry::Record(r) if r.topic == topic && r.partition == partition && r.offset == offset => {
+                records.push(Consumed {
+                    topic: name.to_owned(),
+                    partition,
+                    offset,
+                    key: r.key.to_owned(),
+                    value: r.value.to_vec(),
+                })
             }
-            expected = Some(record.offset + 1);
-            if record.offset >= self.until {
-                break;
-            }
-            if record.offset < self.from {
-                continue;
-            }
-            records.push(Consumed {
-                topic: topic.to_owned(),
-                partition,
-                offset: record.offset,
-                key: record.key.to_owned(),
-                value: record.value.to_vec(),
-            });
+            _ => return Err(bad("another frame is at its position")),
         }
-        Ok(records)
     }
-}
-
-/// Scans one segment: its valid records, index and end. A bad record in the last segment
-/// is a torn tail, cut off; in an older one it is corruption.
-fn recover_segment(dir: &Path, base: u64, last: bool) -> Result<Segment, BackendError> {
-    let path = segment_path(dir, base);
-    // The writer appends through this read-write handle.
-    let file = Arc::new(OpenOptions::new().read(true).write(true).open(&path)?);
-    let file_len = file.metadata()?.len();
-    let mut segment = Segment {
-        base,
-        end: base,
-        size: 0,
-        file: file.clone(),
-        path: path.clone(),
-        index: Vec::new(),
-        next_index_at: 0,
-    };
-    let mut reader = FrameReader::new(&file, 0, file_len);
-    let bad = loop {
-        match reader.next()? {
-            Step::End => break None,
-            Step::Bad { pos, reason } => break Some((pos, reason.to_owned())),
-            Step::Frame { pos, body } => match decode_record(body) {
-                Ok(record) if record.offset == segment.end => {
-                    segment.note(record.offset, pos);
-                    segment.end += 1;
-                    segment.size = reader.position();
-                }
-                Ok(record) => break Some((pos, format!("offset {} where {} was expected", record.offset, segment.end))),
-                Err(reason) => break Some((pos, reason.to_owned())),
-            },
-        }
-    };
-    if let Some((pos, reason)) = bad {
-        if !last {
-            return Err(corrupt(&path, format!("{reason} at byte {pos}")));
-        }
-        tracing::warn!(
-            file = %path.display(),
-            byte = pos,
-            dropped_bytes = file_len - pos,
-            %reason,
-            "truncating a torn tail of the log"
-        );
-        file.set_len(pos)?;
-        file.sync_all()?;
-    }
-    Ok(segment)
+    Ok(records)
 }
 
 /// A topic: its partitions and the consumers to wake when records arrive.
 pub(crate) struct Topic {
+    /// What journal frames call it.
+    pub(crate) id: u32,
     pub(crate) name: String,
     pub(crate) partitions: Vec<Partition>,
     subscribers: Mutex<Vec<Weak<Notify>>>,
 }
 
 impl Topic {
-    /// Opens the topic stored in `dir`, or `None` when its creation never finished.
-    pub(crate) fn open(dir: &Path, name: &str) -> Result<Option<Topic>, BackendError> {
-        let count_path = dir.join(PARTITIONS_FILE);
-        let text = match fs::read_to_string(&count_path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let count: u32 = match text.trim().parse() {
-            Ok(n) if (1..=MAX_PARTITIONS).contains(&n) => n,
-            _ => return Err(corrupt(&count_path, format!("bad partition count {:?}", text.trim()))),
-        };
-        let mut partitions = Vec::with_capacity(count as usize);
-        for p in 0..count {
-            let partition_dir = dir.join(p.to_string());
-            if !partition_dir.is_dir() {
-                return Err(corrupt(&partition_dir, "partition directory is missing"));
-            }
-            partitions.push(Partition::open(partition_dir)?);
+    /// A topic whose partitions' next offsets are `ends` (one per partition).
+    pub(crate) fn new(id: u32, name: &str, ends: &[u64]) -> Topic {
+        Topic {
+            id,
+            name: name.to_owned(),
+            partitions: ends.iter().map(|end| Partition::new(*end)).collect(),
+            subscribers: Mutex::new(Vec::new()),
         }
-        Ok(Some(Topic { name: name.to_owned(), partitions, subscribers: Mutex::new(Vec::new()) }))
     }
 
-    /// Creates the topic `name` with `count` partitions under `dir`, durably.
-    pub(crate) fn create(root: &Path, name: &str, count: u32) -> Result<Topic, BackendError> {
-        let dir = root.join(name);
-        fs::create_dir_all(&dir)?;
-        let mut partitions = Vec::with_capacity(count as usize);
-        for p in 0..count {
-            partitions.push(Partition::open(dir.join(p.to_string()))?);
-        }
-        sync_dir(&dir)?;
-        write_atomically(&dir.join(PARTITIONS_FILE), count.to_string().as_bytes())?;
-        sync_dir(root)?;
-        Ok(Topic { name: name.to_owned(), partitions, subscribers: Mutex::new(Vec::new()) })
+    /// The next offset of each partition.
+    pub(crate) fn ends(&self) -> Vec<u64> {
+        self.partitions.iter().map(|p| p.end.load(Ordering::Acquire)).collect()
     }
 
     /// Wakes `notify` whenever records are appended to this topic.
@@ -413,5 +321,167 @@ impl Topic {
             }
             None => false,
         });
+    }
+}
+
+/// What a scan of the journal rebuilt.
+pub(crate) struct Recovered {
+    /// Ascending by sequence number; the last is the active one; never empty.
+    pub(crate) segments: Vec<Segment>,
+    /// Every topic, by id.
+    pub(crate) topics: Vec<Arc<Topic>>,
+    /// Committed positions in the order written (the highest wins).
+    pub(crate) commits: Vec<Position>,
+}
+
+/// Opens (or creates) the journal in `dir` and rebuilds topics, partition indexes and
+/// committed offsets from it. A bad frame in the last segment is a torn tail, cut off; in
+/// an older one it is corruption. Segments older than a gap in the numbering are
+/// leftovers of retention (their deletion was not yet durable) and are deleted.
+pub(crate) fn recover(dir: &Path) -> Result<Recovered, BackendError> {
+    fs::create_dir_all(dir)?;
+    let mut seqs = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(stem) = name.strip_suffix(".log") else { continue };
+        match stem.parse::<u64>() {
+            Ok(seq) if stem.len() == 20 => seqs.push(seq),
+            _ => tracing::warn!(file = %dir.join(name).display(), "ignoring a file that is not a journal segment"),
+        }
+    }
+    seqs.sort_unstable();
+    let contiguous_from = (1..seqs.len()).rev().find(|&i| seqs[i - 1] + 1 != seqs[i]).unwrap_or(0);
+    for seq in seqs.drain(..contiguous_from) {
+        let path = segment_path(dir, seq);
+        tracing::info!(file = %path.display(), "deleting a journal segment retention had already let go");
+        fs::remove_file(&path)?;
+    }
+
+    let mut scan = Scan { topics: Vec::new(), commits: Vec::new() };
+    let mut segments = Vec::with_capacity(seqs.len() + 1);
+    let count = seqs.len();
+    for (i, seq) in seqs.into_iter().enumerate() {
+        segments.push(scan.segment(dir, seq, i + 1 == count)?);
+    }
+    if segments.is_empty() {
+        segments.push(Segment::create(dir, 0)?);
+    }
+    Ok(Recovered { segments, topics: scan.topics, commits: scan.commits })
+}
+
+/// The state a recovery scan builds up, segment after segment.
+struct Scan {
+    topics: Vec<Arc<Topic>>,
+    commits: Vec<Position>,
+}
+
+impl Scan {
+    /// Replays one segment into the state; see [`recover`].
+    fn segment(&mut self, dir: &Path, seq: u64, last: bool) -> Result<Segment, BackendError> {
+        let path = segment_path(dir, seq);
+        // The writer appends through this read-write handle.
+        let file = Arc::new(OpenOptions::new().read(true).write(true).open(&path)?);
+        let file_len = file.metadata()?.len();
+        let mut segment = Segment {
+            seq,
+            path: path.clone(),
+            file: file.clone(),
+            size: 0,
+            checkpointed: false,
+            checkpoint_bytes: 0,
+            highest: HashMap::new(),
+        };
+        let mut reader = FrameReader::new(&file, 0, file_len);
+        let bad = loop {
+            match reader.next()? {
+                Step::End => break None,
+                Step::Bad { pos, reason } => break Some((pos, reason.to_owned())),
+                Step::Frame { pos, body } => {
+                    let applied = match decode(body) {
+                        Ok(entry) => self.apply(&mut segment, entry, pos),
+                        Err(reason) => Err(reason.to_owned()),
+                    };
+                    if let Err(reason) = applied {
+                        break Some((pos, reason));
+                    }
+                    segment.size = reader.position();
+                    if segment.checkpointed && segment.checkpoint_bytes == 0 {
+                        segment.checkpoint_bytes = segment.size;
+                    }
+                }
+            }
+        };
+        if let Some((pos, reason)) = bad {
+            if !last {
+                return Err(corrupt(&path, format!("{reason} at byte {pos}")));
+            }
+            tracing::warn!(
+                file = %path.display(),
+                byte = pos,
+                dropped_bytes = file_len - pos,
+                %reason,
+                "truncating a torn tail of the journal"
+            );
+            file.set_len(pos)?;
+            file.sync_all()?;
+        }
+        if !segment.checkpointed {
+            if !last {
+                return Err(corrupt(&path, "segment without a checkpoint"));
+            }
+            // Cut short while being started: it holds nothing its checkpoint would not
+            // repeat, so it starts again.
+            file.set_len(0)?;
+            file.sync_all()?;
+            segment.size = 0;
+        }
+        Ok(segment)
+    }
+
+    /// Applies one frame; `Err` says why it cannot be (a torn tail or corruption).
+    fn apply(&mut self, segment: &mut Segment, entry: Entry<'_>, pos: u64) -> Result<(), String> {
+        match entry {
+            Entry::Topic(t) => match self.topics.get(t.id as usize) {
+                Some(known) if known.name == t.name && known.partitions.len() == t.ends.len() => {}
+                Some(known) => return Err(format!("topic {} redefined as {:?}", known.name, t.name)),
+                None if t.id as usize == self.topics.len() && valid_topic_name(t.name) => {
+                    self.topics.push(Arc::new(Topic::new(t.id, t.name, &t.ends)));
+                }
+                None => return Err(format!("topic id {} out of sequence", t.id)),
+            },
+            Entry::CheckpointEnd => segment.checkpointed = true,
+            Entry::Commit(c) => {
+                let Some(topic) = self.topics.get(c.topic as usize) else {
+                    return Err(format!("commit to unknown topic id {}", c.topic));
+                };
+                if c.partition < topic.partitions.len() as u32 {
+                    self.commits.push(Position {
+                        group: c.group.to_owned(),
+                        topic: topic.name.clone(),
+                        partition: c.partition,
+                        offset: c.offset,
+                    });
+                }
+            }
+            Entry::Record(r) => {
+                if !segment.checkpointed {
+                    return Err("record inside a checkpoint".into());
+                }
+                let Some(partition) = self.topics.get(r.topic as usize).and_then(|t| t.partitions.get(r.partition as usize))
+                else {
+                    return Err(format!("record of unknown partition {}/{}", r.topic, r.partition));
+                };
+                let end = partition.end.load(Ordering::Acquire);
+                if r.offset != end {
+                    return Err(format!("offset {} where {end} was expected", r.offset));
+                }
+                let mut state = lock(&partition.state);
+                state.locs.push_back(Loc { segment: segment.seq, pos });
+                partition.end.store(end + 1, Ordering::Release);
+                segment.note(r.topic, r.partition, r.offset);
+            }
+        }
+        Ok(())
     }
 }

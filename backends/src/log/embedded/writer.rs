@@ -1,29 +1,36 @@
-//! The writer thread: the only code that changes files. It takes requests from a bounded
-//! channel, writes everything queued (up to a record and byte budget: appends to their
-//! partitions' active segments, commits to the commit log), makes the whole group durable
-//! with one `fdatasync` per touched file (group commit): a group touching one or two files
-//! syncs them on the writer thread; a larger one shares its files out, two a thread, to
-//! as few sync threads as it needs, so the syncs overlap (their waits for the disk and, on
-//! ext4, one journal commit) without waking a thread per file. Then it publishes the
-//! records to readers, wakes consumers and answers every caller.
+//! The writer thread: the only code that changes the journal. It takes requests from a
+//! bounded channel and writes everything queued (up to a record and byte budget) as one
+//! group commit: the records of every topic and partition, the consumer commits and any
+//! new topic, in one write to the active journal segment, made durable with one
+//! `fdatasync`. Then it publishes the records to readers (partition indexes, tails, end
+//! offsets), wakes consumers, applies retention and answers the callers.
 //!
-//! Failures: a failed write is undone (files cut back) and the callers whose requests it
-//! held get the error; a failed `fdatasync` leaves the page cache untrustworthy, so the
-//! log stops taking requests (`check` fails) until it is reopened and recovers from the
-//! files.
+//! A segment is rolled once the group would grow it past `segment_bytes`: the new file's
+//! name is synced (one `fsync` of the journal directory, per roll) and it opens with a
+//! checkpoint of every topic and committed offset, written and synced with the group.
+//!
+//! Retention deletes journal segments from the oldest on while every record in one is
+//! below the committed offset of every group that knows its topic (never the active
+//! segment; a topic no group knows keeps everything, and so does every segment after
+//! one holding its records). Deletions are not synced: a segment that comes back after a
+//! crash is older than the checkpoint that replaced it, and recovery drops it (see
+//! `recover` in `storage.rs`).
+//!
+//! Failures: a failed write is undone (the segment cut back) and the callers whose
+//! requests it held get the error; a failed `fdatasync` leaves the page cache
+//! untrustworthy, so the log stops taking requests (`check` fails) until it is reopened
+//! and recovers from the journal.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
-use std::sync::{mpsc as std_mpsc, Arc};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
-use super::codec::{encode_record, partition_for};
-use super::groups::{CommitLog, Position, Staged};
-use super::storage::{lock, sync_dir, Segment, TailRecord, Topic};
+use super::codec::{encode_checkpoint_end, encode_commit, encode_record, encode_topic, partition_for};
+use super::groups::{Committed, Position};
+use super::storage::{Loc, Segment, TailRecord, Topic};
 use super::Shared;
 use crate::error::BackendError;
 use crate::log::Record;
@@ -34,8 +41,11 @@ pub(crate) type Reply = oneshot::Sender<Result<(), BackendError>>;
 pub(crate) enum Request {
     /// Append `records` to `topic` (validated by the caller).
     Append { topic: Arc<Topic>, records: Vec<Record>, reply: Reply },
-    /// Persist group positions (validated by the caller).
-    Commit { positions: Vec<Position>, reply: Reply },
+    /// Record group positions (validated, and already applied in memory, by the caller);
+    /// answered once durable when there is a `reply`.
+    Commit { positions: Vec<Position>, reply: Option<Reply> },
+    /// Create topic `name` (validated by the caller) unless it exists.
+    CreateTopic { name: String, reply: Reply },
 }
 
 impl Request {
@@ -45,6 +55,7 @@ impl Request {
                 (records.len(), records.iter().map(|r| r.key.len() + r.value.len() + 32).sum())
             }
             Request::Commit { positions, .. } => (positions.len(), positions.len() * 64),
+            Request::CreateTopic { .. } => (1, 64),
         }
     }
 }
@@ -53,16 +64,11 @@ impl Request {
 struct Pending {
     topic: Arc<Topic>,
     partition: u32,
-    /// Offset of the first record.
-    first: u64,
     /// Offset after the last record.
     next: u64,
-    bytes: Vec<u8>,
-    /// Position of each record's frame in `bytes`.
+    /// Position of each record's frame in the group's bytes.
     frames: Vec<usize>,
     records: Vec<TailRecord>,
-    /// Where `bytes` went, once written.
-    written: Option<(Arc<File>, u64)>,
 }
 
 fn copy_error(error: &io::Error) -> BackendError {
@@ -75,110 +81,15 @@ fn answer(replies: Vec<Reply>, outcome: impl Fn() -> Result<(), BackendError>) {
     }
 }
 
-/// Groups that touch at most this many files sync them on the writer thread, one after
-/// the other: waking a helper and being woken back costs more CPU than the overlap saves.
-const INLINE_SYNC_FILES: usize = 2;
-
-/// Files each sync thread takes from a larger group (the writer keeps a share too), so a
-/// group wakes as few threads as it needs rather than one per file.
-const FILES_PER_SYNC_THREAD: usize = 2;
-
-/// Files to sync and where to report the outcome (the first error).
-type SyncJob = (Vec<Arc<File>>, std_mpsc::Sender<io::Result<()>>);
-
-/// Syncs every file (data and the size needed to read it); the first error wins, but every
-/// file is still synced.
-fn sync_all(files: &[Arc<File>]) -> io::Result<()> {
-    let mut outcome = Ok(());
-    for file in files {
-        if let Err(error) = file.sync_data() {
-            outcome = outcome.and(Err(error));
-        }
-    }
-    outcome
-}
-
-/// A sync thread with its own queue: only the threads a group needs are woken.
-struct Helper {
-    jobs: Option<std_mpsc::Sender<SyncJob>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-/// Threads that `fdatasync` files in parallel with the writer when a group touches many
-/// files (on ext4 concurrent syncs share one journal commit).
-pub(crate) struct Syncer {
-    helpers: Vec<Helper>,
-}
-
-impl Syncer {
-    /// Starts `helpers` sync threads (0: the writer syncs every file itself, one by one).
-    pub(crate) fn start(helpers: usize) -> io::Result<Syncer> {
-        let mut started = Vec::with_capacity(helpers);
-        for i in 0..helpers {
-            let (jobs, queue) = std_mpsc::channel::<SyncJob>();
-            let thread = std::thread::Builder::new().name(format!("esh-log-sync-{i}")).spawn(move || {
-                while let Ok((files, done)) = queue.recv() {
-                    let _ = done.send(sync_all(&files));
-                }
-            })?;
-            started.push(Helper { jobs: Some(jobs), thread: Some(thread) });
-        }
-        Ok(Syncer { helpers: started })
-    }
-
-    /// Syncs every file (data and the size needed to read it), in parallel when there are
-    /// many; the first error wins.
-    fn sync(&self, files: &[Arc<File>]) -> io::Result<()> {
-        if files.len() <= INLINE_SYNC_FILES || self.helpers.is_empty() {
-            return sync_all(files);
-        }
-        let per = FILES_PER_SYNC_THREAD;
-        // The writer keeps the first share; the rest go to as few helpers as needed.
-        let (mine, rest) = files.split_at(per.min(files.len()));
-        let (done, results) = std_mpsc::channel();
-        let mut delegated = 0;
-        let mut outcome = Ok(());
-        let mut helpers = self.helpers.iter();
-        for chunk in rest.chunks(per) {
-            let sent = helpers
-                .next()
-                .and_then(|helper| helper.jobs.as_ref())
-                .is_some_and(|jobs| jobs.send((chunk.to_vec(), done.clone())).is_ok());
-            if sent {
-                delegated += 1;
-            } else {
-                outcome = outcome.and(sync_all(chunk));
-            }
-        }
-        outcome = outcome.and(sync_all(mine));
-        for _ in 0..delegated {
-            let result = results.recv().unwrap_or_else(|_| Err(io::Error::other("a sync thread stopped")));
-            outcome = outcome.and(result);
-        }
-        outcome
-    }
-}
-
-impl Drop for Syncer {
-    fn drop(&mut self) {
-        for helper in &mut self.helpers {
-            helper.jobs.take();
-        }
-        for helper in &mut self.helpers {
-            if let Some(thread) = helper.thread.take() {
-                let _ = thread.join();
-            }
-        }
-    }
-}
-
 pub(crate) struct Writer {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) commits: CommitLog,
     pub(crate) requests: mpsc::Receiver<Request>,
-    pub(crate) syncer: Syncer,
-    /// Live positions at the last compaction (or open).
-    pub(crate) live_positions: usize,
+    /// Journal segments, oldest first; the last is the active one; never empty.
+    pub(crate) segments: Vec<Segment>,
+    /// Every topic, by id.
+    pub(crate) topics: Vec<Arc<Topic>>,
+    /// Committed offsets as the journal holds them.
+    pub(crate) committed: Committed,
 }
 
 /// Marks the writer stopped however its thread ends.
@@ -190,12 +101,22 @@ impl Drop for AliveGuard {
     }
 }
 
+/// One group being assembled: the bytes to write and who to tell.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    pending: Vec<Pending>,
+    slots: HashMap<(u32, u32), usize>,
+    topics: Vec<Arc<Topic>>,
+    commits: Vec<Position>,
+    replies: Vec<Reply>,
+}
+
 impl Writer {
     /// Runs until every request sender is gone and the queue is drained.
     pub(crate) fn run(mut self) {
         let _alive = AliveGuard(self.shared.clone());
-        let topics: Vec<String> = self.shared.topic_names();
-        self.retain(topics.iter().map(String::as_str));
+        self.retain();
         let options = &self.shared.options;
         let (max_records, max_bytes) = (options.max_group_records, options.max_group_bytes);
         while let Some(first) = self.requests.blocking_recv() {
@@ -215,166 +136,179 @@ impl Writer {
 
     /// Writes, syncs and publishes one group.
     fn process(&mut self, group: Vec<Request>) {
-        let mut append_replies = Vec::new();
-        let mut commit_replies = Vec::new();
-        let mut pending: Vec<Pending> = Vec::new();
-        let mut slots: HashMap<(*const Topic, u32), usize> = HashMap::new();
-        let mut positions = Vec::new();
+        let mut batch = Batch::default();
         for request in group {
             match request {
                 Request::Append { topic, records, reply } => {
-                    encode(&mut pending, &mut slots, &topic, records);
-                    append_replies.push(reply);
+                    self.encode_records(&mut batch, &topic, records);
+                    batch.replies.push(reply);
                 }
-                Request::Commit { positions: mut more, reply } => {
-                    positions.append(&mut more);
-                    commit_replies.push(reply);
+                Request::Commit { positions, reply } => {
+                    for position in positions {
+                        self.encode_commit(&mut batch, position);
+                    }
+                    batch.replies.extend(reply);
+                }
+                Request::CreateTopic { name, reply } => {
+                    self.encode_topic(&mut batch, &name);
+                    batch.replies.push(reply);
                 }
             }
         }
         if let Some(failure) = self.shared.failure() {
-            answer(append_replies, || Err(BackendError::Unavailable(failure.clone())));
-            answer(commit_replies, || Err(BackendError::Unavailable(failure.clone())));
+            answer(batch.replies, || Err(BackendError::Unavailable(failure.clone())));
+            return;
+        }
+        if batch.bytes.is_empty() {
+            answer(batch.replies, || Ok(()));
             return;
         }
 
-        // Write; what fails to write is undone and answered at once.
-        let mut files: Vec<Arc<File>> = Vec::new();
-        if !pending.is_empty() {
-            match self.write(&mut pending) {
-                Ok(()) => {
-                    for (file, _) in pending.iter().filter_map(|p| p.written.as_ref()) {
-                        if !files.iter().any(|f| Arc::ptr_eq(f, file)) {
-                            files.push(file.clone());
-                        }
-                    }
-                }
-                Err(error) => {
-                    answer(std::mem::take(&mut append_replies), || Err(copy_error(&error)));
-                    pending.clear();
-                }
+        let base = match self.write(&batch.bytes) {
+            Ok(base) => base,
+            Err(error) => {
+                answer(batch.replies, || Err(copy_error(&error)));
+                return;
             }
-        }
-        let changes = self.changed(positions);
-        let mut staged: Option<Staged> = None;
-        if !changes.is_empty() {
-            match self.commits.stage(&changes) {
-                Ok(s) => {
-                    staged = Some(s);
-                    files.push(self.commits.file().clone());
-                }
-                Err(error) => {
-                    tracing::error!(%error, "cannot write committed offsets");
-                    answer(std::mem::take(&mut commit_replies), || Err(copy_error(&error)));
-                }
-            }
-        }
-
-        // One sync per touched file, all at once.
-        if let Err(error) = self.syncer.sync(&files) {
-            tracing::error!(%error, "log files can no longer be trusted; the log stops until restart");
+        };
+        // One sync for the whole group, whatever topics and partitions it touched.
+        if let Err(error) = self.active().file.sync_data() {
+            tracing::error!(%error, "the journal can no longer be trusted; the log stops until restart");
             self.shared.fail(format!("log stopped after a failed sync: {error}"));
-            answer(append_replies, || Err(copy_error(&error)));
-            answer(commit_replies, || Err(copy_error(&error)));
+            answer(batch.replies, || Err(copy_error(&error)));
             return;
         }
+        self.active().size = base + batch.bytes.len() as u64;
 
-        self.publish(pending);
-        answer(append_replies, || Ok(()));
-        if let Some(staged) = staged {
-            self.commits.confirm(staged);
-            let mut touched: Vec<&str> = Vec::new();
-            for position in &changes {
-                let group = self.shared.groups.get_or_create(&position.group);
-                lock(&group.state).advance(&position.topic, position.partition, position.offset);
-                if !touched.contains(&position.topic.as_str()) {
-                    touched.push(&position.topic);
-                }
-            }
-            // Retention before answering: a caller that sees its commit done also sees
-            // the space freed (deletions are rare, one per consumed segment).
-            self.retain(touched.into_iter());
-            self.compact_if_needed();
+        for topic in batch.topics {
+            self.shared.add_topic(topic.clone());
+            self.topics.push(topic);
         }
-        answer(commit_replies, || Ok(()));
+        self.publish(base, batch.pending);
+        let retain = !batch.commits.is_empty();
+        for position in &batch.commits {
+            self.committed.advance(position);
+        }
+        // Retention before answering: a caller that sees its call done also sees the space
+        // freed by the commits before it (deletions are rare, one per consumed segment).
+        if retain {
+            self.retain();
+        }
+        answer(batch.replies, || Ok(()));
     }
 
-    /// The positions that move a group forward (or make a topic known to it).
-    fn changed(&self, positions: Vec<Position>) -> Vec<Position> {
-        positions
-            .into_iter()
-            .filter(|position| {
-                let group = self.shared.groups.get_or_create(&position.group);
-                let state = lock(&group.state);
-                !state.knows(&position.topic) || state.committed(&position.topic, position.partition) < position.offset
-            })
-            .collect()
+    fn active(&mut self) -> &mut Segment {
+        let last = self.segments.len() - 1;
+        &mut self.segments[last]
     }
 
-    /// Writes every pending batch to its partition's active segment, rolling it when
-    /// full; on failure cuts every file written back and returns the error.
-    fn write(&self, pending: &mut [Pending]) -> io::Result<()> {
+    /// Encodes `records` into the batch, each in its key's partition, assigning offsets.
+    fn encode_records(&self, batch: &mut Batch, topic: &Arc<Topic>, records: Vec<Record>) {
+        let count = topic.partitions.len() as u32;
+        for record in records {
+            let partition = partition_for(&record.key, count);
+            let slot = *batch.slots.entry((topic.id, partition)).or_insert_with(|| {
+                let next = topic.partitions[partition as usize].end.load(Ordering::Acquire);
+                batch.pending.push(Pending {
+                    topic: topic.clone(),
+                    partition,
+                    next,
+                    frames: Vec::new(),
+                    records: Vec::new(),
+                });
+                batch.pending.len() - 1
+            });
+            let p = &mut batch.pending[slot];
+            p.frames.push(batch.bytes.len());
+            encode_record(&mut batch.bytes, topic.id, partition, p.next, &record.key, &record.value);
+            p.records.push(TailRecord { offset: p.next, key: record.key, value: record.value });
+            p.next += 1;
+        }
+    }
+
+    /// Encodes a commit frame when `position` moves its group forward.
+    fn encode_commit(&self, batch: &mut Batch, position: Position) {
+        if !self.committed.moves(&position) {
+            return;
+        }
+        let Some(topic) = self.shared.topic(&position.topic) else { return };
+        encode_commit(&mut batch.bytes, &position.group, topic.id, position.partition, position.offset);
+        batch.commits.push(position);
+    }
+
+    /// Encodes the definition of topic `name` unless it exists (or is in the batch).
+    fn encode_topic(&self, batch: &mut Batch, name: &str) {
+        if self.shared.topic(name).is_some() || batch.topics.iter().any(|t| t.name == name) {
+            return;
+        }
+        let id = (self.topics.len() + batch.topics.len()) as u32;
+        let ends = vec![0; self.shared.options.partitions as usize];
+        encode_topic(&mut batch.bytes, id, name, &ends);
+        batch.topics.push(Arc::new(Topic::new(id, name, &ends)));
+    }
+
+    /// Writes `bytes` to the active segment (after rolling it, when full, and after its
+    /// checkpoint, when not yet written); returns the file position of `bytes`. On
+    /// failure the segment is cut back.
+    fn write(&mut self, bytes: &[u8]) -> io::Result<u64> {
         let segment_bytes = self.shared.options.segment_bytes;
-        for i in 0..pending.len() {
-            let p = &pending[i];
-            let partition = &p.topic.partitions[p.partition as usize];
-            let target = {
-                let mut state = lock(&partition.state);
-                let active = state.active();
-                if active.size > 0 && active.size + p.bytes.len() as u64 > segment_bytes {
-                    debug_assert_eq!(active.end, p.first);
-                    match Segment::create(&partition.dir, p.first) {
-                        Ok(segment) => state.segments.push(segment),
-                        Err(error) => return Err(self.undo(pending, error)),
-                    }
-                }
-                let active = state.active();
-                (active.file.clone(), active.size)
-            };
-            let (file, pos) = target;
-            let outcome = file.write_all_at(&p.bytes, pos);
-            pending[i].written = Some((file, pos));
-            if let Err(error) = outcome {
-                return Err(self.undo(pending, error));
-            }
+        let active = &self.segments[self.segments.len() - 1];
+        let full = active.size + bytes.len() as u64 > segment_bytes;
+        if active.checkpointed && full && active.size > active.checkpoint_bytes {
+            let segment = Segment::create(&self.shared.journal_dir(), active.seq + 1)?;
+            self.shared.files.insert(segment.seq, segment.file.clone());
+            self.segments.push(segment);
         }
-        Ok(())
+        let checkpoint = if self.active().checkpointed { Vec::new() } else { self.checkpoint() };
+        let active = self.active();
+        let at = active.size;
+        let outcome = if checkpoint.is_empty() {
+            active.file.write_all_at(bytes, at)
+        } else {
+            active.file.write_all_at(&[checkpoint.as_slice(), bytes].concat(), at)
+        };
+        if let Err(error) = outcome {
+            tracing::error!(%error, "log append failed; undoing it");
+            if let Err(undo_error) = active.file.set_len(at) {
+                tracing::error!(%undo_error, "cannot undo a failed log write; the log stops until restart");
+                self.shared.fail(format!("log stopped after a failed write: {error}"));
+            }
+            return Err(error);
+        }
+        if !checkpoint.is_empty() {
+            // Before the sync that makes it durable: a failed sync stops the log anyway.
+            active.checkpointed = true;
+            active.size += checkpoint.len() as u64;
+            active.checkpoint_bytes = active.size;
+        }
+        Ok(active.size)
     }
 
-    /// Cuts every file already written back to its length before the group. If even that
-    /// fails, the files cannot be trusted: the log stops.
-    fn undo(&self, pending: &[Pending], error: io::Error) -> io::Error {
-        tracing::error!(%error, "log append failed; undoing it");
-        for p in pending {
-            if let Some((file, pos)) = &p.written {
-                if let Err(undo_error) = file.set_len(*pos) {
-                    tracing::error!(%undo_error, "cannot undo a failed log write; the log stops until restart");
-                    self.shared.fail(format!("log stopped after a failed write: {error}"));
-                    break;
-                }
-            }
+    /// The frames that open a segment: every topic with its partitions' next offsets,
+    /// every committed position, then the checkpoint end.
+    fn checkpoint(&self) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for topic in &self.topics {
+            encode_topic(&mut bytes, topic.id, &topic.name, &topic.ends());
         }
-        error
+        for position in self.committed.positions() {
+            let Some(topic) = self.shared.topic(&position.topic) else { continue };
+            encode_commit(&mut bytes, &position.group, topic.id, position.partition, position.offset);
+        }
+        encode_checkpoint_end(&mut bytes);
+        bytes
     }
 
     /// Makes written records visible: index, tail, end offset; then wakes consumers.
-    fn publish(&self, pending: Vec<Pending>) {
+    fn publish(&mut self, base: u64, pending: Vec<Pending>) {
         let budget = self.shared.options.tail_bytes;
+        let active = self.active();
+        let seq = active.seq;
         let mut touched: Vec<Arc<Topic>> = Vec::new();
         for p in pending {
-            let Some((_, pos)) = p.written else { continue };
-            let partition = &p.topic.partitions[p.partition as usize];
-            {
-                let mut state = lock(&partition.state);
-                let active = state.active();
-                for (i, frame) in p.frames.iter().enumerate() {
-                    active.note(p.first + i as u64, pos + *frame as u64);
-                }
-                active.size = pos + p.bytes.len() as u64;
-                active.end = p.next;
-                state.push_tail(p.records, budget);
-                partition.end.store(p.next, Ordering::Release);
-            }
+            active.note(p.topic.id, p.partition, p.next - 1);
+            let locs = p.frames.iter().map(|frame| Loc { segment: seq, pos: base + *frame as u64 });
+            p.topic.partitions[p.partition as usize].publish(locs, p.records, budget);
             if !touched.iter().any(|t| Arc::ptr_eq(t, &p.topic)) {
                 touched.push(p.topic);
             }
@@ -384,85 +318,38 @@ impl Writer {
         }
     }
 
-    /// Deletes the segments of `topics` that every group knowing the topic has committed
-    /// past (never the active segment; nothing while no group knows the topic).
-    fn retain<'a>(&self, topics: impl Iterator<Item = &'a str>) {
-        let groups = self.shared.groups.all();
-        for name in topics {
-            let Some(topic) = self.shared.topic(name) else { continue };
-            for (p, partition) in topic.partitions.iter().enumerate() {
-                let mut floor: Option<u64> = None;
-                for (_, group) in &groups {
-                    let state = lock(&group.state);
-                    if state.knows(name) {
-                        let committed = state.committed(name, p as u32);
-                        floor = Some(floor.map_or(committed, |f| f.min(committed)));
-                    }
-                }
-                let Some(floor) = floor else { break };
-                let removed: Vec<std::path::PathBuf> = {
-                    let mut state = lock(&partition.state);
-                    let whole =
-                        state.segments.iter().take(state.segments.len() - 1).take_while(|s| s.end <= floor).count();
-                    let removed = state.segments.drain(..whole).map(|s| s.path).collect();
-                    partition.start.store(state.segments[0].base, Ordering::Release);
-                    removed
-                };
-                // Oldest first, each durable before the next, so a crash never leaves a gap.
-                for path in &removed {
-                    if let Err(error) = std::fs::remove_file(path).and_then(|()| sync_dir(&partition.dir)) {
-                        tracing::warn!(file = %path.display(), %error, "cannot delete a consumed log segment");
-                        break;
-                    }
-                    tracing::debug!(file = %path.display(), "deleted a consumed log segment");
-                }
-            }
-        }
+    /// Whether every record in `segment` is below the committed offset of every group
+    /// that knows its topic (and some group knows it).
+    fn consumed(&self, segment: &Segment) -> bool {
+        segment.highest.iter().all(|((topic, partition), next)| {
+            let Some(topic) = self.topics.get(*topic as usize) else { return false };
+            self.committed.floor(&topic.name, *partition).is_some_and(|floor| floor >= *next)
+        })
     }
 
-    fn compact_if_needed(&mut self) {
-        if !self.commits.wants_compaction(self.live_positions) {
+    /// Deletes consumed segments from the oldest on (see the module docs).
+    fn retain(&mut self) {
+        let count = self.segments.iter().take(self.segments.len() - 1).take_while(|s| self.consumed(s)).count();
+        if count == 0 {
             return;
         }
-        let mut live = Vec::new();
-        for (name, group) in self.shared.groups.all() {
-            lock(&group.state).positions(&name, &mut live);
+        let removed: Vec<Segment> = self.segments.drain(..count).collect();
+        let first = self.segments[0].seq;
+        // Indexes first, then files: a reader that planned under a partition lock still
+        // finds its file (see `Partition::read`).
+        for topic in &self.topics {
+            for partition in &topic.partitions {
+                partition.forget_before(first);
+            }
         }
-        match self.commits.compact(&live) {
-            Ok(()) => self.live_positions = live.len(),
-            Err(error) => tracing::warn!(%error, "cannot compact the commit log; it keeps growing"),
+        for segment in &removed {
+            self.shared.files.remove(segment.seq);
         }
-    }
-}
-
-/// Encodes `records` into the pending batch of each one's partition, assigning offsets.
-fn encode(
-    pending: &mut Vec<Pending>,
-    slots: &mut HashMap<(*const Topic, u32), usize>,
-    topic: &Arc<Topic>,
-    records: Vec<Record>,
-) {
-    let count = topic.partitions.len() as u32;
-    for record in records {
-        let partition = partition_for(&record.key, count);
-        let slot = *slots.entry((Arc::as_ptr(topic), partition)).or_insert_with(|| {
-            let first = topic.partitions[partition as usize].end.load(Ordering::Acquire);
-            pending.push(Pending {
-                topic: topic.clone(),
-                partition,
-                first,
-                next: first,
-                bytes: Vec::new(),
-                frames: Vec::new(),
-                records: Vec::new(),
-                written: None,
-            });
-            pending.len() - 1
-        });
-        let p = &mut pending[slot];
-        p.frames.push(p.bytes.len());
-        encode_record(&mut p.bytes, p.next, &record.key, &record.value);
-        p.records.push(TailRecord { offset: p.next, key: record.key, value: record.value });
-        p.next += 1;
+        for path in removed.into_iter().map(|s| s.path) {
+            match std::fs::remove_file(&path) {
+                Ok(()) => tracing::debug!(file = %path.display(), "deleted a consumed journal segment"),
+                Err(error) => tracing::warn!(file = %path.display(), %error, "cannot delete a consumed journal segment"),
+            }
+        }
     }
 }
