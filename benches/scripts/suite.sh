@@ -29,6 +29,9 @@ run() {
 figure() {
     case "$1" in
     max-one-way) run max-one-way one-way --clients 1000 --senders 20 --rate 0 --inflight 64 --duration 20 ;;
+    # The same with 100 messages a request (POST /v1/messages/batch): 8 requests in flight
+    # keep 800 messages in flight. Not in the default set.
+    max-one-way-batch) run max-one-way-batch one-way --clients 1000 --senders 20 --rate 0 --inflight 8 --batch 100 --duration 20 ;;
     max-chat) run max-chat chat --pairs 500 --rate 0 --window 2 --duration 20 ;;
     fixed-one-way) run fixed-one-way one-way --clients 1000 --senders 20 --rate 2000 --duration 30 ;;
     fixed-chat) run fixed-chat chat --pairs 500 --rate 2000 --duration 30 ;;

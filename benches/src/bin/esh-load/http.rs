@@ -66,14 +66,20 @@ impl Answer {
         struct Inner {
             code: String,
         }
-        match serde_json::from_slice::<Body>(&self.body) {
-            Ok(body) => format!("{} {}", self.status.as_u16(), body.error.code),
-            Err(_) => self.status.as_u16().to_string(),
-        }
+        let body = serde_json::from_slice::<Body>(&self.body).ok();
+        refusal_code(self.status.as_u16(), body.as_ref().map(|b| b.error.code.as_str()))
     }
 
     pub(crate) fn json<T: serde::de::DeserializeOwned>(&self) -> anyhow::Result<T> {
         serde_json::from_slice(&self.body).with_context(|| format!("unexpected answer {}: {}", self.status, String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// How refusals are counted: `"429 rate_limited"`, or the status alone without an error code.
+pub(crate) fn refusal_code(status: u16, code: Option<&str>) -> String {
+    match code {
+        Some(code) => format!("{status} {code}"),
+        None => status.to_string(),
     }
 }
 

@@ -10,13 +10,15 @@
 //! not hidden). The runtime is single-threaded by default to leave the cores to the server.
 //!
 //! Modules: `ctx` (shared state), `http` (lean HTTP/1.1 pool), `ws` (socket clients),
-//! `api` (users and tokens), `traffic` (schedule, window, drain), `stats`, `content`,
+//! `api` (users and tokens), `messages` (one-way sends over HTTP, one or a batch a request),
+//! `traffic` (schedule, window, drain), `stats`, `content`,
 //! `sys` (/proc, getrusage, rlimit), `report` (table and JSON), `workloads`.
 
 mod api;
 mod content;
 mod ctx;
 mod http;
+mod messages;
 mod report;
 mod stats;
 mod sys;
@@ -78,7 +80,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Workload {
-    /// One-way messages (POST /v1/messages) to random online mobile users.
+    /// One-way messages (POST /v1/messages, or POST /v1/messages/batch with --batch) to random online mobile users.
     OneWay(workloads::OneWayArgs),
     /// Chat over the socket between business–mobile pairs (fixed rate, max rate, or --ping-pong).
     Chat(workloads::ChatArgs),

@@ -3,14 +3,15 @@
 
 use futures::FutureExt as _;
 use serde::Serialize;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::pid_note;
 use crate::api::{self, ids, UserSpec};
-use crate::content::{self, Stamp};
 use crate::ctx::Ctx;
+use crate::messages::{self, Endpoint};
 use crate::report::Report;
 use crate::stats::now_us;
 use crate::traffic::{self, Driver, TrafficArgs};
@@ -24,46 +25,43 @@ pub(crate) struct OneWayArgs {
     /// Business senders (POST /v1/messages, each sender's rate counts against ESH_RATE_LIMIT_PER_MINUTE).
     #[arg(long, default_value_t = 20)]
     pub(crate) senders: usize,
+    /// Messages a request, sent with POST /v1/messages/batch (1..1000); without it, one
+    /// POST /v1/messages a message. --rate still counts messages, --inflight requests.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub(crate) batch: Option<u16>,
     #[command(flatten)]
     #[serde(flatten)]
     pub(crate) traffic: TrafficArgs,
 }
 
-/// POSTs one one-way message and counts its answer.
-async fn post_one_way(ctx: Arc<Ctx>, token: Arc<str>, to: Arc<str>, seq: u64, sched_us: u64, size: usize) {
-    let sent_us = now_us();
-    let text = content::content(ctx.run, Stamp { seq, sched_us, sent_us }, size);
-    let body = format!(r#"{{"recipient_id":"{to}","content":"{text}"}}"#).into_bytes();
-    ctx.stats.on_sent(sched_us, sent_us);
-    match ctx.http.post("/v1/messages", &token, body).await {
-        Ok(answer) if answer.status.as_u16() == 202 => ctx.stats.on_accepted(sched_us, sent_us, 1),
-        Ok(answer) => {
-            ctx.stats.on_refused(sched_us, &answer.code());
-            // Back off as a client told to retry later would (max-rate loops would
-            // otherwise spin on refusals).
-            if matches!(answer.status.as_u16(), 429 | 503) {
-                tokio::time::sleep(ws::REFUSED_PAUSE).await;
-            }
-        }
-        Err(error) => ctx.stats.on_error(sched_us, format_args!("{error:#}")),
-    }
-}
-
-/// One-way messages from `senders` businesses to random ones of `clients` online mobiles.
+/// One-way messages from `senders` businesses to random ones of `clients` online mobiles,
+/// one a request or `--batch` a request.
 pub(crate) async fn one_way(ctx: &Arc<Ctx>, args: &OneWayArgs) -> anyhow::Result<Report> {
-    let t = &args.traffic;
     let senders = api::accounts(ctx, ids(&ctx.prefix, "b", args.senders.max(1)).map(UserSpec::business).collect(), "senders").await?;
     let mobiles = api::accounts(ctx, ids(&ctx.prefix, "m", args.clients.max(1)).map(UserSpec::mobile).collect(), "recipients").await?;
-    let clients = ws::connect_all(ctx, &mobiles, None, &Behaviour::acking(t.ack_batch, t.size), "connecting").await?;
+    let clients = ws::connect_all(ctx, &mobiles, None, &Behaviour::acking(args.traffic.ack_batch, args.traffic.size), "connecting").await?;
 
+    let (endpoint, per_request) = match args.batch {
+        Some(n) => (Endpoint::Batch, usize::from(n)),
+        None => (Endpoint::One, 1),
+    };
+    // The schedule has a slot per request: --rate messages a second make rate / n requests.
+    let t = &TrafficArgs { rate: args.traffic.rate / per_request as f64, ..args.traffic.clone() };
     let tokens: Arc<Vec<Arc<str>>> = Arc::new(senders.iter().map(|a| Arc::from(a.token.as_str())).collect());
     let recipients: Arc<Vec<Arc<str>>> = Arc::new(mobiles.iter().map(|a| a.id.clone()).collect());
+    let requests = AtomicUsize::new(0);
     let size = t.size;
     let request_ctx = ctx.clone();
     let driver = Driver::Request(Arc::new(move |seq, sched_us| {
-        let token = tokens[seq as usize % tokens.len()].clone();
-        let to = recipients[rand::random::<usize>() % recipients.len()].clone();
-        post_one_way(request_ctx.clone(), token, to, seq, sched_us, size).boxed()
+        // Senders in turn by request (not by seq, which advances by the batch size).
+        let token = tokens[requests.fetch_add(1, Relaxed) % tokens.len()].clone();
+        // The slot's seq is the first message's; the others take the next ones.
+        let to = std::iter::once(seq)
+            .chain(std::iter::repeat_with(|| request_ctx.next_seq()))
+            .take(per_request)
+            .map(|seq| (recipients[rand::random::<usize>() % recipients.len()].clone(), seq))
+            .collect();
+        messages::post(request_ctx.clone(), endpoint, token, to, sched_us, size).boxed()
     }));
     let (measured, send_s) = traffic::run(ctx, t, driver).await;
     ws::close_all(ctx, clients, Duration::from_secs(5)).await;
@@ -74,6 +72,10 @@ pub(crate) async fn one_way(ctx: &Arc<Ctx>, args: &OneWayArgs) -> anyhow::Result
     report.figure("ingest_p99_ms", report.ingest_ms.map(|p| p.p99));
     report.figure("server_cpu_us_per_delivered", measured.server.as_ref().and_then(|u| u.cpu_us_per_delivered));
     report.figure("generator_cpu_us_per_delivered", measured.generator.cpu_us_per_delivered);
+    report.figure("messages_per_request", per_request);
+    if let Some(n) = args.batch {
+        report.notes.push(format!("batch: {n} messages a request (POST /v1/messages/batch), latency of each from its request's write"));
+    }
     if t.rate == 0.0 {
         report.notes.push(format!("max rate: {} request loops, latency measured from each write (closed loop)", t.inflight));
     }
