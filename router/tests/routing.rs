@@ -55,9 +55,17 @@ impl Env {
         Ok(self.backends.log.append(topic, vec![record]).await?)
     }
 
+    /// The router stage and, beside it, the store projection (its own stage in the platform).
     fn router(&self, config: RouterConfig) -> Router {
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(esh_router::run(self.backends.clone(), config, shutdown.clone()));
+        let backends = self.backends.clone();
+        let stop = shutdown.clone();
+        let task = tokio::spawn(async move {
+            let projection = esh_router::project_store(backends.clone(), config.clone(), stop.clone());
+            let routing = esh_router::run(backends, config, stop);
+            let (projected, routed) = tokio::join!(projection, routing);
+            projected.and(routed)
+        });
         Router { shutdown, task }
     }
 
