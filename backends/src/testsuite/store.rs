@@ -14,7 +14,7 @@ use esh_common::{
 };
 
 use crate::error::ErrorKind;
-use crate::store::{MessageStore, OneWayRole};
+use crate::store::{IdempotencyRecord, LogPosition, MessageStore, OneWayRole, Projection};
 
 /// A fresh id with a readable prefix, unique across runs.
 fn unique(prefix: &str) -> String {
@@ -129,6 +129,11 @@ where
     attempts_append_in_order(&factory).await;
     broadcast_counts_add_up(&factory).await;
     broadcast_recipients_pages(&factory).await;
+    projection_writes_each_message_once_with_its_positions(&factory).await;
+    projection_keeps_statuses_that_arrive_before_their_message(&factory).await;
+    projection_statuses_only_move_forward(&factory).await;
+    projection_creates_chat_conversations_and_broadcasts(&factory).await;
+    projection_keeps_idempotency_answers(&factory).await;
     check_succeeds(&factory).await;
 }
 
@@ -847,4 +852,144 @@ where
 {
     let store = factory().await;
     store.check().await.expect("check");
+}
+
+fn position(topic: &str, partition: u32, next_offset: u64) -> LogPosition {
+    LogPosition { topic: topic.to_owned(), partition, next_offset }
+}
+
+/// `project` writes a folded batch and its positions in one transaction; a message already
+/// stored is skipped (its counters do not move twice), positions are replaced, not added.
+pub async fn projection_writes_each_message_once_with_its_positions<F, Fut>(factory: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn MessageStore>>,
+{
+    let store = factory().await;
+    let topic = unique("topic");
+    assert!(store.projected_positions().await.expect("positions").iter().all(|p| p.topic != topic));
+    let (business, mobile, conversation) = new_pair(store.as_ref(), Millis(1_000)).await;
+    let mut acked = chat(&conversation, &business.id, Millis(2_000));
+    acked.status = Status::Delivered;
+    let waiting = chat(&conversation, &business.id, Millis(2_001));
+    let batch = Projection {
+        messages: vec![acked.clone(), waiting.clone()],
+        positions: vec![position(&topic, 0, 5), position(&topic, 3, 2)],
+        ..Projection::default()
+    };
+    store.project(&batch).await.expect("project");
+    // The same batch again (a redelivery that slipped past the positions) changes nothing.
+    store.project(&batch).await.expect("project again");
+    assert_eq!(status_of(store.as_ref(), &acked.id).await, Status::Delivered);
+    let undelivered = store.undelivered(&mobile.id, None, 10).await.expect("undelivered");
+    assert_eq!(ids_of(&undelivered), [waiting.id.clone()], "no undelivered entry for a message acked in its batch");
+    assert_eq!(unread(store.as_ref(), &mobile.id, &conversation.id).await, 2);
+
+    store.project(&Projection { positions: vec![position(&topic, 0, 9)], ..Projection::default() }).await.unwrap();
+    let mut mine: Vec<LogPosition> =
+        store.projected_positions().await.expect("positions").into_iter().filter(|p| p.topic == topic).collect();
+    mine.sort_by_key(|p| p.partition);
+    assert_eq!(mine, [position(&topic, 0, 9), position(&topic, 3, 2)]);
+}
+
+/// A status whose message the store does not hold yet is kept and folded into the message
+/// when it arrives (a status record may be read before its message's record).
+pub async fn projection_keeps_statuses_that_arrive_before_their_message<F, Fut>(factory: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn MessageStore>>,
+{
+    let store = factory().await;
+    let (business, mobile, _) = new_pair(store.as_ref(), Millis(1_000)).await;
+    let message = one_way(&business.id, &mobile.id, Millis(3_000));
+    let early =
+        Projection { changes: vec![change(&message.id, Status::Read, Millis(3_500))], ..Projection::default() };
+    assert!(store.project(&early).await.expect("project early status").is_empty());
+    assert!(store.message(&message.id).await.expect("read").is_none());
+    store.project(&Projection { messages: vec![message.clone()], ..Projection::default() }).await.unwrap();
+    let stored = store.message(&message.id).await.expect("read").expect("stored");
+    assert_eq!((stored.status, stored.status_changed_at), (Status::Read, Millis(3_500)));
+    assert!(store.undelivered(&mobile.id, None, 10).await.expect("undelivered").is_empty());
+}
+
+/// A socket ack racing an HTTP read: whatever order they reach the log in, the status only
+/// moves forward, and only the changes that moved it are returned.
+pub async fn projection_statuses_only_move_forward<F, Fut>(factory: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn MessageStore>>,
+{
+    let store = factory().await;
+    let (business, mobile, _) = new_pair(store.as_ref(), Millis(1_000)).await;
+    let message = one_way(&business.id, &mobile.id, Millis(3_000));
+    store.project(&Projection { messages: vec![message.clone()], ..Projection::default() }).await.unwrap();
+    let racing = Projection {
+        changes: vec![change(&message.id, Status::Read, Millis(3_100)), change(&message.id, Status::Delivered, Millis(3_090))],
+        ..Projection::default()
+    };
+    let applied = store.project(&racing).await.expect("project");
+    assert_eq!(applied.iter().map(|a| a.status).collect::<Vec<_>>(), [Status::Read]);
+    assert_eq!(status_of(store.as_ref(), &message.id).await, Status::Read);
+}
+
+/// A chat message creates its conversation (id derived from the pair) and a broadcast its
+/// row and counts, both on first sight only.
+pub async fn projection_creates_chat_conversations_and_broadcasts<F, Fut>(factory: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn MessageStore>>,
+{
+    let store = factory().await;
+    let business = new_user(UserKind::Business);
+    let mobile = new_user(UserKind::Mobile);
+    let conversation_id = ids::conversation_id(&business.id, &mobile.id);
+    let conversation = Conversation {
+        id: conversation_id.clone(),
+        business_id: business.id.clone(),
+        mobile_id: mobile.id.clone(),
+        created_at: Millis(5_000),
+        updated_at: Millis(5_000),
+    };
+    // The mobile user writes first: the pair still names the business as its business.
+    let first = chat(&conversation, &mobile.id, Millis(5_000));
+    let broadcast = Broadcast {
+        id: ids::new_id(),
+        sender_id: business.id.clone(),
+        recipient_ids: vec![mobile.id.clone(), unique("m")],
+        content: "sale".into(),
+        media_ids: vec![],
+        priority: Priority::Low,
+        first_message_id: ids::reserve(2).to_string(),
+        created_at: Millis(5_001),
+    };
+    let batch = Projection { broadcasts: vec![broadcast.clone()], messages: vec![first.clone()], ..Projection::default() };
+    store.project(&batch).await.expect("project");
+    store.project(&batch).await.expect("project again");
+    let stored = store.conversation(&conversation_id).await.expect("read").expect("created");
+    assert_eq!((stored.business_id.as_str(), stored.mobile_id.as_str()), (business.id.as_str(), mobile.id.as_str()));
+    assert_eq!(ids_of(&store.conversation_messages(&conversation_id, None, 10).await.unwrap()), [first.id.clone()]);
+    let counts = store.broadcast_counts(&broadcast.id).await.expect("counts").expect("broadcast stored");
+    assert_eq!((counts.sent, total(&counts)), (2, 2));
+}
+
+/// Idempotency answers are kept with the batch and read back by time.
+pub async fn projection_keeps_idempotency_answers<F, Fut>(factory: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn MessageStore>>,
+{
+    let store = factory().await;
+    let now = Millis::now();
+    let record = IdempotencyRecord {
+        key: unique("sender:key"),
+        fingerprint: "f1".into(),
+        status: 202,
+        body: "{\"id\":\"x\"}".into(),
+        at: now,
+    };
+    store.project(&Projection { idempotency: vec![record.clone()], ..Projection::default() }).await.unwrap();
+    let found = store.idempotency_records(Millis(now.0 - 1_000)).await.expect("records");
+    assert!(found.contains(&record));
+    let later = store.idempotency_records(Millis(now.0 + 1)).await.expect("records");
+    assert!(!later.contains(&record));
 }
