@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use common::durability::{
@@ -51,4 +51,48 @@ async fn every_accepted_message_survives_kill_9_and_keys_keep_their_ids() {
     assert_no_problems("keys sent again after kill -9", &repeated);
     let status = esh.terminate(Duration::from_secs(30)).await;
     assert!(status.success(), "clean exit after SIGTERM: {status}");
+}
+
+/// Req 4.4, 9.6: a socket ack is settled once its status record is durable. Killed right
+/// after the acks, the platform restarts with every acked message still `delivered`, and
+/// the sender hears of each one: on the socket it had before the kill, or, for a status
+/// the notifier had not passed on yet, on its socket after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_acked_message_stays_delivered_across_kill_9_and_its_sender_hears_of_it() {
+    let (_keep, dir) = data_dir();
+    let mut esh = Process::start(&dir, &HashMap::new()).await;
+    let business = esh.api.business("acme").await;
+    let mobile = esh.api.mobile("mona").await;
+    let mut sender_socket = esh.api.connect(&business).await;
+    let mut socket = esh.api.connect(&mobile).await;
+    let mut sent = Vec::new();
+    for i in 0..20 {
+        sent.push(common::id(&esh.api.one_way(&business, "mona", &format!("acked {i}")).await));
+    }
+    let received = socket.receive_acking(20).await;
+    assert_eq!(received.iter().map(common::id).collect::<Vec<_>>(), sent);
+    // Each ack is settled (durable) before the next frame is read: one round trip later
+    // the last ack has been handed to the status writer; wait until its record is durable
+    // by reading the status over HTTP (the read waits for the store to pass the log).
+    esh.api.wait_status(&business, sent.last().unwrap(), "delivered").await;
+    let mut heard: HashSet<String> = HashSet::new();
+    // What the sender heard before the kill (the frames that had come by then).
+    while let common::Read::Json(frame) = sender_socket.read(Duration::from_millis(300)).await {
+        if frame["type"] == "status" {
+            heard.insert(frame["message_id"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    esh.kill_hard().await;
+
+    let esh = Process::start(&dir, &HashMap::new()).await;
+    for id in &sent {
+        assert_eq!(esh.api.message(&business, id).await["status"], "delivered", "{id} after kill -9");
+    }
+    let mut after = esh.api.connect(&business).await;
+    while heard.len() < sent.len() {
+        let frame = after.next_of("status").await;
+        assert_eq!(frame["status"], "delivered");
+        heard.insert(frame["message_id"].as_str().unwrap_or_default().to_owned());
+    }
+    assert_eq!(heard, sent.iter().cloned().collect::<HashSet<_>>());
 }

@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use common::{eventually, id, Harness};
 use esh_server::Stage;
@@ -407,4 +408,53 @@ async fn idempotent_http_send_returns_the_first_answer() {
     // The next message of the pair is a new one, not a second copy of the first.
     let later = esh.one_way(&business, "mona", "after the repeat").await;
     assert_eq!(socket.messages(1).await[0]["id"], later["id"]);
+}
+
+/// Req 1.3, 4.6, 10.5: a recipient that connects again and again while a sender keeps
+/// sending loses nothing (every accepted message arrives, on a later connection at the
+/// latest) and never gets one id twice on one connection (replay and the live stream meet
+/// without a gap and without a double).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_during_concurrent_sends_loses_nothing_and_doubles_nothing() {
+    let esh = Harness::start().await;
+    let business = esh.business("acme").await;
+    let mobile = esh.mobile("mona").await;
+    let api = esh.api.clone();
+    let sender_token = business.clone();
+    let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let accepted_by_sender = accepted.clone();
+    let sender = tokio::spawn(async move {
+        for i in 0..300 {
+            let message_id = id(&api.one_way(&sender_token, "mona", &format!("busy {i}")).await);
+            accepted_by_sender.lock().unwrap().push(message_id);
+        }
+    });
+    let mut received: HashSet<String> = HashSet::new();
+    for connection in 0..6 {
+        // Everything answered 202 before this connect must have arrived once it went quiet.
+        let before_connect: Vec<String> = accepted.lock().unwrap().clone();
+        let mut socket = esh.connect(&mobile).await;
+        let mut on_this_socket: HashSet<String> = HashSet::new();
+        // A short stay: some messages arrive by replay, some live, some after the next connect.
+        while let common::Read::Json(frame) = socket.read(Duration::from_millis(60)).await {
+            if frame["type"] != "message" {
+                continue;
+            }
+            let message_id = id(&frame["message"]);
+            socket.ack(&[&message_id]).await;
+            assert!(on_this_socket.insert(message_id.clone()), "connection {connection} got {message_id} twice");
+            received.insert(message_id);
+        }
+        let missing: Vec<&String> = before_connect.iter().filter(|id| !received.contains(*id)).collect();
+        assert!(missing.is_empty(), "connection {connection}: accepted before it attached but not replayed: {missing:?}");
+    }
+    sender.await.expect("sender");
+    let sent: Vec<String> = accepted.lock().unwrap().clone();
+    let mut last = esh.connect(&mobile).await;
+    while received.len() < sent.len() {
+        let message = last.next_of("message").await["message"].clone();
+        last.ack(&[&id(&message)]).await;
+        received.insert(id(&message));
+    }
+    assert_eq!(received, sent.into_iter().collect::<HashSet<_>>(), "exactly the accepted messages arrived");
 }
