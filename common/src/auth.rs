@@ -25,6 +25,14 @@ pub struct TokenKeys {
     decoding: DecodingKey,
 }
 
+impl Claims {
+    /// Whether the token has expired (with the same leeway `TokenKeys::verify` allows).
+    pub fn expired(&self) -> bool {
+        let now = Millis::now().0.max(0) as u64 / 1000;
+        self.exp.saturating_add(LEEWAY_S) < now
+    }
+}
+
 impl TokenKeys {
     pub fn hs256(secret: &[u8]) -> Self {
         TokenKeys { encoding: EncodingKey::from_secret(secret), decoding: DecodingKey::from_secret(secret) }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
+use esh_common::auth::{Claims, TokenKeys};
 use esh_common::{ApiError, User, UserKind};
 
 use crate::Ingest;
@@ -92,13 +93,47 @@ fn same_secret(given: &str, expected: &str) -> bool {
     given.len() == expected.len() && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
+/// Tokens whose signature was verified, with their claims: a client sends the same token
+/// with every request, and checking its signature again costs more than the rest of a
+/// send's checks. Expiry is still checked on every use.
+#[derive(Default)]
+pub(crate) struct VerifiedTokens {
+    claims: std::sync::Mutex<std::collections::HashMap<String, Claims>>,
+}
+
+impl VerifiedTokens {
+    /// Tokens remembered at most; past this the memory starts afresh.
+    const CAPACITY: usize = 100_000;
+
+    /// The claims of `token`, verified once by `keys` and remembered.
+    pub(crate) fn verify(&self, keys: &TokenKeys, token: &str) -> Result<Claims, ApiError> {
+        let cached = self.lock().get(token).cloned();
+        if let Some(claims) = cached {
+            if !claims.expired() {
+                return Ok(claims);
+            }
+        }
+        let claims = keys.verify(token)?;
+        let mut remembered = self.lock();
+        if remembered.len() >= Self::CAPACITY {
+            remembered.clear();
+        }
+        remembered.insert(token.to_owned(), claims.clone());
+        Ok(claims)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Claims>> {
+        self.claims.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+}
+
 impl Ingest {
     /// The caller holding `token`: the admin token, or a valid user token of an existing user.
     pub(crate) async fn authenticate(&self, token: &str) -> Result<Caller, ApiError> {
         if !self.admin_token.is_empty() && same_secret(token, &self.admin_token) {
             return Ok(Caller::Admin);
         }
-        let claims = self.keys.verify(token)?;
+        let claims = self.verified.verify(&self.keys, token)?;
         match self.directory.user(&claims.sub).await? {
             Some(user) => Ok(Caller::User(user)),
             None => Err(ApiError::unauthenticated("unknown user")),
@@ -123,6 +158,25 @@ mod tests {
         assert!(bearer_token(&headers).is_err());
         headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer"));
         assert!(bearer_token(&headers).is_err());
+    }
+
+    #[test]
+    fn a_remembered_token_is_still_refused_once_expired() {
+        let keys = TokenKeys::hs256(b"secret");
+        let verified = VerifiedTokens::default();
+        let (token, _) = keys.issue("u1", UserKind::Mobile, 60).unwrap();
+        assert_eq!(verified.verify(&keys, &token).unwrap().sub, "u1");
+        assert!(verified.verify(&keys, "not a token").is_err());
+        // A token that expired while remembered: signed right, `exp` long past.
+        let claims = Claims { sub: "u2".into(), kind: UserKind::Mobile, exp: 1 };
+        let expired = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(b"secret"),
+        )
+        .unwrap();
+        verified.lock().insert(expired.clone(), claims);
+        assert!(verified.verify(&keys, &expired).is_err());
     }
 
     #[test]

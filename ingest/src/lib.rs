@@ -88,6 +88,8 @@ pub struct Ingest {
     metrics: metrics::Metrics,
     /// Users as the request path sees them (cached, under 1 s stale).
     directory: directory::Directory,
+    /// Tokens already verified.
+    verified: auth::VerifiedTokens,
     activity: conversations::ActivityClock,
     /// This instance, for work that must outlive the request that started it.
     me: std::sync::Weak<Ingest>,
@@ -104,6 +106,7 @@ impl Ingest {
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| Ingest {
             directory: directory::Directory::new(backends.store.clone()),
+            verified: auth::VerifiedTokens::default(),
             backends,
             keys,
             admin_token,
