@@ -288,11 +288,34 @@ async fn health_metrics_and_openapi_are_served() {
     }
 
     server.get("/v1/users/nobody", ADMIN).await;
+    // Nothing routes in these tests: a low-priority send stays in the router's backlog.
+    let business = server.business("metrics-b").await;
+    server.mobile("metrics-m").await;
+    let sent = server
+        .post("/v1/messages", &business, serde_json::json!({"recipient_id": "metrics-m", "content": "x", "priority": "low"}))
+        .await;
+    assert_eq!(sent.status, StatusCode::ACCEPTED, "{}", sent.json);
     let metrics = server.call(Method::GET, "/metrics", None, None).await;
     assert_eq!(metrics.status, StatusCode::OK);
     let text = String::from_utf8(metrics.bytes).unwrap();
-    assert!(text.contains(r#"esh_ingest_requests_total{route="/v1/users/{id}",code="404"} 1"#), "{text}");
-    assert!(text.contains("esh_ingest_request_duration_seconds_bucket"), "{text}");
+    // The recorder is the process's: other tests of this binary count into it too.
+    let counted = text
+        .lines()
+        .find_map(|line| line.strip_prefix(r#"esh_ingest_requests_total{route="/v1/users/{id}",code="404"} "#))
+        .and_then(|value| value.parse::<u64>().ok());
+    assert!(counted.is_some_and(|count| count >= 1), "{text}");
+    assert!(text.contains("# TYPE esh_ingest_request_duration_seconds histogram"), "{text}");
+    assert!(text.contains(r#"esh_ingest_request_duration_seconds_bucket{route="/v1/users/{id}",le="+Inf"}"#), "{text}");
+    // Every stage's series is there from the start: the router lag of each priority (read
+    // from the log at the scrape), the projection lag, open sockets and dead letters.
+    for (priority, lag) in [("high", 0), ("normal", 0), ("low", 1)] {
+        assert!(text.contains(&format!(r#"esh_router_lag_records{{priority="{priority}"}} {lag}"#)), "{text}");
+    }
+    assert!(text.lines().any(|line| line.starts_with(r#"esh_ingest_messages_accepted_total{kind="one_way"} "#)), "{text}");
+    for name in ["esh_store_projection_lag_records", "esh_deliverer_open_sockets", "esh_deliverer_dead_letters_total"] {
+        assert!(text.lines().any(|line| line.starts_with(&format!("{name} "))), "{name} missing: {text}");
+    }
+    assert!(metrics.headers["content-type"].to_str().unwrap().starts_with("text/plain"));
 
     let document = server.call(Method::GET, "/v1/openapi.json", None, None).await;
     assert_eq!(document.status, StatusCode::OK);
