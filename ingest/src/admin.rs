@@ -17,7 +17,7 @@ use crate::views::{self, ErrorBody, Page, RetriedView};
 use crate::Ingest;
 
 #[utoipa::path(get, path = "/v1/admin/dead-letters", tag = "admin",
-    params(("limit" = Option<u32>, Query, description = "1..200, default 50"),
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "1..200, default 50"),
         ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
     responses((status = 200, description = "newest first", body = Page<DeadLetter>),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),

@@ -37,7 +37,7 @@ use crate::views::{self, ConversationView, ErrorBody, Page, Peer};
 use crate::Ingest;
 
 #[utoipa::path(get, path = "/v1/conversations", tag = "conversations",
-    params(("limit" = Option<u32>, Query, description = "1..200, default 50"),
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "1..200, default 50"),
         ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
     responses((status = 200, description = "most recently active first", body = Page<ConversationView>),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -148,7 +148,7 @@ impl Ingest {
 
 #[utoipa::path(get, path = "/v1/conversations/{id}/messages", tag = "conversations",
     params(("id" = String, Path, description = "conversation id"),
-        ("limit" = Option<u32>, Query, description = "1..200, default 50"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "1..200, default 50"),
         ("cursor" = Option<String>, Query, description = "next_cursor of the previous page (older messages)")),
     responses((status = 200, description = "chat messages, oldest first, starting from the newest", body = Page<MessageView>),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),

@@ -122,7 +122,7 @@ pub(crate) async fn attempts(
 }
 
 #[utoipa::path(get, path = "/v1/one-way-messages", tag = "messages",
-    params(("limit" = Option<u32>, Query, description = "1..200, default 50"),
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "1..200, default 50"),
         ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
     responses((status = 200, description = "mobile: received; business: sent, broadcasts included; oldest first", body = Page<MessageView>),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),

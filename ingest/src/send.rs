@@ -70,12 +70,15 @@ pub(crate) struct OneWayRequest {
     /// A mobile user.
     recipient_id: String,
     /// 1..4096 Unicode scalar values.
+    #[schema(min_length = 1, max_length = 4096)]
     content: String,
     /// Default `normal`.
     priority: Option<Priority>,
     /// Media uploaded before (none are known yet: a non-empty list is 400).
+    #[schema(max_items = 0)]
     media_ids: Option<Vec<String>>,
-    /// Same as the `Idempotency-Key` header (the header wins; both and different is 400).
+    /// Same as the `Idempotency-Key` header (the header wins; both and different is 400); 1..256 bytes.
+    #[schema(min_length = 1, max_length = 256)]
     idempotency_key: Option<String>,
 }
 
@@ -87,10 +90,15 @@ pub(crate) struct ChatMessageRequest {
     /// The other participant: a business with `chat` or a verified mobile user.
     to: String,
     /// 1..4096 Unicode scalar values.
+    #[schema(min_length = 1, max_length = 4096)]
     content: String,
     /// Default `normal`.
     priority: Option<Priority>,
+    /// As in `POST /v1/messages`.
+    #[schema(max_items = 0)]
     media_ids: Option<Vec<String>>,
+    /// As in `POST /v1/messages`; 1..256 bytes.
+    #[schema(min_length = 1, max_length = 256)]
     idempotency_key: Option<String>,
 }
 
@@ -100,10 +108,18 @@ impl JsonBody for ChatMessageRequest {}
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct BroadcastRequest {
     /// 1..100000 existing mobile users, no duplicates.
+    #[schema(min_items = 1, max_items = 100_000)]
     recipient_ids: Vec<String>,
+    /// 1..4096 Unicode scalar values.
+    #[schema(min_length = 1, max_length = 4096)]
     content: String,
+    /// Default `normal`.
     priority: Option<Priority>,
+    /// As in `POST /v1/messages`.
+    #[schema(max_items = 0)]
     media_ids: Option<Vec<String>>,
+    /// As in `POST /v1/messages`; 1..256 bytes.
+    #[schema(min_length = 1, max_length = 256)]
     idempotency_key: Option<String>,
 }
 
