@@ -3,7 +3,8 @@
 //!
 //! Nothing here does I/O. `model` holds the types the contract (API.md) speaks of,
 //! `status` the forward-only status rules, `retry` the delivery backoff, `error` the
-//! `{"error": {...}}` answer, `auth` HS256 tokens.
+//! `{"error": {...}}` answer, `auth` HS256 tokens, `telemetry` the metrics every stage
+//! records and the one recorder they go to.
 
 pub mod auth;
 pub mod error;
@@ -13,6 +14,7 @@ pub mod ids;
 pub mod model;
 pub mod retry;
 pub mod status;
+pub mod telemetry;
 pub mod time;
 pub mod topics;
 pub mod view;

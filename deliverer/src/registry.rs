@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use axum::extract::ws::Utf8Bytes;
+use esh_common::telemetry;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::Instant;
@@ -99,13 +100,18 @@ impl Registry {
     pub(crate) fn attach(&self, user: &str, connection: u64, outbound: mpsc::Sender<Utf8Bytes>) {
         let socket = Socket { connection, outbound, held: Some(Vec::new()), replayed: None };
         self.lock().entry(user.to_owned()).or_default().push(socket);
+        telemetry::socket_opened();
     }
 
     /// Removes socket `connection` of `user`; true when the user has no socket left here.
     pub(crate) fn detach(&self, user: &str, connection: u64) -> bool {
         let mut users = self.lock();
         let Some(sockets) = users.get_mut(user) else { return true };
+        let before = sockets.len();
         sockets.retain(|socket| socket.connection != connection);
+        if sockets.len() < before {
+            telemetry::socket_closed();
+        }
         if sockets.is_empty() {
             users.remove(user);
             return true;

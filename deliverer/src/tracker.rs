@@ -276,6 +276,7 @@ impl Tracker {
                 _ => {
                     let Some(entry) = self.remove(&id) else { continue };
                     self.record(&id, &entry, "timeout", Some(self.timeout_error.clone()));
+                    esh_common::telemetry::dead_lettered();
                     self.pending.changes.push(StatusEvent {
                         message_id: id,
                         status: Status::Failed,

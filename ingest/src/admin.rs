@@ -17,8 +17,8 @@ use crate::views::{self, ErrorBody, Page, RetriedView};
 use crate::Ingest;
 
 #[utoipa::path(get, path = "/v1/admin/dead-letters", tag = "admin",
-    params(("limit" = Option<u32>, Query, description = "1..200, default 50"),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "1..200, default 50"),
+        ("cursor" = Option<String>, Query, pattern = "^[A-Za-z0-9_-]*$", description = "next_cursor of the previous page (opaque; only cursors the server issued are accepted)")),
     responses((status = 200, description = "newest first", body = Page<DeadLetter>),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
     security(("bearer" = [])))]

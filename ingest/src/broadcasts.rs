@@ -49,8 +49,8 @@ pub(crate) async fn get(
 
 #[utoipa::path(get, path = "/v1/broadcasts/{id}/messages", tag = "broadcasts",
     params(("id" = String, Path, description = "broadcast id"),
-        ("limit" = Option<u32>, Query, description = "1..200, default 50"),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "1..200, default 50"),
+        ("cursor" = Option<String>, Query, pattern = "^[A-Za-z0-9_-]*$", description = "next_cursor of the previous page (opaque; only cursors the server issued are accepted)")),
     responses((status = 200, description = "recipients in request order", body = Page<BroadcastRecipient>),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody)),

@@ -37,8 +37,8 @@ use crate::views::{self, ConversationView, ErrorBody, Page, Peer};
 use crate::Ingest;
 
 #[utoipa::path(get, path = "/v1/conversations", tag = "conversations",
-    params(("limit" = Option<u32>, Query, description = "1..200, default 50"),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "1..200, default 50"),
+        ("cursor" = Option<String>, Query, pattern = "^[A-Za-z0-9_-]*$", description = "next_cursor of the previous page (opaque; only cursors the server issued are accepted)")),
     responses((status = 200, description = "most recently active first", body = Page<ConversationView>),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, description = "admins have no conversations", body = ErrorBody)),
@@ -151,8 +151,8 @@ impl Ingest {
 
 #[utoipa::path(get, path = "/v1/conversations/{id}/messages", tag = "conversations",
     params(("id" = String, Path, description = "conversation id"),
-        ("limit" = Option<u32>, Query, description = "1..200, default 50"),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page (older messages)")),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "1..200, default 50"),
+        ("cursor" = Option<String>, Query, pattern = "^[A-Za-z0-9_-]*$", description = "next_cursor of the previous page (older messages) (opaque; only cursors the server issued are accepted)")),
     responses((status = 200, description = "chat messages, oldest first, starting from the newest", body = Page<MessageView>),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, description = "not a participant", body = ErrorBody), (status = 404, body = ErrorBody)),

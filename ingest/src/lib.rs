@@ -146,7 +146,7 @@ impl Ingest {
             .route("/v1/openapi.json", get(openapi::document))
             .fallback(views::not_found)
             .layer(axum::middleware::from_fn(views::json_errors))
-            .layer(axum::middleware::from_fn_with_state(self.clone(), metrics::track))
+            .layer(axum::middleware::from_fn(metrics::track))
             .with_state(self.clone())
     }
 }

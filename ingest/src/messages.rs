@@ -124,8 +124,8 @@ pub(crate) async fn attempts(
 }
 
 #[utoipa::path(get, path = "/v1/one-way-messages", tag = "messages",
-    params(("limit" = Option<u32>, Query, description = "1..200, default 50"),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "1..200, default 50"),
+        ("cursor" = Option<String>, Query, pattern = "^[A-Za-z0-9_-]*$", description = "next_cursor of the previous page (opaque; only cursors the server issued are accepted)")),
     responses((status = 200, description = "mobile: received; business: sent, broadcasts included; oldest first", body = Page<MessageView>),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, description = "admins have no one-way history", body = ErrorBody)),

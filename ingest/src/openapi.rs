@@ -5,7 +5,10 @@ use std::sync::OnceLock;
 
 use axum::http::StatusCode;
 use axum::response::Response;
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, RefOr, Response as Answer, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use crate::{admin, broadcasts, conversations, health, messages, metrics, send, users, views};
@@ -29,6 +32,77 @@ impl Modify for BearerAuth {
     }
 }
 
+/// Adds the answers many operations share, so that each handler's attribute lists only
+/// what is its own:
+/// - an operation behind the bearer scheme: `401` (the `Caller` extractor,
+///   `ingest/src/auth.rs`), and `500`/`503` when the store or the log fails
+///   (`backends/src/error.rs`: a transient failure is `503 unavailable` with `Retry-After`);
+/// - an operation with a JSON body: `400`, `413` and `415` (`ingest/src/body.rs`);
+/// - an operation with a path parameter: `400` for one that is not valid UTF-8 once decoded;
+/// - every `429` and `503` error answer: the `Retry-After` header.
+struct CommonAnswers;
+
+impl CommonAnswers {
+    fn error(description: &str, retry_after: bool) -> Answer {
+        let content = ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build();
+        let mut response = ResponseBuilder::new().description(description).content("application/json", content);
+        if retry_after {
+            let seconds = ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1));
+            response = response.header(
+                "Retry-After",
+                HeaderBuilder::new().schema(seconds).description(Some("whole seconds to wait")).build(),
+            );
+        }
+        response.build()
+    }
+
+    fn add(operation: &mut Operation, status: u16, description: &str) {
+        let retry_after = matches!(status, 429 | 503);
+        let entry = operation.responses.responses.entry(status.to_string());
+        let response = entry.or_insert_with(|| RefOr::T(Self::error(description, retry_after)));
+        // A listed 429/503 error answer gets the header too (the readiness 503 has its own body).
+        if let RefOr::T(response) = response {
+            let is_error_body = response.content.get("application/json").is_some_and(|content| {
+                matches!(&content.schema, Some(RefOr::Ref(reference)) if reference.ref_location.ends_with("/ErrorBody"))
+            });
+            if retry_after && is_error_body && !response.headers.contains_key("Retry-After") {
+                if let Some(header) = Self::error(description, true).headers.remove("Retry-After") {
+                    response.headers.insert("Retry-After".to_owned(), header);
+                }
+            }
+        }
+    }
+}
+
+impl Modify for CommonAnswers {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let has_path_parameter = path.contains('{');
+            let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+            for operation in operations.into_iter().flatten() {
+                if operation.security.as_ref().is_some_and(|requirements| !requirements.is_empty()) {
+                    Self::add(operation, 401, "missing, malformed, expired or unknown token");
+                    Self::add(operation, 500, "unexpected failure of a backend");
+                    Self::add(operation, 503, "a backend is unavailable (`unavailable`)");
+                }
+                if operation.request_body.is_some() {
+                    Self::add(operation, 400, "malformed body or invalid field (`details.field`)");
+                    Self::add(operation, 413, "body over the endpoint's limit");
+                    Self::add(operation, 415, "content type is not application/json");
+                }
+                if has_path_parameter {
+                    Self::add(operation, 400, "invalid path parameter");
+                }
+                let existing: Vec<u16> =
+                    operation.responses.responses.keys().filter_map(|status| status.parse().ok()).collect();
+                for status in existing.into_iter().filter(|status| matches!(status, 429 | 503)) {
+                    Self::add(operation, status, "");
+                }
+            }
+        }
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Esh3ar", description = "Messaging between businesses and mobile users (API.md)."),
@@ -43,7 +117,7 @@ impl Modify for BearerAuth {
         health::live, health::ready, metrics::render, document,
     ),
     components(schemas(views::ErrorBody, views::ErrorDetail)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CommonAnswers),
 )]
 struct ApiDoc;
 

@@ -30,9 +30,11 @@ const DEFAULT_TTL_S: u64 = 86_400;
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct CreateUserRequest {
     /// 1..64 characters of `[A-Za-z0-9_.:-]`.
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$", min_length = 1, max_length = 64)]
     id: String,
     kind: UserKind,
     /// 1..128 characters.
+    #[schema(min_length = 1, max_length = 128)]
     display_name: String,
     /// Business users: a subset of `send`, `chat` (default none).
     permissions: Option<Vec<Permission>>,
@@ -45,6 +47,8 @@ impl JsonBody for CreateUserRequest {}
 /// `PATCH /v1/users/{id}`: any of the fields.
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct UpdateUserRequest {
+    /// 1..128 characters.
+    #[schema(min_length = 1, max_length = 128)]
     display_name: Option<String>,
     permissions: Option<Vec<Permission>>,
     verified: Option<bool>,
@@ -56,6 +60,7 @@ impl JsonBody for UpdateUserRequest {}
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct TokenRequest {
     /// Lifetime in seconds, 60..2592000, default 86400.
+    #[schema(minimum = 60, maximum = 2_592_000, default = 86_400)]
     ttl_s: Option<u64>,
 }
 
@@ -176,7 +181,8 @@ pub(crate) async fn get(
     Ok(views::json(StatusCode::OK, &UserView::from(&user)))
 }
 
-#[utoipa::path(post, path = "/v1/users/{id}/tokens", tag = "users", request_body = TokenRequest,
+#[utoipa::path(post, path = "/v1/users/{id}/tokens", tag = "users",
+    request_body(content = Option<TokenRequest>, description = "may be empty (then no content type is needed)"),
     params(("id" = String, Path, description = "user id")),
     responses((status = 201, body = TokenView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, description = "admin only", body = ErrorBody), (status = 404, body = ErrorBody)),

@@ -288,11 +288,34 @@ async fn health_metrics_and_openapi_are_served() {
     }
 
     server.get("/v1/users/nobody", ADMIN).await;
+    // Nothing routes in these tests: a low-priority send stays in the router's backlog.
+    let business = server.business("metrics-b").await;
+    server.mobile("metrics-m").await;
+    let sent = server
+        .post("/v1/messages", &business, serde_json::json!({"recipient_id": "metrics-m", "content": "x", "priority": "low"}))
+        .await;
+    assert_eq!(sent.status, StatusCode::ACCEPTED, "{}", sent.json);
     let metrics = server.call(Method::GET, "/metrics", None, None).await;
     assert_eq!(metrics.status, StatusCode::OK);
     let text = String::from_utf8(metrics.bytes).unwrap();
-    assert!(text.contains(r#"esh_ingest_requests_total{route="/v1/users/{id}",code="404"} 1"#), "{text}");
-    assert!(text.contains("esh_ingest_request_duration_seconds_bucket"), "{text}");
+    // The recorder is the process's: other tests of this binary count into it too.
+    let counted = text
+        .lines()
+        .find_map(|line| line.strip_prefix(r#"esh_ingest_requests_total{route="/v1/users/{id}",code="404"} "#))
+        .and_then(|value| value.parse::<u64>().ok());
+    assert!(counted.is_some_and(|count| count >= 1), "{text}");
+    assert!(text.contains("# TYPE esh_ingest_request_duration_seconds histogram"), "{text}");
+    assert!(text.contains(r#"esh_ingest_request_duration_seconds_bucket{route="/v1/users/{id}",le="+Inf"}"#), "{text}");
+    // Every stage's series is there from the start: the router lag of each priority (read
+    // from the log at the scrape), the projection lag, open sockets and dead letters.
+    for (priority, lag) in [("high", 0), ("normal", 0), ("low", 1)] {
+        assert!(text.contains(&format!(r#"esh_router_lag_records{{priority="{priority}"}} {lag}"#)), "{text}");
+    }
+    assert!(text.lines().any(|line| line.starts_with(r#"esh_ingest_messages_accepted_total{kind="one_way"} "#)), "{text}");
+    for name in ["esh_store_projection_lag_records", "esh_deliverer_open_sockets", "esh_deliverer_dead_letters_total"] {
+        assert!(text.lines().any(|line| line.starts_with(&format!("{name} "))), "{name} missing: {text}");
+    }
+    assert!(metrics.headers["content-type"].to_str().unwrap().starts_with("text/plain"));
 
     let document = server.call(Method::GET, "/v1/openapi.json", None, None).await;
     assert_eq!(document.status, StatusCode::OK);
@@ -326,4 +349,58 @@ async fn health_metrics_and_openapi_are_served() {
     }
     assert!(document.json["components"]["schemas"]["MessageView"].is_object());
     assert!(document.json["components"]["securitySchemes"]["bearer"].is_object());
+}
+
+#[tokio::test]
+async fn openapi_document_states_the_constraints_and_statuses_the_server_enforces() {
+    let server = Server::start().await;
+    let document = server.call(Method::GET, "/v1/openapi.json", None, None).await.json;
+    let schemas = &document["components"]["schemas"];
+    let create = &schemas["CreateUserRequest"]["properties"];
+    assert_eq!(create["id"]["pattern"], "^[A-Za-z0-9_.:-]{1,64}$");
+    assert_eq!(create["display_name"]["maxLength"], 128);
+    assert_eq!(create["display_name"]["minLength"], 1);
+    assert_eq!(schemas["CreateUserRequest"]["required"], serde_json::json!(["id", "kind", "display_name"]));
+    let ttl = &schemas["TokenRequest"]["properties"]["ttl_s"];
+    assert_eq!((ttl["minimum"].as_u64(), ttl["maximum"].as_u64()), (Some(60), Some(2_592_000)));
+    let one_way = &schemas["OneWayRequest"]["properties"];
+    assert_eq!((one_way["content"]["minLength"].as_u64(), one_way["content"]["maxLength"].as_u64()), (Some(1), Some(4096)));
+    assert_eq!(one_way["idempotency_key"]["maxLength"], 256);
+    let recipients = &schemas["BroadcastRequest"]["properties"]["recipient_ids"];
+    assert_eq!((recipients["minItems"].as_u64(), recipients["maxItems"].as_u64()), (Some(1), Some(100_000)));
+
+    let paths = document["paths"].as_object().unwrap();
+    let limit = paths["/v1/conversations"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|parameter| parameter["name"] == "limit")
+        .unwrap();
+    assert_eq!((limit["schema"]["minimum"].as_u64(), limit["schema"]["maximum"].as_u64()), (Some(1), Some(200)));
+    // Every operation behind the bearer scheme documents 401 and the backend failures; every
+    // operation with a JSON body documents 413 and 415; error answers carry the error body.
+    for (path, item) in paths {
+        for (method, operation) in item.as_object().unwrap() {
+            let responses = operation["responses"].as_object().unwrap();
+            if operation.get("security").is_some() {
+                for status in ["401", "500", "503"] {
+                    assert!(responses.contains_key(status), "{method} {path} lacks {status}");
+                }
+                let unauthenticated = &responses["401"]["content"]["application/json"]["schema"]["$ref"];
+                assert_eq!(unauthenticated, "#/components/schemas/ErrorBody", "{method} {path}");
+            }
+            if operation.get("requestBody").is_some() {
+                for status in ["400", "413", "415"] {
+                    assert!(responses.contains_key(status), "{method} {path} lacks {status}");
+                }
+            }
+        }
+    }
+    let send = &paths["/v1/messages"]["post"]["responses"];
+    for status in ["202", "403", "404", "409", "429"] {
+        assert!(send.get(status).is_some(), "POST /v1/messages lacks {status}");
+    }
+    assert!(send["429"]["headers"]["Retry-After"].is_object());
+    // The token request body may be empty.
+    assert_ne!(paths["/v1/users/{id}/tokens"]["post"]["requestBody"]["required"], true);
 }

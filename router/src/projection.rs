@@ -50,8 +50,24 @@ pub async fn project_store(
         if !finish_batch(consumer.as_mut(), &records, &mut work, &backends, &config, &mut backoff, &shutdown).await? {
             return Ok(());
         }
+        report_lag(&backends).await;
     }
     Ok(())
+}
+
+/// Publishes the projection's lag (records appended but not yet committed by group `store`).
+async fn report_lag(backends: &Backends) {
+    let mut lag = 0;
+    for topic in topics::PROJECTED {
+        match backends.log.lag(topics::STORE_GROUP, topic).await {
+            Ok(records) => lag += records,
+            Err(error) => {
+                tracing::debug!(%error, "cannot read the projection's lag");
+                return;
+            }
+        }
+    }
+    esh_common::telemetry::set_projection_lag(lag);
 }
 
 struct ProjectBatch<'r> {

@@ -19,7 +19,7 @@ use crate::views::{BroadcastAccepted, ErrorBody};
 use crate::Ingest;
 
 #[utoipa::path(post, path = "/v1/messages", tag = "messages", request_body = OneWayRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "idempotency key, scoped to the sender")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 256, description = "idempotency key, scoped to the sender: 1..256 visible ASCII characters; equal to `idempotency_key` when both are given")),
     responses((status = 202, description = "accepted, status sent", body = MessageView),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
@@ -46,7 +46,7 @@ pub(crate) async fn post_one_way(
 }
 
 #[utoipa::path(post, path = "/v1/chat/messages", tag = "messages", request_body = ChatMessageRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "idempotency key, scoped to the sender")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 256, description = "idempotency key, scoped to the sender: 1..256 visible ASCII characters; equal to `idempotency_key` when both are given")),
     responses((status = 202, description = "accepted, status sent, with its conversation_id", body = MessageView),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
@@ -73,7 +73,7 @@ pub(crate) async fn post_chat(
 }
 
 #[utoipa::path(post, path = "/v1/broadcasts", tag = "broadcasts", request_body = BroadcastRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "idempotency key, scoped to the sender")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 256, description = "idempotency key, scoped to the sender: 1..256 visible ASCII characters; equal to `idempotency_key` when both are given")),
     responses((status = 202, description = "accepted; the router creates one message per recipient", body = BroadcastAccepted),
         (status = 400, description = "bad body, duplicates, or unknown recipients (details.unknown_ids)", body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody),

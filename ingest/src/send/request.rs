@@ -36,8 +36,9 @@ pub(crate) struct OneWayRequest {
     /// Default `normal`.
     pub(crate) priority: Option<Priority>,
     /// Media uploaded before (none are known yet: a non-empty list is 400).
+    #[schema(max_items = 0)]
     pub(crate) media_ids: Option<Vec<String>>,
-    /// Same as the `Idempotency-Key` header (the header wins; both and different is 400).
+    /// Same as the `Idempotency-Key` header (the header wins; both and different is 400); 1..256 bytes.
     #[schema(min_length = 1, max_length = 256)]
     pub(crate) idempotency_key: Option<String>,
 }
@@ -69,7 +70,10 @@ pub(crate) struct ChatMessageRequest {
     pub(crate) content: String,
     /// Default `normal`.
     pub(crate) priority: Option<Priority>,
+    /// As in `POST /v1/messages`.
+    #[schema(max_items = 0)]
     pub(crate) media_ids: Option<Vec<String>>,
+    /// As in `POST /v1/messages`; 1..256 bytes.
     #[schema(min_length = 1, max_length = 256)]
     pub(crate) idempotency_key: Option<String>,
 }
@@ -80,12 +84,17 @@ impl JsonBody for ChatMessageRequest {}
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct BroadcastRequest {
     /// 1..100000 existing mobile users, no duplicates.
-    #[schema(min_items = 1, max_items = 100000)]
+    #[schema(min_items = 1, max_items = 100_000)]
     pub(crate) recipient_ids: Vec<String>,
+    /// 1..4096 Unicode scalar values.
     #[schema(min_length = 1, max_length = 4096)]
     pub(crate) content: String,
+    /// Default `normal`.
     pub(crate) priority: Option<Priority>,
+    /// As in `POST /v1/messages`.
+    #[schema(max_items = 0)]
     pub(crate) media_ids: Option<Vec<String>>,
+    /// As in `POST /v1/messages`; 1..256 bytes.
     #[schema(min_length = 1, max_length = 256)]
     pub(crate) idempotency_key: Option<String>,
 }
