@@ -142,6 +142,24 @@ macro_rules! retrying {
 
 mod projection;
 
+/// Decodes a record; an undecodable one is logged and left out: retrying cannot repair it,
+/// and it must not wedge its partition (its offset is committed with its batch).
+fn decoded<T: serde::de::DeserializeOwned>(record: &Consumed) -> Option<T> {
+    match esh_schemas::decode::<T>(&record.value) {
+        Ok(value) => Some(value),
+        Err(error) => {
+            tracing::error!(
+                topic = %record.topic,
+                partition = record.partition,
+                offset = record.offset,
+                %error,
+                "skipping an undecodable record"
+            );
+            None
+        }
+    }
+}
+
 pub use projection::project_store;
 
 /// Joins `group` on `topics`, retrying transient failures; `None` on shutdown.
@@ -259,18 +277,12 @@ impl RouteBatch {
     fn decode(records: &[Consumed]) -> Self {
         let mut batch = RouteBatch::default();
         for record in records {
-            match esh_schemas::decode::<MessageEnvelope>(&record.value) {
-                Ok(MessageEnvelope::Message { message, .. }) => batch.messages.push(message),
-                Ok(MessageEnvelope::Broadcast { broadcast, .. }) => {
+            match decoded::<MessageEnvelope>(record) {
+                Some(MessageEnvelope::Message { message, .. }) => batch.messages.push(message),
+                Some(MessageEnvelope::Broadcast { broadcast, .. }) => {
                     batch.broadcasts.push_back((broadcast, record.topic.clone(), 0));
                 }
-                Err(error) => tracing::error!(
-                    topic = %record.topic,
-                    partition = record.partition,
-                    offset = record.offset,
-                    %error,
-                    "skipping undecodable message record"
-                ),
+                None => {}
             }
         }
         batch
@@ -421,19 +433,7 @@ impl StatusSeen {
 fn sender_notices(records: &[Consumed], seen: &mut StatusSeen) -> Vec<StatusEvent> {
     records
         .iter()
-        .filter_map(|record| match esh_schemas::decode::<StatusEvent>(&record.value) {
-            Ok(event) => Some(event),
-            Err(error) => {
-                tracing::error!(
-                    topic = %record.topic,
-                    partition = record.partition,
-                    offset = record.offset,
-                    %error,
-                    "skipping undecodable status record"
-                );
-                None
-            }
-        })
+        .filter_map(decoded::<StatusEvent>)
         .filter(|event| seen.moves_forward(event))
         .filter(|event| matches!(event.status, Status::Delivered | Status::Read | Status::Failed))
         .collect()

@@ -20,7 +20,7 @@ use esh_common::topics;
 use esh_schemas::{MessageEnvelope, StatusEvent};
 use tokio_util::sync::CancellationToken;
 
-use crate::{finish_batch, poll, subscribe, Backoff, BatchWork, RouterConfig};
+use crate::{decoded, finish_batch, poll, subscribe, Backoff, BatchWork, RouterConfig};
 
 /// The projection loop (also run alone by tests of stages that need the store to follow
 /// the log); returns on shutdown after committing the batch in hand.
@@ -125,7 +125,7 @@ pub(crate) fn fold(records: &[Consumed], applied: &HashMap<(&str, u32), u64>) ->
             continue;
         }
         if record.topic == topics::STATUS {
-            let Some(event) = decode::<StatusEvent>(record) else { continue };
+            let Some(event) = decoded::<StatusEvent>(record) else { continue };
             let change = event.change();
             match new_messages.get(&change.message_id) {
                 Some(&index) => {
@@ -135,7 +135,7 @@ pub(crate) fn fold(records: &[Consumed], applied: &HashMap<(&str, u32), u64>) ->
             }
             continue;
         }
-        match decode::<MessageEnvelope>(record) {
+        match decoded::<MessageEnvelope>(record) {
             Some(MessageEnvelope::Message { message, idempotency }) => {
                 projection.idempotency.extend(idempotency);
                 if !new_messages.contains_key(&message.id) {
@@ -155,24 +155,6 @@ pub(crate) fn fold(records: &[Consumed], applied: &HashMap<(&str, u32), u64>) ->
         .map(|((topic, partition), next_offset)| LogPosition { topic: topic.to_owned(), partition, next_offset })
         .collect();
     projection
-}
-
-/// Decodes a record; an undecodable one is logged and left out (it cannot be repaired by
-/// retrying, and must not wedge its partition).
-fn decode<T: serde::de::DeserializeOwned>(record: &Consumed) -> Option<T> {
-    match esh_schemas::decode::<T>(&record.value) {
-        Ok(value) => Some(value),
-        Err(error) => {
-            tracing::error!(
-                topic = %record.topic,
-                partition = record.partition,
-                offset = record.offset,
-                %error,
-                "projection skips an undecodable record"
-            );
-            None
-        }
-    }
 }
 
 #[cfg(test)]
