@@ -25,7 +25,8 @@ export ESH_ADMIN_TOKEN="${ESH_ADMIN_TOKEN:-bench-admin}"
 export ESH_RATE_LIMIT_PER_MINUTE="${ESH_RATE_LIMIT_PER_MINUTE:-1000000000}"
 export ESH_BROADCAST_RECIPIENTS_PER_HOUR="${ESH_BROADCAST_RECIPIENTS_PER_HOUR:-1000000000}"
 export RUST_LOG="${RUST_LOG:-warn}"
-nohup target/release/esh >"$data/server.log" 2>&1 &
+# ESH_BIN picks another build (e.g. an older one, to compare on the same machine).
+nohup "${ESH_BIN:-target/release/esh}" >"$data/server.log" 2>&1 &
 echo $! >"$data/server.pid"
 for _ in $(seq 1 100); do
     if curl -fsS "http://$ESH_HTTP_ADDR/health/live" >/dev/null 2>&1; then
