@@ -897,7 +897,8 @@ async fn unread_records_go_after_the_retention_time_and_hold_nothing_back() {
     clock.advance(2 * MINUTE);
     log.append(UNREAD, vec![record("k", "fourth dead letter")]).await.unwrap();
     let left = segments(dir.path());
-    assert!(rolled[..second_at].iter().all(|f| !left.contains(f)), "the first dead letter and t behind it went: {left:?}");
+    let gone = rolled[..second_at].iter().all(|f| !left.contains(f));
+    assert!(gone, "the first dead letter and the t records behind it went: {left:?}");
     assert!(rolled[second_at..].iter().all(|f| left.contains(f)), "the second dead letter is 31 minutes old: {left:?}");
     assert_eq!(stored(&log, UNREAD).await, 3);
     assert_eq!(log.end_offsets(UNREAD).await.unwrap(), [4], "offsets go on");

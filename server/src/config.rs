@@ -252,7 +252,8 @@ mod tests {
         assert_eq!(local.log_partitions, 8);
         assert_eq!(local.log_retention, Duration::from_secs(7 * 24 * 3600), "Kafka's default retention.ms");
         assert_eq!(Config::from_args(["esh"]).unwrap().log_retention, local.log_retention);
-        assert_eq!(Config::from_args(["esh", "--log-retention", "36h"]).unwrap().log_retention, Duration::from_secs(36 * 3600));
+        let config = Config::from_args(["esh", "--log-retention", "36h"]).unwrap();
+        assert_eq!(config.log_retention, Duration::from_secs(36 * 3600));
         assert_eq!(local.retry_schedule.to_string(), "1s,2s,4s,8s,16s,32s");
     }
 }

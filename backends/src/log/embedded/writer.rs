@@ -105,8 +105,9 @@ pub(crate) struct Writer {
 enum Verdict {
     /// Nothing in it is still wanted.
     Free,
-    /// Some group that knows one of its topics has not committed past its records there.
-    Uncommitted,
+    /// Kept until every group that knows its topics has committed past its records there
+    /// (for good when the retention time is too long to count).
+    Held,
     /// Its records of topics no group knows are kept until then.
     Until(SystemTime),
 }
@@ -361,10 +362,10 @@ impl Writer {
     fn verdict(&self, segment: &Segment) -> Verdict {
         let mut unclaimed = false;
         for ((topic, partition), next) in &segment.highest {
-            let Some(topic) = self.topics.get(*topic as usize) else { return Verdict::Uncommitted };
+            let Some(topic) = self.topics.get(*topic as usize) else { return Verdict::Held };
             match self.committed.floor(&topic.name, *partition) {
                 Some(floor) if floor >= *next => {}
-                Some(_) => return Verdict::Uncommitted,
+                Some(_) => return Verdict::Held,
                 None => unclaimed = true,
             }
         }
@@ -375,7 +376,7 @@ impl Writer {
         match segment.closed.and_then(|closed| closed.checked_add(retention)) {
             Some(until) => Verdict::Until(until),
             // A retention too long to add to a time keeps the records for good.
-            None => Verdict::Uncommitted,
+            None => Verdict::Held,
         }
     }
 
@@ -389,7 +390,7 @@ impl Writer {
         for segment in &self.segments[..closed] {
             match self.verdict(segment) {
                 Verdict::Free => {}
-                Verdict::Uncommitted => break,
+                Verdict::Held => break,
                 Verdict::Until(until) => {
                     let now = *now.get_or_insert_with(|| self.shared.options.clock.now());
                     if now < until {
