@@ -391,9 +391,10 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, BackendError> {
         segments.push(Segment::create(dir, 0)?);
     }
     for i in 1..segments.len() {
-        // A segment was closed when the next one started. A journal of an earlier version
-        // did not record that; the closed file's modification time, its last write, stands
-        // in (at worst a copied file looks younger and is kept longer).
+        // A segment was closed when the next one started. When that is not recorded (the
+        // next segment's checkpoint was torn in a crash and cut off, or an earlier version
+        // wrote the journal), the file's modification time stands in: its last write, so
+        // no record in it is younger (a copied file looks younger and is kept longer).
         let closed = match segments[i].started {
             Some(started) => Some(started),
             None => segments[i - 1].file.metadata().and_then(|m| m.modified()).ok(),
