@@ -16,7 +16,8 @@
 //! - `writer`: the one thread that writes: group commit, segment rolls, retention.
 //!
 //! Data lives under `dir`: `journal/<seq>.log` segments (each opening with a checkpoint of
-//! every topic, its partitions' next offsets and every committed offset), and `__lock`,
+//! every topic, its partitions' next offsets, every committed offset and the time it was
+//! written), and `__lock`,
 //! which keeps a second process out. Records become visible to consumers only once
 //! durable. Consumer commits do not wait for a sync: `LogConsumer::commit` applies them in
 //! memory and queues them, and they become durable with the next group commit; one lost
@@ -37,7 +38,7 @@
 //! subscribes to a topic later reads what is still stored from then on. Retention runs
 //! with the writer's group commits (commits, segment rolls, and the first group once a
 //! segment's retention time has passed), so an idle log frees expired segments with its
-//! next write.
+//! next append or commit (while idle, it does not grow either).
 
 mod codec;
 mod groups;
