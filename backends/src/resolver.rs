@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::bus::{DeliveryBus, EmbeddedDeliveryBus};
 use crate::cache::{
@@ -12,7 +13,7 @@ use crate::cache::{
 };
 use crate::error::BackendError;
 use crate::freshness::Freshness;
-use crate::log::{EmbeddedMessageLog, MessageLog};
+use crate::log::{EmbeddedLogOptions, EmbeddedMessageLog, MessageLog};
 use crate::store::{EmbeddedMessageStore, MessageStore};
 
 /// Where each backend is; `None` selects the embedded one.
@@ -25,6 +26,9 @@ pub struct BackendUrls {
     pub data_dir: PathBuf,
     /// Partitions of each embedded log topic.
     pub log_partitions: u32,
+    /// How long the embedded log keeps records of topics no consumer group reads;
+    /// `None` keeps its default (`EmbeddedLogOptions::unclaimed_retention`).
+    pub log_retention: Option<Duration>,
 }
 
 /// Every backend the stages use, shared.
@@ -69,7 +73,15 @@ fn unsupported(url: &Option<String>, known: &str) -> BackendError {
 pub async fn resolve(urls: &BackendUrls) -> Result<Backends, BackendError> {
     std::fs::create_dir_all(&urls.data_dir)?;
     let log: Arc<dyn MessageLog> = match scheme(&urls.log)? {
-        "embedded" => Arc::new(EmbeddedMessageLog::open(&urls.data_dir.join("log"), urls.log_partitions.max(1))?),
+        "embedded" => {
+            let defaults = EmbeddedLogOptions::default();
+            let options = EmbeddedLogOptions {
+                partitions: urls.log_partitions.max(1),
+                unclaimed_retention: urls.log_retention.unwrap_or(defaults.unclaimed_retention),
+                ..defaults
+            };
+            Arc::new(EmbeddedMessageLog::open_with(&urls.data_dir.join("log"), options)?)
+        }
         _ => return Err(unsupported(&urls.log, "the embedded log (ESH_LOG unset)")),
     };
     let store: Arc<dyn MessageStore> = match scheme(&urls.store)? {

@@ -7,10 +7,11 @@ use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use esh_backends::log::{EmbeddedLogOptions, EmbeddedMessageLog};
+use esh_backends::log::{EmbeddedLogOptions, EmbeddedMessageLog, LogClock, DEFAULT_UNCLAIMED_RETENTION};
 use esh_backends::testsuite::log as suite;
 use esh_backends::{BackendError, Consumed, LogConsumer, MessageLog, Record};
 use tempfile::TempDir;
@@ -359,7 +360,9 @@ async fn corruption_in_an_older_segment_is_reported() {
     let files = segments(dir.path());
     assert!(files.len() > 2, "segments were rolled: {files:?}");
     let mut bytes = fs::read(&files[0]).unwrap();
-    bytes[20] ^= 0xff;
+    // The last byte of the segment's last record: its checksum no longer matches.
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
     fs::write(&files[0], bytes).unwrap();
     match EmbeddedMessageLog::open_with(dir.path(), small_segments(1)) {
         Err(BackendError::Corrupt(reason)) => assert!(reason.contains("checksum"), "{reason}"),
@@ -799,4 +802,205 @@ async fn the_layout_of_earlier_versions_is_refused() {
         Err(other) => panic!("expected corrupt, got {other}"),
         Ok(_) => panic!("an earlier layout must not open as an empty log"),
     }
+}
+
+// ---- retention of topics no group reads ----
+
+/// A topic nothing in the process consumes.
+const UNREAD: &str = "esh.dead-letters.v1";
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// A wall clock the test moves by hand, so that hours pass without waiting. It starts in
+/// 2001, far from the real time: a retention that went by the system clock or by the
+/// files' modification times would fail these tests.
+#[derive(Clone)]
+struct HandClock(Arc<AtomicU64>);
+
+impl HandClock {
+    fn new() -> HandClock {
+        HandClock(Arc::new(AtomicU64::new(1_000_000_000)))
+    }
+
+    fn advance(&self, by: Duration) {
+        self.0.fetch_add(by.as_secs(), Ordering::SeqCst);
+    }
+
+    fn log_clock(&self) -> LogClock {
+        let seconds = self.0.clone();
+        LogClock::from_fn(move || UNIX_EPOCH + Duration::from_secs(seconds.load(Ordering::SeqCst)))
+    }
+}
+
+/// Small segments of one partition; records of topics no group knows kept for an hour.
+fn hour_retention(clock: &HandClock) -> EmbeddedLogOptions {
+    EmbeddedLogOptions { unclaimed_retention: 60 * MINUTE, clock: clock.log_clock(), ..small_segments(1) }
+}
+
+/// Returns once everything asked of the log before is durable and retention has run on
+/// it: a group subscribing to a new topic is a durable commit (the writer handles requests
+/// in order), and it adds no record.
+async fn settle(log: &dyn MessageLog) {
+    static ROUND: AtomicU64 = AtomicU64::new(0);
+    let topic = format!("settle-{}", ROUND.fetch_add(1, Ordering::SeqCst));
+    drop(log.subscribe("settle", &[topic.as_str()]).await.expect("settle"));
+}
+
+/// Appends `count` records of 100 bytes to `t` (several small segments' worth).
+async fn fill(log: &dyn MessageLog, count: usize) {
+    for i in 0..count {
+        log.append("t", vec![record("k", format!("{i:0100}"))]).await.expect("append");
+    }
+}
+
+/// Records of `topic` still stored, counted without making the topic known to a group.
+async fn stored(log: &dyn MessageLog, topic: &str) -> u64 {
+    log.lag("nobody-reads-this", topic).await.expect("lag")
+}
+
+/// The default keeps unread records for seven days, Kafka's default `retention.ms`.
+#[test]
+fn unread_records_are_kept_a_week_by_default() {
+    assert_eq!(DEFAULT_UNCLAIMED_RETENTION, Duration::from_secs(7 * 24 * 3600));
+    assert_eq!(EmbeddedLogOptions::default().unclaimed_retention, DEFAULT_UNCLAIMED_RETENTION);
+}
+
+/// A segment holding records of a topic no group reads is kept until it was closed the
+/// retention time ago, then deleted with the consumed segments behind it: the first dead
+/// letter no longer holds back every later segment (the disk does not fill).
+#[tokio::test]
+async fn unread_records_go_after_the_retention_time_and_hold_nothing_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = HandClock::new();
+    let log = EmbeddedMessageLog::open_with(dir.path(), hour_retention(&clock)).unwrap();
+    let mut router = log.subscribe("router", &["t"]).await.unwrap();
+    log.append(UNREAD, vec![record("k", "first dead letter")]).await.unwrap();
+    let first_home = active_segment(dir.path());
+    fill(&log, 20).await;
+    clock.advance(30 * MINUTE);
+    log.append(UNREAD, vec![record("k", "second dead letter")]).await.unwrap();
+    let second_home = active_segment(dir.path());
+    fill(&log, 20).await;
+    let got = collect(router.as_mut(), 40).await;
+    router.commit(&got).await.unwrap();
+    settle(&log).await;
+    let rolled = segments(dir.path());
+    let second_at = rolled.iter().position(|f| *f == second_home).expect("the second dead letter's segment");
+    assert!(rolled[0] == first_home && second_at > 2, "dead letters apart, t in between: {rolled:?}");
+    assert_ne!(second_home, *rolled.last().unwrap(), "the second dead letter's segment was closed");
+
+    clock.advance(29 * MINUTE);
+    log.append(UNREAD, vec![record("k", "third dead letter")]).await.unwrap();
+    assert!(segments(dir.path()).starts_with(&rolled), "59 minutes after its close the first segment stays");
+    assert_eq!(stored(&log, UNREAD).await, 3);
+
+    // An append, not a commit, is what runs retention once the time has come.
+    clock.advance(2 * MINUTE);
+    log.append(UNREAD, vec![record("k", "fourth dead letter")]).await.unwrap();
+    let left = segments(dir.path());
+    let gone = rolled[..second_at].iter().all(|f| !left.contains(f));
+    assert!(gone, "the first dead letter and the t records behind it went: {left:?}");
+    assert!(rolled[second_at..].iter().all(|f| left.contains(f)), "the second dead letter is 31 minutes old: {left:?}");
+    assert_eq!(stored(&log, UNREAD).await, 3);
+    assert_eq!(log.end_offsets(UNREAD).await.unwrap(), [4], "offsets go on");
+    assert_eq!(log.lag("router", "t").await.unwrap(), 0);
+
+    clock.advance(30 * MINUTE);
+    settle(&log).await;
+    let left = segments(dir.path());
+    assert!(!left.contains(&second_home), "91 minutes after its close the second one went: {left:?}");
+    assert!(stored(&log, UNREAD).await <= 2, "only dead letters of segments closed under an hour ago are left");
+}
+
+/// A topic some group knows keeps everything that group has not committed, however old,
+/// even next to expired unread records; once it commits, both go.
+#[tokio::test]
+async fn a_known_topic_is_never_deleted_past_its_commits_however_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = HandClock::new();
+    let log = EmbeddedMessageLog::open_with(dir.path(), hour_retention(&clock)).unwrap();
+    let mut router = log.subscribe("router", &["t"]).await.unwrap();
+    drop(log.subscribe("notifier", &["t"]).await.unwrap());
+    log.append(UNREAD, vec![record("k", "dead letter")]).await.unwrap();
+    fill(&log, 30).await;
+    let got = collect(router.as_mut(), 30).await;
+    router.commit(&got).await.unwrap();
+    settle(&log).await;
+    let rolled = segments(dir.path());
+    assert!(rolled.len() > 3, "small segments were rolled: {rolled:?}");
+
+    clock.advance(30 * 24 * 60 * MINUTE);
+    log.append(UNREAD, vec![record("k", "a month later")]).await.unwrap();
+    settle(&log).await;
+    assert!(segments(dir.path()).starts_with(&rolled), "the notifier committed nothing: every segment stays");
+    let mut notifier = log.subscribe("notifier", &["t"]).await.unwrap();
+    let backlog = collect(notifier.as_mut(), 30).await;
+    assert_eq!(backlog.iter().map(|r| r.offset).collect::<Vec<_>>(), (0..30).collect::<Vec<_>>());
+
+    notifier.commit(&backlog).await.unwrap();
+    settle(&log).await;
+    let left = segments(dir.path());
+    assert!(rolled[..rolled.len() - 1].iter().all(|f| !left.contains(f)), "committed and expired: {left:?}");
+    assert_eq!(stored(&log, "t").await, 0);
+}
+
+/// A group that subscribes to a topic before its records expire keeps them from then on:
+/// the topic is known, and what is known is kept until committed.
+#[tokio::test]
+async fn subscribing_to_an_unread_topic_in_time_keeps_its_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = HandClock::new();
+    let log = EmbeddedMessageLog::open_with(dir.path(), hour_retention(&clock)).unwrap();
+    log.append(UNREAD, vec![record("k", "dead letter")]).await.unwrap();
+    fill(&log, 20).await;
+    let mut reader = log.subscribe("dead-letter-reader", &[UNREAD]).await.unwrap();
+    let rolled = segments(dir.path());
+    clock.advance(24 * 60 * MINUTE);
+    settle(&log).await;
+    fill(&log, 1).await;
+    assert!(segments(dir.path()).starts_with(&rolled), "the reader has not committed the dead letter");
+    let got = collect(reader.as_mut(), 1).await;
+    assert_eq!((got[0].offset, text(&got[0]).as_str()), (0, "dead letter"));
+}
+
+/// The close time retention counts from is in the journal: after a reopen a segment goes
+/// an hour after it was closed (not an hour after the reopen, nor by the file's time), and
+/// records and committed offsets survive both the reopen and the deletion.
+#[tokio::test]
+async fn close_times_and_commits_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = HandClock::new();
+    let (rolled, ends) = {
+        let log = EmbeddedMessageLog::open_with(dir.path(), hour_retention(&clock)).unwrap();
+        let mut router = log.subscribe("router", &["t"]).await.unwrap();
+        log.append(UNREAD, vec![record("k", "dead letter")]).await.unwrap();
+        fill(&log, 20).await;
+        let got = collect(router.as_mut(), 15).await;
+        router.commit(&got).await.unwrap();
+        settle(&log).await;
+        (segments(dir.path()), log.end_offsets("t").await.unwrap())
+    };
+    assert!(rolled.len() > 2, "small segments were rolled: {rolled:?}");
+
+    clock.advance(59 * MINUTE);
+    let log = EmbeddedMessageLog::open_with(dir.path(), hour_retention(&clock)).unwrap();
+    assert_eq!(segments(dir.path()), rolled, "59 minutes after the close nothing went");
+    assert_eq!(stored(&log, UNREAD).await, 1);
+    assert_eq!(log.lag("router", "t").await.unwrap(), 5, "the router's commit survived");
+
+    clock.advance(2 * MINUTE);
+    settle(&log).await;
+    let left = segments(dir.path());
+    assert!(!left.contains(&rolled[0]), "61 minutes after its close the dead letter's segment went: {left:?}");
+    assert!(left.len() < rolled.len() && left.len() > 1, "the router's 5 uncommitted records are kept: {left:?}");
+    assert_eq!(stored(&log, UNREAD).await, 0);
+
+    drop(log);
+    let log = EmbeddedMessageLog::open_with(dir.path(), hour_retention(&clock)).unwrap();
+    assert_eq!(log.end_offsets("t").await.unwrap(), ends);
+    assert_eq!(log.end_offsets(UNREAD).await.unwrap(), [1]);
+    assert_eq!(log.lag("router", "t").await.unwrap(), 5);
+    let mut router = log.subscribe("router", &["t"]).await.unwrap();
+    let rest = collect(router.as_mut(), 5).await;
+    assert_eq!(rest.iter().map(|r| r.offset).collect::<Vec<_>>(), (15..20).collect::<Vec<_>>());
+    assert_eq!(text(&rest[0]), format!("{:0100}", 15));
 }

@@ -95,6 +95,12 @@ pub struct Config {
     #[arg(long, env = "ESH_LOG_PARTITIONS", default_value_t = 8)]
     pub log_partitions: u32,
 
+    /// How long the embedded log keeps records of topics no consumer group reads (dead
+    /// letters, topics only external consumers read), counted from when their journal
+    /// segment was closed.
+    #[arg(long, env = "ESH_LOG_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    pub log_retention: Duration,
+
     /// Id of this deliverer node in presence and on the delivery bus; a random one when unset.
     #[arg(long, env = "ESH_NODE_ID")]
     pub node_id: Option<String>,
@@ -152,6 +158,7 @@ impl Config {
             cache_url: None,
             blobs_url: None,
             log_partitions: 8,
+            log_retention: Duration::from_secs(7 * 24 * 3600),
             node_id: None,
             stages: Stage::ALL.to_vec(),
             shutdown_grace: Duration::from_secs(10),
@@ -164,7 +171,7 @@ impl Config {
     }
 }
 
-/// Parses a duration such as `30s`, `250ms`, `5m`, `1h` (a bare number is seconds).
+/// Parses a duration such as `30s`, `250ms`, `5m`, `1h`, `7d` (a bare number is seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
@@ -175,7 +182,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => Duration::from_secs(value),
         "m" => Duration::from_secs(value.saturating_mul(60)),
         "h" => Duration::from_secs(value.saturating_mul(3600)),
-        other => return Err(format!("invalid duration unit {other:?} in {text:?}: use ms, s, m or h")),
+        "d" => Duration::from_secs(value.saturating_mul(24 * 3600)),
+        other => return Err(format!("invalid duration unit {other:?} in {text:?}: use ms, s, m, h or d")),
     };
     Ok(duration)
 }
@@ -197,6 +205,7 @@ mod tests {
         assert_eq!(parse_duration("50ms"), Ok(Duration::from_millis(50)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 24 * 3600)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("5 parsecs").is_err());
@@ -241,6 +250,10 @@ mod tests {
         assert_eq!(local.backlog_limit, 10_000);
         assert_eq!(local.heartbeat, Duration::from_secs(30));
         assert_eq!(local.log_partitions, 8);
+        assert_eq!(local.log_retention, Duration::from_secs(7 * 24 * 3600), "Kafka's default retention.ms");
+        assert_eq!(Config::from_args(["esh"]).unwrap().log_retention, local.log_retention);
+        let config = Config::from_args(["esh", "--log-retention", "36h"]).unwrap();
+        assert_eq!(config.log_retention, Duration::from_secs(36 * 3600));
         assert_eq!(local.retry_schedule.to_string(), "1s,2s,4s,8s,16s,32s");
     }
 }

@@ -136,6 +136,7 @@ impl Platform {
             cache: config.cache_url.clone(),
             data_dir: config.data_dir.clone(),
             log_partitions: config.log_partitions,
+            log_retention: Some(config.log_retention),
         })
         .await?;
         // Secrets last: a start that fails earlier (taken port, bad backend url, data

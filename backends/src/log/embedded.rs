@@ -16,14 +16,29 @@
 //! - `writer`: the one thread that writes: group commit, segment rolls, retention.
 //!
 //! Data lives under `dir`: `journal/<seq>.log` segments (each opening with a checkpoint of
-//! every topic, its partitions' next offsets and every committed offset), and `__lock`,
+//! every topic, its partitions' next offsets, every committed offset and the time it was
+//! written), and `__lock`,
 //! which keeps a second process out. Records become visible to consumers only once
 //! durable. Consumer commits do not wait for a sync: `LogConsumer::commit` applies them in
 //! memory and queues them, and they become durable with the next group commit; one lost
-//! in a crash only means redelivery (at-least-once). Segments whose every record every
-//! group knowing its topic has durably committed past are deleted from the oldest on
-//! (retention), except the active one; a topic no group ever subscribed to keeps
-//! everything.
+//! in a crash only means redelivery (at-least-once).
+//!
+//! Retention deletes closed segments from the oldest on (never the active one). A segment
+//! goes once, for each topic it holds records of:
+//! - when some consumer group knows the topic (subscribed to it or committed in it, in
+//!   this run or an earlier one): every such group has durably committed past the
+//!   segment's records of it. What a group has not committed is never deleted, however old;
+//! - when no group knows the topic (`esh.dead-letters.v1`, topics read only by Kafka-native
+//!   integrators, push events while push is off): the segment was closed at least
+//!   `unclaimed_retention` ago (7 days by default, like Kafka's `retention.ms`). Without
+//!   this, the first record of such a topic would hold back every later segment forever.
+//!
+//! The time a segment was closed is the time written in the checkpoint of the segment that
+//! replaced it, read from `EmbeddedLogOptions::clock` (see `writer.rs`). A group that
+//! subscribes to a topic later reads what is still stored from then on. Retention runs
+//! with the writer's group commits (commits, segment rolls, and the first group once a
+//! segment's retention time has passed), so an idle log frees expired segments with its
+//! next append or commit (while idle, it does not grow either).
 
 mod codec;
 mod groups;
@@ -38,7 +53,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::{mpsc, oneshot, Notify};
 
@@ -66,6 +81,51 @@ pub struct EmbeddedLogOptions {
     pub queue_capacity: usize,
     /// Largest key plus value of one record.
     pub max_record_bytes: usize,
+    /// How long records of topics no consumer group knows are kept, counted from when
+    /// their segment was closed (see the module docs); the records of topics some group
+    /// knows are kept until every such group committed past them, whatever this says.
+    pub unclaimed_retention: Duration,
+    /// Where the log reads the wall-clock time that retention goes by.
+    pub clock: LogClock,
+}
+
+/// Seven days, Kafka's default `retention.ms`.
+pub const DEFAULT_UNCLAIMED_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The wall clock of the embedded log: the time written when a journal segment is closed
+/// and compared with it by retention. A wall clock (not `tokio::time`) because the time is
+/// kept in the journal across restarts; the system clock by default, a settable one in
+/// tests, which move days ahead without waiting.
+#[derive(Clone)]
+pub struct LogClock(Arc<dyn Fn() -> SystemTime + Send + Sync>);
+
+impl LogClock {
+    /// The system's wall clock.
+    pub fn system() -> LogClock {
+        LogClock(Arc::new(SystemTime::now))
+    }
+
+    /// A clock that reads `now`.
+    pub fn from_fn(now: impl Fn() -> SystemTime + Send + Sync + 'static) -> LogClock {
+        LogClock(Arc::new(now))
+    }
+
+    /// The current time by this clock.
+    pub fn now(&self) -> SystemTime {
+        (self.0)()
+    }
+}
+
+impl Default for LogClock {
+    fn default() -> Self {
+        LogClock::system()
+    }
+}
+
+impl std::fmt::Debug for LogClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("LogClock").field(&self.now()).finish()
+    }
 }
 
 impl Default for EmbeddedLogOptions {
@@ -78,6 +138,8 @@ impl Default for EmbeddedLogOptions {
             max_group_bytes: 4 << 20,
             queue_capacity: 1024,
             max_record_bytes: 8 << 20,
+            unclaimed_retention: DEFAULT_UNCLAIMED_RETENTION,
+            clock: LogClock::system(),
         }
     }
 }
@@ -265,6 +327,7 @@ impl EmbeddedMessageLog {
             segments: recovered.segments,
             topics: recovered.topics,
             committed,
+            expiry: None,
         };
         let thread = std::thread::Builder::new().name("esh-log-writer".into()).spawn(move || writer.run())?;
         Ok(EmbeddedMessageLog {

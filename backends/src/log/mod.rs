@@ -4,7 +4,7 @@
 
 mod embedded;
 
-pub use embedded::{EmbeddedLogOptions, EmbeddedMessageLog};
+pub use embedded::{EmbeddedLogOptions, EmbeddedMessageLog, LogClock, DEFAULT_UNCLAIMED_RETENTION};
 
 use async_trait::async_trait;
 use std::time::Duration;

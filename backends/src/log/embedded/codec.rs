@@ -7,7 +7,9 @@
 //! - record `0x11 | topic id: u32 | partition: u32 | offset: u64 | key length: u32 | key | value`;
 //! - commit `0x12 | group length: u16 | group | topic id: u32 | partition: u32 | next offset: u64`;
 //! - topic `0x13 | topic id: u32 | name length: u16 | name | partitions: u32 | next offset: u64 × partitions`;
-//! - checkpoint end `0x14`.
+//! - checkpoint end `0x14 | started: u64` (milliseconds since the Unix epoch when the
+//!   checkpoint was written, that is when the segment before was closed; journals written
+//!   before retention of unclaimed records have the bare `0x14`, read as an unknown time).
 //!
 //! Every length read from disk is checked before use: hostile bytes make a frame invalid,
 //! never a panic or a huge allocation beyond [`MAX_BODY`].
@@ -115,9 +117,11 @@ pub(crate) fn encode_topic(out: &mut Vec<u8>, id: u32, name: &str, ends: &[u64])
     seal(out, start)
 }
 
-/// Appends the frame that closes a segment's checkpoint to `out`.
-pub(crate) fn encode_checkpoint_end(out: &mut Vec<u8>) -> usize {
-    let start = open_frame(out, 1, CHECKPOINT_END);
+/// Appends the frame that closes a segment's checkpoint to `out`, with the time it is
+/// written (`started_ms`, milliseconds since the Unix epoch).
+pub(crate) fn encode_checkpoint_end(out: &mut Vec<u8>, started_ms: u64) -> usize {
+    let start = open_frame(out, 1 + 8, CHECKPOINT_END);
+    out.extend_from_slice(&started_ms.to_le_bytes());
     seal(out, start)
 }
 
@@ -199,7 +203,9 @@ pub(crate) enum Entry<'a> {
     Record(RecordRef<'a>),
     Commit(CommitRef<'a>),
     Topic(TopicRef<'a>),
-    CheckpointEnd,
+    /// The end of a segment's checkpoint, with when it was written (milliseconds since the
+    /// Unix epoch; `None` in journals written before the time was recorded).
+    CheckpointEnd { started_ms: Option<u64> },
 }
 
 /// Decodes a frame body whose CRC already matched.
@@ -233,7 +239,8 @@ pub(crate) fn decode(body: &[u8]) -> Result<Entry<'_>, &'static str> {
             let ends = (0..count).map(|_| cursor.u64()).collect::<Result<Vec<u64>, _>>()?;
             Entry::Topic(TopicRef { id, name, ends })
         }
-        CHECKPOINT_END => Entry::CheckpointEnd,
+        CHECKPOINT_END if cursor.0.is_empty() => Entry::CheckpointEnd { started_ms: None },
+        CHECKPOINT_END => Entry::CheckpointEnd { started_ms: Some(cursor.u64()?) },
         _ => return Err("unknown frame kind"),
     };
     if !cursor.0.is_empty() {
@@ -441,8 +448,19 @@ mod tests {
         assert_eq!(topic, Entry::Topic(TopicRef { id: 4, name: "esh.messages.high", ends: vec![3, 0, 9] }));
 
         let mut buf = Vec::new();
-        encode_checkpoint_end(&mut buf);
-        assert_eq!(decode(&buf[FRAME_HEADER..]).unwrap(), Entry::CheckpointEnd);
+        let len = encode_checkpoint_end(&mut buf, 1_700_000_000_123);
+        assert_eq!(next_frame(&buf), Frame::Complete { len });
+        let end = decode(&buf[FRAME_HEADER..]).unwrap();
+        assert_eq!(end, Entry::CheckpointEnd { started_ms: Some(1_700_000_000_123) });
+    }
+
+    /// Journals written before segments recorded their start time end checkpoints with the
+    /// bare kind byte: still read, with the time unknown; anything else is refused.
+    #[test]
+    fn a_checkpoint_end_without_a_time_is_still_read() {
+        assert_eq!(decode(&[CHECKPOINT_END]).unwrap(), Entry::CheckpointEnd { started_ms: None });
+        assert!(decode(&[CHECKPOINT_END, 1, 2, 3]).is_err(), "a cut time is refused");
+        assert!(decode(&[CHECKPOINT_END, 0, 0, 0, 0, 0, 0, 0, 0, 9]).is_err(), "trailing bytes are refused");
     }
 
     #[test]

@@ -172,7 +172,7 @@ impl Committed {
     }
 
     /// The lowest committed offset of a partition among the groups that know its topic;
-    /// `None` when no group does (then everything is kept).
+    /// `None` when no group does (then time decides: `Writer::verdict` in `writer.rs`).
     pub(crate) fn floor(&self, topic: &str, partition: u32) -> Option<u64> {
         self.groups
             .values()
@@ -234,7 +234,7 @@ mod tests {
     }
 
     /// Retention's floor is the slowest group that knows the topic; a topic no group
-    /// knows has none (everything is kept).
+    /// knows has none (its records are kept for the unclaimed retention time instead).
     #[test]
     fn the_floor_is_the_slowest_group_that_knows_the_topic() {
         let mut committed = Committed::default();

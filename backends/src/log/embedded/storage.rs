@@ -6,8 +6,11 @@
 //! Layout: `<dir>/journal/<seq>.log` (20 digits, numbered from 0 up, one more per roll).
 //! Every segment opens with a checkpoint: a topic frame per topic (name, partition count
 //! and each partition's next offset), a commit frame per known group position, then a
-//! checkpoint end. So the oldest remaining segment alone tells what came before it, and
-//! retention can delete whole segments from the front without losing topics or offsets.
+//! checkpoint end carrying the time it was written. So the oldest remaining segment alone
+//! tells what came before it, and retention can delete whole segments from the front
+//! without losing topics or offsets. A segment is rolled and its successor checkpointed in
+//! one write, so the successor's checkpoint time is when the segment was closed: the age
+//! retention gives its records (see `writer.rs`).
 //! After the checkpoint come, in the order written, records, commits and new topics.
 //! Only the writer thread changes the journal and the indexes; readers take a
 //! partition's lock briefly to copy from the tail or to find journal positions, and read
@@ -19,6 +22,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
 use super::codec::{decode, read_frame_at, Entry, FrameReader, Step};
@@ -51,6 +55,16 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// `time` as milliseconds since the Unix epoch, as the journal writes it (0 before it).
+pub(crate) fn to_millis(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The time `millis` (since the Unix epoch) as the journal wrote it.
+fn from_millis(millis: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(millis)
+}
+
 fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:020}.log"))
 }
@@ -74,6 +88,12 @@ pub(crate) struct Segment {
     /// (topic id, partition) → the offset after the partition's last record here; what
     /// retention compares with the groups' committed offsets.
     pub(crate) highest: HashMap<(u32, u32), u64>,
+    /// When the checkpoint was written (`None` before it is, or when a journal of an
+    /// earlier version did not record it).
+    pub(crate) started: Option<SystemTime>,
+    /// When the segment was closed (the next one started): none of its records is younger.
+    /// `None` while it is the active one.
+    pub(crate) closed: Option<SystemTime>,
 }
 
 impl Segment {
@@ -90,6 +110,8 @@ impl Segment {
             checkpointed: false,
             checkpoint_bytes: 0,
             highest: HashMap::new(),
+            started: None,
+            closed: None,
         })
     }
 
@@ -334,10 +356,11 @@ pub(crate) struct Recovered {
     pub(crate) commits: Vec<Position>,
 }
 
-/// Opens (or creates) the journal in `dir` and rebuilds topics, partition indexes and
-/// committed offsets from it. A bad frame in the last segment is a torn tail, cut off; in
-/// an older one it is corruption. Segments older than a gap in the numbering are
-/// leftovers of retention (their deletion was not yet durable) and are deleted.
+/// Opens (or creates) the journal in `dir` and rebuilds topics, partition indexes,
+/// committed offsets and when each segment was closed from it. A bad frame in the last
+/// segment is a torn tail, cut off; in an older one it is corruption. Segments older than
+/// a gap in the numbering are leftovers of retention (their deletion was not yet durable)
+/// and are deleted.
 pub(crate) fn recover(dir: &Path) -> Result<Recovered, BackendError> {
     fs::create_dir_all(dir)?;
     let mut seqs = Vec::new();
@@ -367,6 +390,17 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, BackendError> {
     if segments.is_empty() {
         segments.push(Segment::create(dir, 0)?);
     }
+    for i in 1..segments.len() {
+        // A segment was closed when the next one started. When that is not recorded (the
+        // next segment's checkpoint was torn in a crash and cut off, or an earlier version
+        // wrote the journal), the file's modification time stands in: its last write, so
+        // no record in it is younger (a copied file looks younger and is kept longer).
+        let closed = match segments[i].started {
+            Some(started) => Some(started),
+            None => segments[i - 1].file.metadata().and_then(|m| m.modified()).ok(),
+        };
+        segments[i - 1].closed = closed;
+    }
     Ok(Recovered { segments, topics: scan.topics, commits: scan.commits })
 }
 
@@ -391,6 +425,8 @@ impl Scan {
             checkpointed: false,
             checkpoint_bytes: 0,
             highest: HashMap::new(),
+            started: None,
+            closed: None,
         };
         let mut reader = FrameReader::new(&file, 0, file_len);
         let bad = loop {
@@ -450,7 +486,10 @@ impl Scan {
                 }
                 None => return Err(format!("topic id {} out of sequence", t.id)),
             },
-            Entry::CheckpointEnd => segment.checkpointed = true,
+            Entry::CheckpointEnd { started_ms } => {
+                segment.checkpointed = true;
+                segment.started = started_ms.map(from_millis);
+            }
             Entry::Commit(c) => {
                 let Some(topic) = self.topics.get(c.topic as usize) else {
                     return Err(format!("commit to unknown topic id {}", c.topic));

@@ -7,14 +7,19 @@
 //!
 //! A segment is rolled once the group would grow it past `segment_bytes`: the new file's
 //! name is synced (one `fsync` of the journal directory, per roll) and it opens with a
-//! checkpoint of every topic and committed offset, written and synced with the group.
+//! checkpoint of every topic and committed offset, written and synced with the group. The
+//! checkpoint ends with the time of the roll, which is when the old segment was closed.
 //!
-//! Retention deletes journal segments from the oldest on while every record in one is
-//! below the committed offset of every group that knows its topic (never the active
-//! segment; a topic no group knows keeps everything, and so does every segment after
-//! one holding its records). Deletions are not synced: a segment that comes back after a
-//! crash is older than the checkpoint that replaced it, and recovery drops it (see
-//! `recover` in `storage.rs`).
+//! Retention deletes journal segments from the oldest on (never the active one) while
+//! each is free (see the module docs of `embedded.rs`): every record of a topic some group
+//! knows is below the committed offset of every group that knows it, and, when it holds
+//! records of a topic no group knows, it was closed `unclaimed_retention` ago. The close
+//! time is the one written in the next segment's checkpoint rather than the file's
+//! modification time: it is made durable by the same `fdatasync` as the checkpoint
+//! (`fdatasync` need not write a file's times), a copy or restore of the directory does not
+//! change it, and it costs 8 bytes a segment. Deletions are not synced: a segment that
+//! comes back after a crash is older than the checkpoint that replaced it, and recovery
+//! drops it (see `recover` in `storage.rs`).
 //!
 //! Failures: a failed write is undone (the segment cut back) and the callers whose
 //! requests it held get the error; a failed `fdatasync` leaves the page cache
@@ -26,11 +31,12 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::SystemTime;
 use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{encode_checkpoint_end, encode_commit, encode_record, encode_topic, partition_for};
 use super::groups::{Committed, Position};
-use super::storage::{Loc, Segment, TailRecord, Topic};
+use super::storage::{to_millis, Loc, Segment, TailRecord, Topic};
 use super::Shared;
 use crate::error::BackendError;
 use crate::log::Record;
@@ -90,6 +96,20 @@ pub(crate) struct Writer {
     pub(crate) topics: Vec<Arc<Topic>>,
     /// Committed offsets as the journal holds them.
     pub(crate) committed: Committed,
+    /// When the oldest segment's unclaimed records reach their retention time, if only
+    /// that holds it (a commit, not time, frees a segment a group has not read).
+    pub(crate) expiry: Option<SystemTime>,
+}
+
+/// Whether retention may delete a closed segment.
+enum Verdict {
+    /// Nothing in it is still wanted.
+    Free,
+    /// Kept until every group that knows its topics has committed past its records there
+    /// (for good when the retention time is too long to count).
+    Held,
+    /// Its records of topics no group knows are kept until then.
+    Until(SystemTime),
 }
 
 /// Marks the writer stopped however its thread ends.
@@ -116,6 +136,13 @@ impl Writer {
     /// Runs until every request sender is gone and the queue is drained.
     pub(crate) fn run(mut self) {
         let _alive = AliveGuard(self.shared.clone());
+        let now = self.shared.options.clock.now();
+        let closed = self.segments.len() - 1;
+        for segment in self.segments.iter_mut().take(closed) {
+            // Only when neither the journal nor the file tells (see `recover`): counted
+            // from now, so nothing goes early.
+            segment.closed.get_or_insert(now);
+        }
         self.retain();
         let options = &self.shared.options;
         let (max_records, max_bytes) = (options.max_group_records, options.max_group_bytes);
@@ -164,6 +191,7 @@ impl Writer {
             return;
         }
 
+        let segments = self.segments.len();
         let base = match self.write(&batch.bytes) {
             Ok(base) => base,
             Err(error) => {
@@ -185,7 +213,12 @@ impl Writer {
             self.topics.push(topic);
         }
         self.publish(base, batch.pending);
-        let retain = !batch.commits.is_empty();
+        // A roll closed a segment, whose retention time starts now; a commit may free the
+        // oldest segments; time may have freed the oldest's unclaimed records.
+        let rolled = self.segments.len() != segments;
+        let retain = rolled
+            || !batch.commits.is_empty()
+            || self.expiry.is_some_and(|expiry| self.shared.options.clock.now() >= expiry);
         for position in &batch.commits {
             self.committed.advance(position);
         }
@@ -254,12 +287,18 @@ impl Writer {
         let segment_bytes = self.shared.options.segment_bytes;
         let active = &self.segments[self.segments.len() - 1];
         let full = active.size + bytes.len() as u64 > segment_bytes;
-        if active.checkpointed && full && active.size > active.checkpoint_bytes {
+        let roll = active.checkpointed && full && active.size > active.checkpoint_bytes;
+        let now = if roll || !active.checkpointed { Some(self.shared.options.clock.now()) } else { None };
+        if roll {
             let segment = Segment::create(&self.shared.journal_dir(), active.seq + 1)?;
             self.shared.files.insert(segment.seq, segment.file.clone());
+            self.active().closed = now;
             self.segments.push(segment);
         }
-        let checkpoint = if self.active().checkpointed { Vec::new() } else { self.checkpoint() };
+        let checkpoint = match now {
+            Some(now) if !self.active().checkpointed => self.checkpoint(now),
+            _ => Vec::new(),
+        };
         let active = self.active();
         let at = active.size;
         let outcome = if checkpoint.is_empty() {
@@ -278,6 +317,7 @@ impl Writer {
         if !checkpoint.is_empty() {
             // Before the sync that makes it durable: a failed sync stops the log anyway.
             active.checkpointed = true;
+            active.started = now;
             active.size += checkpoint.len() as u64;
             active.checkpoint_bytes = active.size;
         }
@@ -285,8 +325,8 @@ impl Writer {
     }
 
     /// The frames that open a segment: every topic with its partitions' next offsets,
-    /// every committed position, then the checkpoint end.
-    fn checkpoint(&self) -> Vec<u8> {
+    /// every committed position, then the checkpoint end with the time `now`.
+    fn checkpoint(&self, now: SystemTime) -> Vec<u8> {
         let mut bytes = Vec::new();
         for topic in &self.topics {
             encode_topic(&mut bytes, topic.id, &topic.name, &topic.ends());
@@ -295,7 +335,7 @@ impl Writer {
             let Some(topic) = self.shared.topic(&position.topic) else { continue };
             encode_commit(&mut bytes, &position.group, topic.id, position.partition, position.offset);
         }
-        encode_checkpoint_end(&mut bytes);
+        encode_checkpoint_end(&mut bytes, to_millis(now));
         bytes
     }
 
@@ -318,18 +358,49 @@ impl Writer {
         }
     }
 
-    /// Whether every record in `segment` is below the committed offset of every group
-    /// that knows its topic (and some group knows it).
-    fn consumed(&self, segment: &Segment) -> bool {
-        segment.highest.iter().all(|((topic, partition), next)| {
-            let Some(topic) = self.topics.get(*topic as usize) else { return false };
-            self.committed.floor(&topic.name, *partition).is_some_and(|floor| floor >= *next)
-        })
+    /// Whether retention may delete the closed `segment` (see the module docs).
+    fn verdict(&self, segment: &Segment) -> Verdict {
+        let mut unclaimed = false;
+        for ((topic, partition), next) in &segment.highest {
+            let Some(topic) = self.topics.get(*topic as usize) else { return Verdict::Held };
+            match self.committed.floor(&topic.name, *partition) {
+                Some(floor) if floor >= *next => {}
+                Some(_) => return Verdict::Held,
+                None => unclaimed = true,
+            }
+        }
+        if !unclaimed {
+            return Verdict::Free;
+        }
+        let retention = self.shared.options.unclaimed_retention;
+        match segment.closed.and_then(|closed| closed.checked_add(retention)) {
+            Some(until) => Verdict::Until(until),
+            // A retention too long to add to a time keeps the records for good.
+            None => Verdict::Held,
+        }
     }
 
-    /// Deletes consumed segments from the oldest on (see the module docs).
+    /// Deletes free segments from the oldest on and notes when the first one kept frees
+    /// itself, if time alone holds it (see the module docs).
     fn retain(&mut self) {
-        let count = self.segments.iter().take(self.segments.len() - 1).take_while(|s| self.consumed(s)).count();
+        let closed = self.segments.len() - 1;
+        let mut now = None;
+        let mut count = 0;
+        self.expiry = None;
+        for segment in &self.segments[..closed] {
+            match self.verdict(segment) {
+                Verdict::Free => {}
+                Verdict::Held => break,
+                Verdict::Until(until) => {
+                    let now = *now.get_or_insert_with(|| self.shared.options.clock.now());
+                    if now < until {
+                        self.expiry = Some(until);
+                        break;
+                    }
+                }
+            }
+            count += 1;
+        }
         if count == 0 {
             return;
         }
@@ -347,8 +418,8 @@ impl Writer {
         }
         for path in removed.into_iter().map(|s| s.path) {
             match std::fs::remove_file(&path) {
-                Ok(()) => tracing::debug!(file = %path.display(), "deleted a consumed journal segment"),
-                Err(error) => tracing::warn!(file = %path.display(), %error, "cannot delete a consumed journal segment"),
+                Ok(()) => tracing::debug!(file = %path.display(), "deleted a journal segment retention let go"),
+                Err(error) => tracing::warn!(file = %path.display(), %error, "cannot delete a journal segment"),
             }
         }
     }
