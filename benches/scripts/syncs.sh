@@ -18,14 +18,17 @@ export ESH_DATA_DIR="$data/data" ESH_HTTP_ADDR="$addr" ESH_ADMIN_TOKEN=syncs-adm
 export ESH_RATE_LIMIT_PER_MINUTE=1000000000
 strace -f -qq -e trace=fsync,fdatasync -o "$trace" "$binary" >"$data/server.log" 2>&1 &
 server=$!
-trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -rf "$data"' EXIT
+# SIGTERM to esh itself (strace passes it on only to a traced child it was sent to).
+trap 'pkill -TERM -P "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -rf "$data"' EXIT
 for _ in $(seq 1 200); do curl -fsS "http://$addr/health/live" >/dev/null 2>&1 && break; sleep 0.1; done
 api() { curl -fsS -H "authorization: Bearer $1" -H 'content-type: application/json' "${@:2}"; }
 api syncs-admin -d '{"id":"acme","kind":"business","display_name":"Acme","permissions":["send"]}' "http://$addr/v1/users" >/dev/null
 api syncs-admin -d '{"id":"mona","kind":"mobile","display_name":"Mona"}' "http://$addr/v1/users" >/dev/null
 token=$(api syncs-admin -d '{}' "http://$addr/v1/users/acme/tokens" | sed 's/.*"token":"\([^"]*\)".*/\1/')
 sleep 1
-before=$(grep -cE 'fsync|fdatasync' "$trace" || true)
+# Count calls, not lines: with -f a call may be split into "unfinished" and "resumed" lines.
+calls() { grep -cE '^[0-9]+ +f(data)?sync\(' "$trace" || true; }
+before=$(calls)
 accepted=0
 for i in $(seq 1 "$sends"); do
     code=$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer $token" -H 'content-type: application/json' \
@@ -33,6 +36,6 @@ for i in $(seq 1 "$sends"); do
     [ "$code" = 202 ] && accepted=$((accepted + 1))
 done
 sleep 1
-after=$(grep -cE 'fsync|fdatasync' "$trace" || true)
+after=$(calls)
 syncs=$((after - before))
 echo "accepted sends: $accepted, syncs meanwhile: $syncs, syncs per send: $(awk "BEGIN {printf \"%.2f\", $syncs / $accepted}")"

@@ -328,6 +328,7 @@ impl EmbeddedMessageLog {
             topics: recovered.topics,
             committed,
             expiry: None,
+            unsynced_commits: Vec::new(),
         };
         let thread = std::thread::Builder::new().name("esh-log-writer".into()).spawn(move || writer.run())?;
         Ok(EmbeddedMessageLog {

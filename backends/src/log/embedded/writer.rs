@@ -99,6 +99,9 @@ pub(crate) struct Writer {
     /// When the oldest segment's unclaimed records reach their retention time, if only
     /// that holds it (a commit, not time, frees a segment a group has not read).
     pub(crate) expiry: Option<SystemTime>,
+    /// Commits written by groups that held nothing else, not yet synced: they become
+    /// durable (and count for retention) with the next group that is synced.
+    pub(crate) unsynced_commits: Vec<Position>,
 }
 
 /// Whether retention may delete a closed segment.
@@ -158,6 +161,12 @@ impl Writer {
             }
             self.process(group);
         }
+        if !self.unsynced_commits.is_empty() {
+            // A clean stop leaves every commit durable (a restart redelivers nothing).
+            if let Err(error) = self.active().file.sync_data() {
+                tracing::warn!(%error, "cannot sync the last offset commits; their records may be redelivered");
+            }
+        }
         tracing::debug!("embedded log writer stopped");
     }
 
@@ -191,6 +200,9 @@ impl Writer {
             return;
         }
 
+        // Offset commits alone are not worth a sync of their own: losing one in a crash only
+        // redelivers records (at-least-once), and the next append's sync makes them durable.
+        let commits_only = batch.pending.is_empty() && batch.topics.is_empty();
         let segments = self.segments.len();
         let base = match self.write(&batch.bytes) {
             Ok(base) => base,
@@ -199,6 +211,12 @@ impl Writer {
                 return;
             }
         };
+        if commits_only && self.segments.len() == segments {
+            self.active().size = base + batch.bytes.len() as u64;
+            self.unsynced_commits.extend(batch.commits);
+            answer(batch.replies, || Ok(()));
+            return;
+        }
         // One sync for the whole group, whatever topics and partitions it touched.
         if let Err(error) = self.active().file.sync_data() {
             tracing::error!(%error, "the journal can no longer be trusted; the log stops until restart");
@@ -216,11 +234,12 @@ impl Writer {
         // A roll closed a segment, whose retention time starts now; a commit may free the
         // oldest segments; time may have freed the oldest's unclaimed records.
         let rolled = self.segments.len() != segments;
+        let synced_commits = !batch.commits.is_empty() || !self.unsynced_commits.is_empty();
         let retain = rolled
-            || !batch.commits.is_empty()
+            || synced_commits
             || self.expiry.is_some_and(|expiry| self.shared.options.clock.now() >= expiry);
-        for position in &batch.commits {
-            self.committed.advance(position);
+        for position in self.unsynced_commits.drain(..).chain(batch.commits) {
+            self.committed.advance(&position);
         }
         // Retention before answering: a caller that sees its call done also sees the space
         // freed by the commits before it (deletions are rare, one per consumed segment).
@@ -290,6 +309,11 @@ impl Writer {
         let roll = active.checkpointed && full && active.size > active.checkpoint_bytes;
         let now = if roll || !active.checkpointed { Some(self.shared.options.clock.now()) } else { None };
         if roll {
+            if !self.unsynced_commits.is_empty() {
+                // A closed segment ends synced: only the active one may have a torn tail.
+                self.segments[self.segments.len() - 1].file.sync_data()?;
+            }
+            let active = &self.segments[self.segments.len() - 1];
             let segment = Segment::create(&self.shared.journal_dir(), active.seq + 1)?;
             self.shared.files.insert(segment.seq, segment.file.clone());
             self.active().closed = now;
