@@ -12,6 +12,7 @@
 //! committed last; they only bound the log's retention and measure the projection's lag.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use esh_backends::freshness::Freshness;
 use esh_backends::resolver::Backends;
@@ -42,9 +43,21 @@ pub async fn project_store(
     backends.freshness.advance(&stored);
     let poll_config = RouterConfig { batch_size: config.projection_batch, ..config.clone() };
     while !shutdown.is_cancelled() {
-        let Some(records) = poll(consumer.as_mut(), &poll_config, &mut backoff, &shutdown).await? else { break };
+        let Some(mut records) = poll(consumer.as_mut(), &poll_config, &mut backoff, &shutdown).await? else { break };
         if records.is_empty() {
             continue;
+        }
+        if records.len() < config.projection_batch / 4 && !config.projection_linger.is_zero() {
+            // A small batch waits a moment for more: a store transaction (and its sync)
+            // costs far more than the records in it at moderate rates (PERFORMANCE.md).
+            tokio::time::sleep(config.projection_linger).await;
+            let more = RouterConfig {
+                batch_size: config.projection_batch - records.len(),
+                poll_wait: Duration::ZERO,
+                ..config.clone()
+            };
+            let Some(later) = poll(consumer.as_mut(), &more, &mut backoff, &shutdown).await? else { break };
+            records.extend(later);
         }
         let mut work = ProjectBatch { records: &records, freshness: &backends.freshness };
         if !finish_batch(consumer.as_mut(), &records, &mut work, &backends, &config, &mut backoff, &shutdown).await? {
