@@ -60,7 +60,9 @@ impl Node {
         let (status_writer, _task) = StatusWriter::start(backends.log.clone(), 64);
         let shutdown = CancellationToken::new();
         // Receipts reach the store through its projection of the status topic.
-        tokio::spawn(esh_router::project_store(backends.clone(), RouterConfig::default(), shutdown.clone()));
+        // No linger: its timer would wait for paused time, which `eventually` does not let run.
+        let projection = RouterConfig { projection_linger: Duration::ZERO, ..RouterConfig::default() };
+        tokio::spawn(esh_router::project_store(backends.clone(), projection, shutdown.clone()));
         let deliverer = Deliverer::start(
             backends.clone(),
             TokenKeys::hs256(b"test secret"),

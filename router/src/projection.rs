@@ -17,7 +17,8 @@ use std::time::Duration;
 use esh_backends::freshness::Freshness;
 use esh_backends::resolver::Backends;
 use esh_backends::{BackendError, Consumed, LogPosition, Projection};
-use esh_common::topics;
+
+use esh_common::{topics, StatusChange};
 use esh_schemas::{MessageEnvelope, StatusEvent};
 use tokio_util::sync::CancellationToken;
 
@@ -129,6 +130,10 @@ async fn apply(backends: &Backends, records: &[Consumed], freshness: &Freshness)
 pub(crate) fn fold(records: &[Consumed], applied: &HashMap<(&str, u32), u64>) -> Projection {
     let mut projection = Projection::default();
     let mut new_messages: HashMap<String, usize> = HashMap::new();
+    // Changes of messages whose record is not (yet) in the batch, by message in order of
+    // first appearance: a record that comes later takes its message's changes before it.
+    let mut loose: HashMap<String, Vec<StatusChange>> = HashMap::new();
+    let mut loose_order: Vec<String> = Vec::new();
     let mut positions: HashMap<(&str, u32), u64> = HashMap::new();
     for record in records {
         let next = positions.entry((record.topic.as_str(), record.partition)).or_insert(0);
@@ -143,8 +148,15 @@ pub(crate) fn fold(records: &[Consumed], applied: &HashMap<(&str, u32), u64>) ->
             match new_messages.get(&change.message_id) {
                 Some(&index) => {
                     projection.messages[index].apply(&change);
+                    projection.folded[index].push(change);
                 }
-                None => projection.changes.push(change),
+                None => {
+                    let changes = loose.entry(change.message_id.clone()).or_default();
+                    if changes.is_empty() {
+                        loose_order.push(change.message_id.clone());
+                    }
+                    changes.push(change);
+                }
             }
             continue;
         }
@@ -152,8 +164,14 @@ pub(crate) fn fold(records: &[Consumed], applied: &HashMap<(&str, u32), u64>) ->
             Some(MessageEnvelope::Message { message, idempotency }) => {
                 projection.idempotency.extend(idempotency);
                 if !new_messages.contains_key(&message.id) {
+                    let mut message = message;
+                    let earlier = loose.remove(&message.id).unwrap_or_default();
+                    for change in &earlier {
+                        message.apply(change);
+                    }
                     new_messages.insert(message.id.clone(), projection.messages.len());
                     projection.messages.push(message);
+                    projection.folded.push(earlier);
                 }
             }
             Some(MessageEnvelope::Broadcast { broadcast, idempotency }) => {
@@ -163,6 +181,7 @@ pub(crate) fn fold(records: &[Consumed], applied: &HashMap<(&str, u32), u64>) ->
             None => {}
         }
     }
+    projection.changes = loose_order.iter().filter_map(|id| loose.remove(id)).flatten().collect();
     projection.positions = positions
         .into_iter()
         .map(|((topic, partition), next_offset)| LogPosition { topic: topic.to_owned(), partition, next_offset })
@@ -216,6 +235,16 @@ mod tests {
             projection.messages.iter().map(|m| (m.id.as_str(), m.status)).collect();
         assert_eq!(statuses, [("m1", Status::Read), ("m2", Status::Sent)]);
         assert!(projection.changes.is_empty(), "nothing is inserted and then updated");
+    }
+
+    #[test]
+    fn a_message_record_takes_the_changes_before_it_so_that_their_order_holds() {
+        // A dead-letter retry: `sent` is appended, then the message again, then its ack.
+        let records = [status("m1", Status::Sent, 7), sent("m1", 3), status("m1", Status::Delivered, 8)];
+        let projection = fold(&records, &HashMap::new());
+        let folded: Vec<Status> = projection.folded[0].iter().map(|c| c.status).collect();
+        assert_eq!(folded, [Status::Sent, Status::Delivered], "applied in log order if the message is stored");
+        assert!(projection.changes.is_empty());
     }
 
     #[test]

@@ -34,6 +34,10 @@ pub struct Projection {
     pub broadcasts: Vec<Broadcast>,
     /// New messages, each with the status the batch's events left it in.
     pub messages: Vec<Message>,
+    /// For each of `messages`, the changes folded into it, in log order: applied as
+    /// changes instead when the message turns out to be stored already (its record was
+    /// appended again, by a dead-letter retry or a redone broadcast expansion).
+    pub folded: Vec<Vec<StatusChange>>,
     /// Status changes of messages not among `messages`, in log order.
     pub changes: Vec<StatusChange>,
     /// Answers of sends made under an idempotency key.

@@ -79,6 +79,7 @@ where
     group_members_split_partitions(open().await).await;
     every_group_sees_every_record(open().await).await;
     lag_counts_appended_but_uncommitted_records(open().await).await;
+    end_offsets_follow_durable_appends(open().await).await;
     poll_waits_for_an_append(open().await).await;
     poll_returns_empty_after_its_wait(open().await).await;
     poll_returns_at_most_max(open().await).await;
@@ -251,6 +252,27 @@ pub async fn every_group_sees_every_record(log: Arc<dyn MessageLog>) {
 
 /// Req 5.4: lag (the queue depth the overload check reads) counts records appended but not
 /// yet committed by the group.
+/// `end_offsets` is each partition's high watermark: empty for an unknown topic, then the
+/// offset the next record of each partition gets, moved by every returned `append` (what
+/// read-your-writes waits on: `backends/src/freshness.rs`).
+pub async fn end_offsets_follow_durable_appends(log: Arc<dyn MessageLog>) {
+    let topic = unique("ends");
+    assert!(log.end_offsets(&topic).await.expect("end offsets").is_empty(), "no topic, no partitions");
+    let batch: Vec<Record> = (0..30).map(|i| record(&format!("key-{i}"), format!("v{i}"))).collect();
+    log.append(&topic, batch).await.expect("append");
+    let ends = log.end_offsets(&topic).await.expect("end offsets");
+    assert!(!ends.is_empty());
+    assert_eq!(ends.iter().sum::<u64>(), 30, "every returned append is counted: {ends:?}");
+    let mut consumer = log.subscribe(&unique("g"), &[&topic]).await.expect("subscribe");
+    let got = collect(consumer.as_mut(), 30).await;
+    for record in &got {
+        assert!(record.offset < ends[record.partition as usize], "{record:?} is below its partition's end");
+    }
+    log.append(&topic, vec![record("key-0", "more")]).await.expect("append");
+    let after = log.end_offsets(&topic).await.expect("end offsets");
+    assert_eq!(after.iter().sum::<u64>(), 31);
+}
+
 pub async fn lag_counts_appended_but_uncommitted_records(log: Arc<dyn MessageLog>) {
     let topic = unique("lag");
     let group = unique("g");

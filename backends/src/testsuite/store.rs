@@ -132,6 +132,7 @@ where
     projection_writes_each_message_once_with_its_positions(&factory).await;
     projection_keeps_statuses_that_arrive_before_their_message(&factory).await;
     projection_statuses_only_move_forward(&factory).await;
+    projection_applies_statuses_folded_into_a_stored_message(&factory).await;
     projection_creates_chat_conversations_and_broadcasts(&factory).await;
     projection_keeps_idempotency_answers(&factory).await;
     check_succeeds(&factory).await;
@@ -930,6 +931,34 @@ where
     let applied = store.project(&racing).await.expect("project");
     assert_eq!(applied.iter().map(|a| a.status).collect::<Vec<_>>(), [Status::Read]);
     assert_eq!(status_of(store.as_ref(), &message.id).await, Status::Read);
+}
+
+/// A message record seen again (a dead-letter retry appends it anew) with statuses folded
+/// into it in its batch: the message is not inserted twice, and the statuses still apply.
+pub async fn projection_applies_statuses_folded_into_a_stored_message<F, Fut>(factory: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn MessageStore>>,
+{
+    let store = factory().await;
+    let (business, mobile, _) = new_pair(store.as_ref(), Millis(1_000)).await;
+    let message = one_way(&business.id, &mobile.id, Millis(3_000));
+    store.project(&Projection { messages: vec![message.clone()], ..Projection::default() }).await.unwrap();
+    store.project(&Projection { changes: vec![failure(&message.id, Millis(3_100), "no ack", 7)], ..Projection::default() })
+        .await
+        .unwrap();
+    // Retried: `sent` and the message again, then its ack, all in one batch; folded onto
+    // the record the message reads `delivered`, but what applies is failed → sent → delivered.
+    let folded = vec![change(&message.id, Status::Sent, Millis(3_200)), change(&message.id, Status::Delivered, Millis(3_300))];
+    let mut again = message.clone();
+    for change in &folded {
+        again.apply(change);
+    }
+    let batch = Projection { messages: vec![again], folded: vec![folded], ..Projection::default() };
+    let applied = store.project(&batch).await.unwrap();
+    assert_eq!(applied.iter().map(|a| a.status).collect::<Vec<_>>(), [Status::Sent, Status::Delivered]);
+    assert_eq!(status_of(store.as_ref(), &message.id).await, Status::Delivered);
+    assert!(store.undelivered(&mobile.id, None, 10).await.expect("undelivered").is_empty());
 }
 
 /// A chat message creates its conversation (id derived from the pair) and a broadcast its

@@ -98,6 +98,15 @@ pub(super) fn conversation_for_pair(
 /// so counters move only for rows that are really new.
 pub(super) fn insert_messages(connection: &Connection, messages: &[Message]) -> Result<(), Failure> {
     for message in messages {
+        insert_message(connection, message)?;
+    }
+    Ok(())
+}
+
+/// Stores one new message and what follows from it; false if its id was already stored
+/// (then nothing changes).
+fn insert_message(connection: &Connection, message: &Message) -> Result<bool, Failure> {
+    {
         let inserted = connection
             .prepare_cached(
                 "INSERT OR IGNORE INTO messages (id, kind, sender_id, recipient_id, conversation_id, broadcast_id, \
@@ -120,7 +129,7 @@ pub(super) fn insert_messages(connection: &Connection, messages: &[Message]) -> 
                 message.content,
             ])?;
         if inserted == 0 {
-            continue;
+            return Ok(false);
         }
         match &message.conversation_id {
             Some(conversation_id) => {
@@ -155,7 +164,7 @@ pub(super) fn insert_messages(connection: &Connection, messages: &[Message]) -> 
             )?;
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// A new chat message: the conversation's last activity for both participants (if the
@@ -473,22 +482,25 @@ pub(super) fn project(
         }
         create_broadcast(connection, broadcast)?;
     }
-    for message in &batch.messages {
+    let mut applied = Vec::new();
+    for (index, message) in batch.messages.iter().enumerate() {
         if let Some(conversation_id) = &message.conversation_id {
             ensure_conversation(connection, conversation_id, message)?;
         }
         let early = take_early_statuses(connection, &message.id)?;
-        if early.is_empty() {
-            insert_messages(connection, std::slice::from_ref(message))?;
-        } else {
-            let mut folded = message.clone();
-            for change in &early {
-                folded.apply(change);
-            }
-            insert_messages(connection, std::slice::from_ref(&folded))?;
+        let mut folded = std::borrow::Cow::Borrowed(message);
+        for change in &early {
+            folded.to_mut().apply(change);
+        }
+        if !insert_message(connection, &folded)? {
+            // A record of a message already stored (a dead-letter retry appends it again,
+            // a broadcast expansion may be redone): the changes folded into it apply as
+            // changes, in order, to the status it really has.
+            let changes = batch.folded.get(index).map_or(&[][..], Vec::as_slice);
+            applied.extend(apply_status(connection, changes, false)?);
         }
     }
-    let applied = apply_status(connection, &batch.changes, true)?;
+    applied.extend(apply_status(connection, &batch.changes, true)?);
     let mut oldest_kept = i64::MAX;
     for record in &batch.idempotency {
         connection
