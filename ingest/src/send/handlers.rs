@@ -11,7 +11,7 @@ use esh_common::{ApiError, Message};
 
 use super::commit::Accepted;
 use super::request::{
-    BroadcastRequest, ChatMessageRequest, OneWayRequest, SendInput, SendKind, IDEMPOTENCY_HEADER,
+    BroadcastRequest, ChatMessageRequest, OneWayRequest, SendBody, SendInput, SendKind, IDEMPOTENCY_HEADER,
 };
 use crate::auth::Caller;
 use crate::body::ApiJson;
@@ -31,18 +31,7 @@ pub(crate) async fn post_one_way(
     headers: HeaderMap,
     body: Result<ApiJson<OneWayRequest>, ApiError>,
 ) -> Result<Accepted, ApiError> {
-    let input = body.and_then(|ApiJson(request)| {
-        SendInput::new(
-            SendKind::OneWay,
-            vec![request.recipient_id],
-            request.content,
-            request.priority,
-            request.media_ids,
-            request.idempotency_key,
-            headers.get(IDEMPOTENCY_HEADER),
-        )
-    });
-    ingest.send_detached(caller, input).await
+    ingest.send_body(caller, &headers, body).await
 }
 
 #[utoipa::path(post, path = "/v1/chat/messages", tag = "messages", request_body = ChatMessageRequest,
@@ -58,18 +47,7 @@ pub(crate) async fn post_chat(
     headers: HeaderMap,
     body: Result<ApiJson<ChatMessageRequest>, ApiError>,
 ) -> Result<Accepted, ApiError> {
-    let input = body.and_then(|ApiJson(request)| {
-        SendInput::new(
-            SendKind::Chat,
-            vec![request.to],
-            request.content,
-            request.priority,
-            request.media_ids,
-            request.idempotency_key,
-            headers.get(IDEMPOTENCY_HEADER),
-        )
-    });
-    ingest.send_detached(caller, input).await
+    ingest.send_body(caller, &headers, body).await
 }
 
 #[utoipa::path(post, path = "/v1/broadcasts", tag = "broadcasts", request_body = BroadcastRequest,
@@ -85,18 +63,20 @@ pub(crate) async fn post_broadcast(
     headers: HeaderMap,
     body: Result<ApiJson<BroadcastRequest>, ApiError>,
 ) -> Result<Accepted, ApiError> {
-    let input = body.and_then(|ApiJson(request)| {
-        SendInput::new(
-            SendKind::Broadcast,
-            request.recipient_ids,
-            request.content,
-            request.priority,
-            request.media_ids,
-            request.idempotency_key,
-            headers.get(IDEMPOTENCY_HEADER),
-        )
-    });
-    ingest.send_detached(caller, input).await
+    ingest.send_body(caller, &headers, body).await
+}
+
+impl Ingest {
+    /// Runs the send a JSON body asks for (or refuses it with the error its body gave).
+    async fn send_body<B: SendBody>(
+        &self,
+        caller: Caller,
+        headers: &HeaderMap,
+        body: Result<ApiJson<B>, ApiError>,
+    ) -> Result<Accepted, ApiError> {
+        let input = body.and_then(|ApiJson(request)| request.input(headers.get(IDEMPOTENCY_HEADER)));
+        self.send_detached(caller, input).await
+    }
 }
 
 /// `ChatIngress::send_chat`: the WebSocket `send` frame, through the same path as HTTP.

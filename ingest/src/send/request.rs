@@ -105,6 +105,33 @@ impl JsonBody for BroadcastRequest {
     }
 }
 
+/// A send endpoint's body: what it asks for, checked (the header's idempotency key, if
+/// any, wins over the body's).
+pub(crate) trait SendBody {
+    fn input(self, header_key: Option<&HeaderValue>) -> Result<SendInput, ApiError>;
+}
+
+impl SendBody for OneWayRequest {
+    fn input(self, header_key: Option<&HeaderValue>) -> Result<SendInput, ApiError> {
+        let recipients = vec![self.recipient_id];
+        SendInput::new(SendKind::OneWay, recipients, self.content, self.priority, self.media_ids, self.idempotency_key, header_key)
+    }
+}
+
+impl SendBody for ChatMessageRequest {
+    fn input(self, header_key: Option<&HeaderValue>) -> Result<SendInput, ApiError> {
+        let recipients = vec![self.to];
+        SendInput::new(SendKind::Chat, recipients, self.content, self.priority, self.media_ids, self.idempotency_key, header_key)
+    }
+}
+
+impl SendBody for BroadcastRequest {
+    fn input(self, header_key: Option<&HeaderValue>) -> Result<SendInput, ApiError> {
+        let recipients = self.recipient_ids;
+        SendInput::new(SendKind::Broadcast, recipients, self.content, self.priority, self.media_ids, self.idempotency_key, header_key)
+    }
+}
+
 /// Which send endpoint a request came through (part of the idempotency fingerprint; batch
 /// items are one-way messages like any other).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,15 +198,7 @@ impl SendInput {
             let field = error.path().to_string();
             ApiError::invalid(format!("invalid message: {}", error.inner())).with_details(json!({ "field": field }))
         })?;
-        SendInput::new(
-            SendKind::OneWay,
-            vec![request.recipient_id],
-            request.content,
-            request.priority,
-            request.media_ids,
-            request.idempotency_key,
-            None,
-        )
+        request.input(None)
     }
 
     /// Hash of everything that makes two requests "the same body": endpoint, recipients,
