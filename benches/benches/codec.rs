@@ -7,9 +7,9 @@ use esh_schemas::{decode, encode, MessageEnvelope};
 use std::hint::black_box;
 
 fn codec(c: &mut Criterion) {
-    let message = MessageEnvelope::Message { message: chat_message("c1", "b1", "m1") };
+    let message = MessageEnvelope::Message { message: chat_message("c1", "b1", "m1"), idempotency: None };
     let message_bytes = encode(&message);
-    let wide = MessageEnvelope::Broadcast { broadcast: broadcast("b1", 1000) };
+    let wide = MessageEnvelope::Broadcast { broadcast: broadcast("b1", 1000), idempotency: None };
     let wide_bytes = encode(&wide);
 
     let mut group = c.benchmark_group("envelope");

@@ -14,7 +14,7 @@ fn log(c: &mut Criterion) {
     let records: Vec<Record> = (0..100)
         .map(|i| {
             let message = one_way_message("b1", &format!("m{i}"));
-            Record { key: message.partition_key(), value: encode(&MessageEnvelope::Message { message }) }
+            Record { key: message.partition_key(), value: encode(&MessageEnvelope::Message { message, idempotency: None }) }
         })
         .collect();
 

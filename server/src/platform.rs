@@ -37,13 +37,16 @@ const STATUS_QUEUE: usize = 1024;
 /// restores the idempotency answers it kept. Without a projection in this process, the
 /// answers the store holds are restored as they are.
 async fn catch_up(backends: &Backends, ingest: &Ingest, projecting: bool) -> Result<(), PlatformError> {
-    while projecting {
-        match backends.caught_up().await {
-            Ok(()) => break,
-            Err(error) if error.kind() == esh_backends::ErrorKind::Transient => {
-                tracing::info!(%error, "waiting for the store projection to catch up with the log");
+    if projecting {
+        // Each wait is bounded (`Backends::caught_up`); the projection may need many.
+        loop {
+            match backends.caught_up().await {
+                Ok(()) => break,
+                Err(error) if error.kind() == esh_backends::ErrorKind::Transient => {
+                    tracing::info!(%error, "waiting for the store projection to catch up with the log");
+                }
+                Err(error) => return Err(error.into()),
             }
-            Err(error) => return Err(error.into()),
         }
     }
     let restored = ingest.restore_idempotency().await.map_err(|error| PlatformError::StageFailed {

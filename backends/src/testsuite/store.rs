@@ -883,7 +883,7 @@ where
     store.project(&batch).await.expect("project again");
     assert_eq!(status_of(store.as_ref(), &acked.id).await, Status::Delivered);
     let undelivered = store.undelivered(&mobile.id, None, 10).await.expect("undelivered");
-    assert_eq!(ids_of(&undelivered), [waiting.id.clone()], "no undelivered entry for a message acked in its batch");
+    assert_eq!(ids_of(&undelivered), ids_of(std::slice::from_ref(&waiting)), "no undelivered entry for a message acked in its batch");
     assert_eq!(unread(store.as_ref(), &mobile.id, &conversation.id).await, 2);
 
     store.project(&Projection { positions: vec![position(&topic, 0, 9)], ..Projection::default() }).await.unwrap();
@@ -996,7 +996,8 @@ where
     store.project(&batch).await.expect("project again");
     let stored = store.conversation(&conversation_id).await.expect("read").expect("created");
     assert_eq!((stored.business_id.as_str(), stored.mobile_id.as_str()), (business.id.as_str(), mobile.id.as_str()));
-    assert_eq!(ids_of(&store.conversation_messages(&conversation_id, None, 10).await.unwrap()), [first.id.clone()]);
+    let history = store.conversation_messages(&conversation_id, None, 10).await.unwrap();
+    assert_eq!(ids_of(&history), ids_of(std::slice::from_ref(&first)));
     let counts = store.broadcast_counts(&broadcast.id).await.expect("counts").expect("broadcast stored");
     assert_eq!((counts.sent, total(&counts)), (2, 2));
 }

@@ -102,17 +102,22 @@ impl Segment {
         let path = segment_path(dir, seq);
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
         sync_dir(dir)?;
-        Ok(Segment {
+        Ok(Segment::unread(seq, path, Arc::new(file)))
+    }
+
+    /// A segment as known before anything in it is read or written.
+    fn unread(seq: u64, path: PathBuf, file: Arc<File>) -> Segment {
+        Segment {
             seq,
             path,
-            file: Arc::new(file),
+            file,
             size: 0,
             checkpointed: false,
             checkpoint_bytes: 0,
             highest: HashMap::new(),
             started: None,
             closed: None,
-        })
+        }
     }
 
     /// Notes a record of a partition stored here.
@@ -417,17 +422,7 @@ impl Scan {
         // The writer appends through this read-write handle.
         let file = Arc::new(OpenOptions::new().read(true).write(true).open(&path)?);
         let file_len = file.metadata()?.len();
-        let mut segment = Segment {
-            seq,
-            path: path.clone(),
-            file: file.clone(),
-            size: 0,
-            checkpointed: false,
-            checkpoint_bytes: 0,
-            highest: HashMap::new(),
-            started: None,
-            closed: None,
-        };
+        let mut segment = Segment::unread(seq, path.clone(), file.clone());
         let mut reader = FrameReader::new(&file, 0, file_len);
         let bad = loop {
             match reader.next()? {
