@@ -34,14 +34,18 @@ use crate::secrets::{self, ADMIN_TOKEN_FILE, JWT_SECRET_FILE};
 const STATUS_QUEUE: usize = 1024;
 
 /// Waits until the store projection has applied everything the log held at start, then
-/// restores the idempotency answers it kept. Without a projection in this process, the
-/// answers the store holds are restored as they are.
-async fn catch_up(backends: &Backends, ingest: &Ingest, projecting: bool) -> Result<(), PlatformError> {
-    if projecting {
-        // Each wait is bounded (`Backends::caught_up`); the projection may need many.
+/// restores the idempotency answers it kept; fails if the projection stops meanwhile.
+/// Without a projection in this process, the answers the store holds are restored as they are.
+async fn catch_up(backends: &Backends, ingest: &Ingest, projection: Option<&AbortHandle>) -> Result<(), PlatformError> {
+    if let Some(projection) = projection {
+        // Each wait is bounded (`Backends::caught_up`); the projection may need many, as
+        // long as it runs.
         loop {
             match backends.caught_up().await {
                 Ok(()) => break,
+                Err(error) if projection.is_finished() => {
+                    return Err(PlatformError::StageFailed { stage: "store", reason: error.to_string() });
+                }
                 Err(error) if error.kind() == esh_backends::ErrorKind::Transient => {
                     tracing::info!(%error, "waiting for the store projection to catch up with the log");
                 }
@@ -234,7 +238,8 @@ impl Platform {
             // Repeats of sends answered before a restart must get the same answer: the
             // store projection first applies what the log holds, then its idempotency
             // answers are loaded, and only then does the listener serve.
-            if let Err(error) = catch_up(&backends, &ingest, config.runs(Stage::Store)).await {
+            let projection = platform.aborts.iter().find(|(task, _)| *task == Task::Store).map(|(_, abort)| abort.clone());
+            if let Err(error) = catch_up(&backends, &ingest, projection.as_ref()).await {
                 platform.stop_in_order().await;
                 return Err(error);
             }
