@@ -58,18 +58,15 @@ pub(crate) async fn retry(
 ) -> Result<Response, ApiError> {
     caller.require_admin()?;
     let mut message = ingest.load_message(&message_id).await?;
-    let not_dead = || ApiError::conflict("the message is not dead-lettered");
     if message.status != Status::Failed {
-        return Err(not_dead());
+        return Err(ApiError::conflict("the message is not dead-lettered"));
     }
     // The status record is the retry's commit point; the message record then routes it
     // again. If that second append fails the answer is 503 and the message, `sent` again,
     // waits in the recipient's undelivered messages for the next connect.
-    let now = Millis::now();
-    ingest.status_writer.apply(vec![StatusEvent::of(&message, Status::Sent, now)]).await?;
-    message.status = Status::Sent;
-    message.status_changed_at = now;
-    message.error = None;
+    let retried = StatusEvent::of(&message, Status::Sent, Millis::now());
+    ingest.status_writer.apply(vec![retried.clone()]).await?;
+    message.apply(&retried.change());
     let topic = topics::messages_topic(message.priority);
     let record = Record {
         key: message.partition_key(),

@@ -14,7 +14,6 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use esh_backends::freshness::Freshness;
 use esh_backends::resolver::Backends;
 use esh_backends::{BackendError, Consumed, LogPosition, Projection};
 
@@ -60,7 +59,7 @@ pub async fn project_store(
             let Some(later) = poll(consumer.as_mut(), &more, &mut backoff, &shutdown).await? else { break };
             records.extend(later);
         }
-        let mut work = ProjectBatch { records: &records, freshness: &backends.freshness };
+        let mut work = ProjectBatch { records: &records };
         if !finish_batch(consumer.as_mut(), &records, &mut work, &backends, &config, &mut backoff, &shutdown).await? {
             return Ok(());
         }
@@ -86,7 +85,6 @@ async fn report_lag(backends: &Backends) {
 
 struct ProjectBatch<'r> {
     records: &'r [Consumed],
-    freshness: &'r Freshness,
 }
 
 impl BatchWork for ProjectBatch<'_> {
@@ -97,13 +95,13 @@ impl BatchWork for ProjectBatch<'_> {
         backends: &'a Backends,
         _config: &'a RouterConfig,
     ) -> impl std::future::Future<Output = Result<(), BackendError>> + Send + 'a {
-        apply(backends, self.records, self.freshness)
+        apply(backends, self.records)
     }
 }
 
 /// Writes one polled batch: skips what the store already applied, folds the rest, writes
 /// it with the positions, then invalidates the cache and releases waiting readers.
-async fn apply(backends: &Backends, records: &[Consumed], freshness: &Freshness) -> Result<(), BackendError> {
+async fn apply(backends: &Backends, records: &[Consumed]) -> Result<(), BackendError> {
     // Read afresh for every batch: after a rebalance another member may have moved them.
     let stored = backends.store.projected_positions().await?;
     let applied: HashMap<(&str, u32), u64> =
@@ -120,7 +118,7 @@ async fn apply(backends: &Backends, records: &[Consumed], freshness: &Freshness)
             tracing::warn!(%error, "cannot invalidate cached conversations");
         }
     }
-    freshness.advance(&projection.positions);
+    backends.freshness.advance(&projection.positions);
     Ok(())
 }
 
@@ -192,25 +190,12 @@ pub(crate) fn fold(records: &[Consumed], applied: &HashMap<(&str, u32), u64>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use esh_common::{Message, MessageType, Millis, Priority, Status};
+    use esh_backends::testsuite::fixtures;
+    use esh_common::{Message, Millis, Status};
     use esh_schemas::encode;
 
     fn message(id: &str) -> Message {
-        Message {
-            id: id.into(),
-            kind: MessageType::OneWay,
-            sender_id: "b".into(),
-            recipient_id: "m".into(),
-            conversation_id: None,
-            content: "hi".into(),
-            media_ids: vec![],
-            priority: Priority::Normal,
-            status: Status::Sent,
-            status_changed_at: Millis(1),
-            created_at: Millis(1),
-            error: None,
-            broadcast_id: None,
-        }
+        Message { id: id.into(), ..fixtures::one_way("b", "m") }
     }
 
     fn record(topic: &str, partition: u32, offset: u64, value: Vec<u8>) -> Consumed {

@@ -61,12 +61,7 @@ pub(crate) async fn post_batch(
 ) -> Result<Response, ApiError> {
     let request = body.map(|ApiJson(request)| request);
     // On a task of its own, like every send: a client that hangs up cannot cut it short.
-    let Some(me) = ingest.me.upgrade() else {
-        return Err(ApiError::new(ErrorCode::Unavailable, "ingest is shutting down"));
-    };
-    tokio::spawn(async move { me.batch(&caller, request).await })
-        .await
-        .map_err(|error| ApiError::internal(format!("batch task failed: {error}")))?
+    ingest.detached(move |ingest| async move { ingest.batch(&caller, request).await }).await
 }
 
 impl Ingest {

@@ -27,6 +27,9 @@ mod request;
 pub(crate) use batch::post_batch;
 pub(crate) use handlers::{post_broadcast, post_chat, post_one_way, send_chat};
 
+use std::future::Future;
+use std::sync::Arc;
+
 use esh_common::{ids, ApiError, ErrorCode, User};
 
 use self::commit::{prepare_broadcast, prepare_message, Accepted, Prepared};
@@ -38,16 +41,24 @@ use crate::auth::Caller;
 use crate::Ingest;
 
 impl Ingest {
-    /// Runs `send` on a task of its own, so that a caller that goes away (a closed
+    /// Runs `work` on a task of its own, so that a caller that goes away (a closed
     /// connection drops the handler) cannot cut a send off between its effect and the
     /// settling of its idempotency key and rate-limit permits.
-    async fn send_detached(&self, caller: Caller, input: Result<SendInput, ApiError>) -> Result<Accepted, ApiError> {
+    async fn detached<T, F, Fut>(&self, work: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Ingest>) -> Fut,
+        Fut: Future<Output = Result<T, ApiError>> + Send + 'static,
+    {
         let Some(ingest) = self.me.upgrade() else {
             return Err(ApiError::new(ErrorCode::Unavailable, "ingest is shutting down"));
         };
-        tokio::spawn(async move { ingest.send(&caller, input).await })
-            .await
-            .map_err(|error| ApiError::internal(format!("send task failed: {error}")))?
+        tokio::spawn(work(ingest)).await.map_err(|error| ApiError::internal(format!("send task failed: {error}")))?
+    }
+
+    /// Runs a send on a task of its own (`detached`).
+    async fn send_detached(&self, caller: Caller, input: Result<SendInput, ApiError>) -> Result<Accepted, ApiError> {
+        self.detached(move |ingest| async move { ingest.send(&caller, input).await }).await
     }
 
     /// Runs a send request (already parsed, or the error its body gave) from `caller`.

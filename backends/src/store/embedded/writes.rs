@@ -106,63 +106,61 @@ pub(super) fn insert_messages(connection: &Connection, messages: &[Message]) -> 
 /// Stores one new message and what follows from it; false if its id was already stored
 /// (then nothing changes).
 fn insert_message(connection: &Connection, message: &Message) -> Result<bool, Failure> {
-    {
-        let inserted = connection
-            .prepare_cached(
-                "INSERT OR IGNORE INTO messages (id, kind, sender_id, recipient_id, conversation_id, broadcast_id, \
-                 priority, created_at, status, status_changed_at, error, version, media_ids, content) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 1, ?12, ?13)",
-            )?
-            .execute(params![
-                message.id,
-                kind_name(message.kind),
-                message.sender_id,
-                message.recipient_id,
-                message.conversation_id,
-                message.broadcast_id,
-                priority_name(message.priority),
-                message.created_at.0,
-                message.status.as_str(),
-                message.status_changed_at.0,
-                message.error,
-                encode_list(&message.media_ids),
-                message.content,
-            ])?;
-        if inserted == 0 {
-            return Ok(false);
+    let inserted = connection
+        .prepare_cached(
+            "INSERT OR IGNORE INTO messages (id, kind, sender_id, recipient_id, conversation_id, broadcast_id, \
+             priority, created_at, status, status_changed_at, error, version, media_ids, content) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 1, ?12, ?13)",
+        )?
+        .execute(params![
+            message.id,
+            kind_name(message.kind),
+            message.sender_id,
+            message.recipient_id,
+            message.conversation_id,
+            message.broadcast_id,
+            priority_name(message.priority),
+            message.created_at.0,
+            message.status.as_str(),
+            message.status_changed_at.0,
+            message.error,
+            encode_list(&message.media_ids),
+            message.content,
+        ])?;
+    if inserted == 0 {
+        return Ok(false);
+    }
+    match &message.conversation_id {
+        Some(conversation_id) => {
+            connection
+                .prepare_cached("INSERT OR IGNORE INTO chat_messages (conversation_id, id) VALUES (?1, ?2)")?
+                .execute(params![conversation_id, message.id])?;
+            record_activity(connection, conversation_id, message)?;
         }
-        match &message.conversation_id {
-            Some(conversation_id) => {
-                connection
-                    .prepare_cached("INSERT OR IGNORE INTO chat_messages (conversation_id, id) VALUES (?1, ?2)")?
-                    .execute(params![conversation_id, message.id])?;
-                record_activity(connection, conversation_id, message)?;
-            }
-            None => {
-                connection
-                    .prepare_cached("INSERT OR IGNORE INTO received_messages (recipient_id, id) VALUES (?1, ?2)")?
-                    .execute(params![message.recipient_id, message.id])?;
-                connection
-                    .prepare_cached("INSERT OR IGNORE INTO sent_messages (sender_id, id) VALUES (?1, ?2)")?
-                    .execute(params![message.sender_id, message.id])?;
-            }
+        None => {
+            connection
+                .prepare_cached("INSERT OR IGNORE INTO received_messages (recipient_id, id) VALUES (?1, ?2)")?
+                .execute(params![message.recipient_id, message.id])?;
+            connection
+                .prepare_cached("INSERT OR IGNORE INTO sent_messages (sender_id, id) VALUES (?1, ?2)")?
+                .execute(params![message.sender_id, message.id])?;
         }
-        if message.status == Status::Sent {
-            add_undelivered(connection, &message.recipient_id, &message.id)?;
-        }
-        if let Some(broadcast_id) = &message.broadcast_id {
-            // The counts already hold this recipient as `sent`.
-            move_broadcast_count(connection, broadcast_id, Status::Sent, message.status)?;
-        }
-        if message.status == Status::Failed {
-            add_dead_letter(
-                connection,
-                message.status_changed_at,
-                &message.id,
-                0,
-                message.error.as_deref().unwrap_or_default(),
-            )?;
-        }
+    }
+    if message.status == Status::Sent {
+        add_undelivered(connection, &message.recipient_id, &message.id)?;
+    }
+    if let Some(broadcast_id) = &message.broadcast_id {
+        // The counts already hold this recipient as `sent`.
+        move_broadcast_count(connection, broadcast_id, Status::Sent, message.status)?;
+    }
+    if message.status == Status::Failed {
+        add_dead_letter(
+            connection,
+            message.status_changed_at,
+            &message.id,
+            0,
+            message.error.as_deref().unwrap_or_default(),
+        )?;
     }
     Ok(true)
 }
@@ -466,8 +464,8 @@ fn take_early_statuses(connection: &Connection, message_id: &str) -> Result<Vec<
     Ok(changes)
 }
 
-/// How long idempotency answers are kept (API.md: "within 24 h").
-const IDEMPOTENCY_KEEP_MS: i64 = 24 * 3600 * 1000;
+/// How long idempotency answers are kept: as long as the key store remembers a key.
+const IDEMPOTENCY_KEEP_MS: i64 = crate::cache::IDEMPOTENCY_TTL.as_millis() as i64;
 
 /// Everything of one folded log batch, and the positions it reached, in the open
 /// transaction (`MessageStore::project`).
