@@ -56,7 +56,11 @@ async fn assert_refused(esh: &Harness, what: &str, token: &str) {
     assert_eq!((answer.status, answer.code()), (401, "unauthenticated"), "{what} over HTTP: {}", answer.body);
     assert!(answer.body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {}", answer.body);
     let (status, body) = esh.refused_upgrade(&esh.ws_url(), Some(token)).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthenticated")), "{what} on the socket: {body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("unauthenticated")),
+        "{what} on the socket: {body}"
+    );
 }
 
 /// Req 1.1, 1.2, 1.10 with identities of an integrator's provider: an RS256 token (PEM key)
@@ -107,8 +111,18 @@ async fn identity_provider_tokens_that_do_not_hold_are_401() {
 
     let stranger = TestKey::es256("stranger");
     assert_refused(&esh, "unknown kid", &token(&stranger, "mona", json!({}))).await;
-    assert_refused(&esh, "a known kid on a stranger's signature", &stranger.sign_as(Some("ec"), &claims("mona", json!({"iss": ISSUER, "aud": AUDIENCE})))).await;
-    assert_refused(&esh, "no kid with two keys", &ec.sign_as(None, &claims("mona", json!({"iss": ISSUER, "aud": AUDIENCE})))).await;
+    assert_refused(
+        &esh,
+        "a known kid on a stranger's signature",
+        &stranger.sign_as(Some("ec"), &claims("mona", json!({"iss": ISSUER, "aud": AUDIENCE}))),
+    )
+    .await;
+    assert_refused(
+        &esh,
+        "no kid with two keys",
+        &ec.sign_as(None, &claims("mona", json!({"iss": ISSUER, "aud": AUDIENCE}))),
+    )
+    .await;
     assert_refused(&esh, "wrong iss", &token(&ec, "mona", json!({"iss": "https://evil.example"}))).await;
     assert_refused(&esh, "wrong aud", &token(&ec, "mona", json!({"aud": "someone-else"}))).await;
     assert_refused(&esh, "expired", &token(&rsa, "mona", json!({"exp": now_s() - 60}))).await;

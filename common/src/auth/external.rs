@@ -56,8 +56,9 @@ impl ExternalKeys {
             Ok(ec) => es256(&ec),
             Err(_) => PublicKey {
                 algorithm: Algorithm::RS256,
-                key: DecodingKey::from_rsa_pem(pem)
-                    .map_err(|_| unusable("not an RSA or P-256 public key in PEM (`PUBLIC KEY` or `RSA PUBLIC KEY`)"))?,
+                key: DecodingKey::from_rsa_pem(pem).map_err(|_| {
+                    unusable("not an RSA or P-256 public key in PEM (`PUBLIC KEY` or `RSA PUBLIC KEY`)")
+                })?,
             },
         };
         self.insert(kid, key)
@@ -162,7 +163,9 @@ fn from_jwk(jwk: &Jwk) -> Result<PublicKey, String> {
             }
             es256(&p256::PublicKey::from_sec1_bytes(&point).map_err(|_| "not a point of P-256".to_owned())?)
         }
-        AlgorithmParameters::EllipticCurve(ec) => return Err(format!("curve {:?} is not supported: use P-256", ec.curve)),
+        AlgorithmParameters::EllipticCurve(ec) => {
+            return Err(format!("curve {:?} is not supported: use P-256", ec.curve))
+        }
         _ => return Err("only RSA (RS256) and EC P-256 (ES256) keys are supported".to_owned()),
     };
     let fitting = if key.algorithm == Algorithm::RS256 { KeyAlgorithm::RS256 } else { KeyAlgorithm::ES256 };

@@ -48,7 +48,10 @@ fn keys_of_a_jwks_rotate_by_kid() {
     assert_eq!(both.add_jwks(jwks(&[&old, &new]).as_bytes()).unwrap(), 2);
     let both = TokenKeys::hs256(b"s").with_external(both);
     let (old_token, new_token) = (old.sign(&claims("u", json!({}))), new.sign(&claims("u", json!({}))));
-    assert!(both.verify(&old_token).is_ok() && both.verify(&new_token).is_ok(), "both keys are valid while both are listed");
+    assert!(
+        both.verify(&old_token).is_ok() && both.verify(&new_token).is_ok(),
+        "both keys are valid while both are listed"
+    );
 
     let mut rotated = ExternalKeys::default();
     rotated.add_jwks(jwks(&[&new]).as_bytes()).unwrap();
