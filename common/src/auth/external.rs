@@ -107,9 +107,10 @@ impl ExternalKeys {
         if kid.is_empty() {
             return Err(KeyError::Unusable { kid: String::new(), reason: "a key id cannot be empty".to_owned() });
         }
-        if self.keys.insert(kid.to_owned(), key).is_some() {
+        if self.keys.contains_key(kid) {
             return Err(KeyError::DuplicateKid(kid.to_owned()));
         }
+        self.keys.insert(kid.to_owned(), key);
         Ok(())
     }
 
@@ -127,19 +128,17 @@ impl ExternalKeys {
         // The validation allows the key's own algorithm alone: an RS256 header on an ES256
         // key (or the reverse) fails before any signature is checked.
         let mut validation = validation(key.algorithm);
-        let mut required = vec!["exp", "sub"];
         if let Some(issuer) = &self.issuer {
             validation.set_issuer(&[issuer]);
-            required.push("iss");
+            validation.required_spec_claims.insert("iss".to_owned());
         }
         match &self.audience {
             Some(audience) => {
                 validation.set_audience(&[audience]);
-                required.push("aud");
+                validation.required_spec_claims.insert("aud".to_owned());
             }
             None => validation.validate_aud = false,
         }
-        validation.set_required_spec_claims(&required);
         decoded(token, &key.key, validation)
     }
 }
