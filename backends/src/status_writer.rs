@@ -9,8 +9,8 @@
 //! frames. An event that does not move its message forward is harmless: every consumer
 //! ignores it.
 
+use esh_common::records::{encode, CodecError, StatusEvent, StatusRecord};
 use esh_common::{topics, DeadLetter, Status};
-use esh_schemas::{encode, StatusEvent};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -75,9 +75,13 @@ async fn append<'a>(log: &dyn MessageLog, events: impl Iterator<Item = &'a Statu
     let mut dead = Vec::new();
     for event in events {
         if event.status == Status::Failed {
-            dead.push(dead_letter_record(event));
+            dead.push(dead_letter_record(event).map_err(unencodable)?);
         }
-        status.push(Record { key: event.message_id.clone(), value: encode(event) });
+        let value = encode(StatusRecord::Status(event.clone())).map_err(unencodable)?;
+        status.push(Record {
+            key: event.message_id.clone(),
+            value,
+        });
     }
     if dead.is_empty() {
         return log.append(topics::STATUS, status).await;
@@ -86,15 +90,22 @@ async fn append<'a>(log: &dyn MessageLog, events: impl Iterator<Item = &'a Statu
     status.and(dead)
 }
 
+fn unencodable(error: CodecError) -> BackendError {
+    BackendError::Corrupt(format!("cannot encode a status record: {error}"))
+}
+
 /// The `esh.dead-letters.v1` record of a failure.
-fn dead_letter_record(event: &StatusEvent) -> Record {
+fn dead_letter_record(event: &StatusEvent) -> Result<Record, CodecError> {
     let letter = DeadLetter {
         message_id: event.message_id.clone(),
         attempts: event.attempts,
         error: event.error.clone().unwrap_or_default(),
         failed_at: event.at,
     };
-    Record { key: event.message_id.clone(), value: encode(&letter) }
+    Ok(Record {
+        key: event.message_id.clone(),
+        value: encode(letter)?,
+    })
 }
 
 #[cfg(test)]
@@ -112,7 +123,11 @@ mod tests {
             attempts: 7,
             route: MessageRoute { sender_id: "b".into(), recipient_id: "m".into(), conversation_id: None, broadcast_id: None },
         };
-        let letter: DeadLetter = esh_schemas::decode(&dead_letter_record(&event).value).unwrap();
-        assert_eq!((letter.attempts, letter.error.as_str(), letter.failed_at), (7, "ack timeout", Millis(9)));
+        let letter: DeadLetter =
+            esh_common::records::decode(&dead_letter_record(&event).unwrap().value).unwrap();
+        assert_eq!(
+            (letter.attempts, letter.error.as_str(), letter.failed_at),
+            (7, "ack timeout", Millis(9))
+        );
     }
 }

@@ -676,7 +676,10 @@ async fn recovery_rebuilds_partition_indexes_from_the_journal() {
         before
     };
     assert!(segments(dir.path()).len() > 2, "the journal rolled");
-    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2, "only the journal and the lock file");
+    let mut files: Vec<String> =
+        fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    files.sort();
+    assert_eq!(files, ["__lock", "__record_format", "journal"], "only the journal, the lock and the format files");
 
     let log = EmbeddedMessageLog::open_with(dir.path(), options()).unwrap();
     for (t, topic) in topics.into_iter().enumerate() {
@@ -802,6 +805,31 @@ async fn the_layout_of_earlier_versions_is_refused() {
         Err(other) => panic!("expected corrupt, got {other}"),
         Ok(_) => panic!("an earlier layout must not open as an empty log"),
     }
+}
+
+/// A journal written before records were Avro (no `__record_format` beside it) holds
+/// JSON records: refused at start-up, not read as garbage.
+#[tokio::test]
+async fn a_journal_of_json_records_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(EmbeddedMessageLog::open(dir.path(), 4).unwrap());
+    let marker = dir.path().join("__record_format");
+    assert_eq!(
+        fs::read_to_string(&marker).unwrap(),
+        esh_schemas::codec::WIRE_FORMAT
+    );
+    drop(EmbeddedMessageLog::open(dir.path(), 4).expect("a log of this format reopens"));
+    fs::remove_file(&marker).unwrap();
+    match EmbeddedMessageLog::open(dir.path(), 4) {
+        Err(BackendError::Corrupt(reason)) => assert!(reason.contains("JSON records"), "{reason}"),
+        Err(other) => panic!("expected corrupt, got {other}"),
+        Ok(_) => panic!("a journal of JSON records must not open"),
+    }
+    fs::write(&marker, "json").unwrap();
+    assert!(matches!(
+        EmbeddedMessageLog::open(dir.path(), 4),
+        Err(BackendError::Corrupt(_))
+    ));
 }
 
 // ---- retention of topics no group reads ----

@@ -8,8 +8,8 @@ use esh_backends::log::EmbeddedMessageLog;
 use esh_backends::status_writer::StatusWriter;
 use esh_backends::testsuite::fixtures;
 use esh_backends::{BackendError, Consumed, LogConsumer, MessageLog, Record};
+use esh_common::records::{StatusEvent, StatusRecord};
 use esh_common::{topics, DeadLetter, Message, Millis, Status};
-use esh_schemas::StatusEvent;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,8 +87,19 @@ async fn req_4_4_receipts_are_durable_status_records_keyed_by_message_in_order()
     setup.writer.apply(vec![StatusEvent::of(&message, Status::Delivered, Millis(5)), read.clone()]).await.unwrap();
     // Answered: both are on the topic, in order, on the message id's partition.
     let found = records(&setup.log, topics::STATUS, 2).await;
-    let events: Vec<StatusEvent> = found.iter().map(|r| esh_schemas::decode(&r.value).unwrap()).collect();
-    assert_eq!(events.iter().map(|e| e.status).collect::<Vec<_>>(), [Status::Delivered, Status::Read]);
+    let events: Vec<StatusEvent> = found
+        .iter()
+        .map(|r| {
+            esh_common::records::decode::<StatusRecord>(&r.value)
+                .unwrap()
+                .into_status()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        events.iter().map(|e| e.status).collect::<Vec<_>>(),
+        [Status::Delivered, Status::Read]
+    );
     assert!(found.iter().all(|r| r.key == message.id));
     assert_eq!(events[1], read);
     assert_eq!(events[1].route.sender_id, "biz", "the notifier needs no store read to find the sender");
@@ -105,7 +116,7 @@ async fn req_4_2_failures_are_also_dead_letters() {
     };
     setup.writer.apply(vec![failed]).await.unwrap();
     let found = records(&setup.log, topics::DEAD_LETTERS, 1).await;
-    let letter: DeadLetter = esh_schemas::decode(&found[0].value).unwrap();
+    let letter: DeadLetter = esh_common::records::decode(&found[0].value).unwrap();
     assert_eq!(
         letter,
         DeadLetter {

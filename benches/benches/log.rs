@@ -5,7 +5,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use esh_backends::log::EmbeddedMessageLog;
 use esh_backends::{MessageLog, Record};
 use esh_benches::{one_way_message, quick};
-use esh_schemas::{encode, MessageEnvelope};
+use esh_common::records::{encode, MessageEnvelope};
 
 fn log(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
@@ -14,7 +14,14 @@ fn log(c: &mut Criterion) {
     let records: Vec<Record> = (0..100)
         .map(|i| {
             let message = one_way_message("b1", &format!("m{i}"));
-            Record { key: message.partition_key(), value: encode(&MessageEnvelope::Message { message, idempotency: None }) }
+            Record {
+                key: message.partition_key(),
+                value: encode(MessageEnvelope::Message {
+                    message,
+                    idempotency: None,
+                })
+                .expect("encodable"),
+            }
         })
         .collect();
 

@@ -1,14 +1,11 @@
-//! Log topic names of API.md ("Kafka topics"); the embedded log uses the same names.
+//! Log topic names of API.md ("Kafka topics", defined with the wire format in `esh-schemas`),
+//! the message topic of each priority and the consumer groups.
 
 use crate::model::Priority;
 
-pub const MESSAGES_HIGH: &str = "esh.messages.high";
-pub const MESSAGES_NORMAL: &str = "esh.messages.normal";
-pub const MESSAGES_LOW: &str = "esh.messages.low";
-pub const STATUS: &str = "esh.status.v1";
-pub const PUSH: &str = "esh.push.v1";
-pub const DEAD_LETTERS: &str = "esh.dead-letters.v1";
-pub const INGEST: &str = "esh.ingest.v1";
+pub use esh_schemas::topics::{
+    DEAD_LETTERS, INGEST, MESSAGES_HIGH, MESSAGES_LOW, MESSAGES_NORMAL, PUSH, STATUS,
+};
 
 /// Message topics, highest priority first (the order the router drains them in).
 pub const MESSAGES_BY_PRIORITY: [&str; 3] = [MESSAGES_HIGH, MESSAGES_NORMAL, MESSAGES_LOW];

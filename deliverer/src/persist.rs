@@ -11,8 +11,8 @@ use std::time::Duration;
 use esh_backends::status_writer::StatusWriter;
 use esh_backends::{BackendError, ErrorKind};
 use esh_backends::resolver::Backends;
+use esh_common::records::StatusEvent;
 use esh_common::{Attempt, Millis, Status};
-use esh_schemas::StatusEvent;
 use tokio::sync::mpsc;
 
 /// Effects to write.

@@ -23,9 +23,9 @@ use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use esh_backends::MessageStore;
+use esh_common::records::StatusEvent;
 use esh_common::retry::RetrySchedule;
 use esh_common::{Attempt, Channel, MessageRoute, Millis, Status};
-use esh_schemas::StatusEvent;
 use futures::FutureExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;

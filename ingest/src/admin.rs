@@ -7,8 +7,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use esh_backends::Record;
+use esh_common::records::{encode, MessageEnvelope, StatusEvent};
 use esh_common::{topics, ApiError, DeadLetter, Millis, Status};
-use esh_schemas::{encode, MessageEnvelope, StatusEvent};
 
 use crate::auth::Caller;
 use crate::body::PathId;
@@ -70,7 +70,10 @@ pub(crate) async fn retry(
     let topic = topics::messages_topic(message.priority);
     let record = Record {
         key: message.partition_key(),
-        value: encode(&MessageEnvelope::Message { message, idempotency: None }),
+        value: encode(MessageEnvelope::Message {
+            message,
+            idempotency: None,
+        })?,
     };
     ingest.append(topic, vec![record]).await?;
     Ok(views::json(StatusCode::ACCEPTED, &RetriedView { message_id, status: Status::Sent }))

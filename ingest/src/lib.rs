@@ -15,7 +15,8 @@
 //! - `users`, `messages`, `conversations`, `broadcasts`, `admin`: the other endpoints.
 //! - `auth` (the `Caller` extractor), `body` (the JSON body extractor), `cursor` (page
 //!   limits and opaque cursors), `views` (answer shapes): shared by every handler.
-//! - `health`, `metrics`, `openapi`: operations endpoints.
+//! - `health`, `metrics`, `openapi`: operations endpoints; `schemas`: the schema-registry
+//!   endpoints of the wire format (`/v1/schemas/...`).
 //!
 //! Choices where API.md leaves room:
 //! - A JSON body needs `Content-Type: application/json` (or `…+json`); anything else is
@@ -37,6 +38,7 @@ mod health;
 mod messages;
 mod metrics;
 mod openapi;
+mod schemas;
 mod send;
 mod users;
 mod views;
@@ -120,7 +122,7 @@ impl Ingest {
     }
 
     /// Every HTTP route of API.md this crate serves, plus /health/*, /metrics,
-    /// /v1/openapi.json and JSON 404/405 fallbacks.
+    /// /v1/openapi.json, the schema registry under /v1/schemas and JSON 404/405 fallbacks.
     pub fn routes(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/v1/users", post(users::create))
@@ -145,6 +147,16 @@ impl Ingest {
             .route("/health/ready", get(health::ready))
             .route("/metrics", get(metrics::render))
             .route("/v1/openapi.json", get(openapi::document))
+            .route("/v1/schemas/ids/{id}", get(schemas::by_id))
+            .route("/v1/schemas/subjects", get(schemas::subjects))
+            .route(
+                "/v1/schemas/subjects/{subject}/versions",
+                get(schemas::versions),
+            )
+            .route(
+                "/v1/schemas/subjects/{subject}/versions/{version}",
+                get(schemas::version),
+            )
             .fallback(views::not_found)
             .layer(axum::middleware::from_fn(views::json_errors))
             .layer(axum::middleware::from_fn(metrics::track))

@@ -6,9 +6,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use esh_backends::OneWayRole;
+use esh_common::records::StatusEvent;
 use esh_common::view::MessageView;
 use esh_common::{ApiError, Message, Millis, Status, UserKind};
-use esh_schemas::StatusEvent;
 
 use crate::auth::Caller;
 use crate::body::PathId;

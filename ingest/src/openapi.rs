@@ -11,7 +11,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, RefOr, Response as Answer, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use crate::{admin, broadcasts, conversations, health, messages, metrics, send, users, views};
+use crate::{
+    admin, broadcasts, conversations, health, messages, metrics, schemas, send, users, views,
+};
 
 /// Declares the bearer scheme the paths refer to.
 struct BearerAuth;
@@ -120,6 +122,7 @@ impl Modify for CommonAnswers {
         conversations::list, conversations::messages,
         admin::dead_letters, admin::retry,
         health::live, health::ready, metrics::render, document,
+        schemas::by_id, schemas::subjects, schemas::versions, schemas::version,
     ),
     components(schemas(views::ErrorBody, views::ErrorDetail)),
     modifiers(&BearerAuth, &CommonAnswers),

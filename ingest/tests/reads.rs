@@ -5,8 +5,8 @@ mod support;
 
 use std::collections::HashSet;
 
+use esh_common::records::StatusEvent;
 use esh_common::{Attempt, Channel, Millis, Status, UserKind};
-use esh_schemas::StatusEvent;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use support::{expired_token, forged_token, ids, Server, ADMIN};

@@ -5,9 +5,9 @@ mod support;
 
 use esh_backends::Record;
 use esh_common::ingress::{ChatIngress, ChatRequest};
+use esh_common::records::{decode, MessageEnvelope};
 use esh_common::{topics, Priority, UserKind};
 use esh_ingest::IngestConfig;
-use esh_schemas::{decode, MessageEnvelope};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use support::{expired_token, forged_token, Server, ADMIN};

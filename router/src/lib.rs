@@ -26,8 +26,8 @@ use std::time::Duration;
 
 use esh_backends::resolver::Backends;
 use esh_backends::{BackendError, Consumed, ErrorKind, LogConsumer, NodeEvent, NodeId, Record};
+use esh_common::records::{LogRecord, MessageEnvelope, StatusEvent, StatusRecord};
 use esh_common::{topics, Broadcast, Message, Status};
-use esh_schemas::{MessageEnvelope, StatusEvent};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -148,8 +148,8 @@ mod projection;
 
 /// Decodes a record; an undecodable one is logged and left out: retrying cannot repair it,
 /// and it must not wedge its partition (its offset is committed with its batch).
-fn decoded<T: serde::de::DeserializeOwned>(record: &Consumed) -> Option<T> {
-    match esh_schemas::decode::<T>(&record.value) {
+fn decoded<T: LogRecord>(record: &Consumed) -> Option<T> {
+    match esh_common::records::decode::<T>(&record.value) {
         Ok(value) => Some(value),
         Err(error) => {
             tracing::error!(
@@ -162,6 +162,12 @@ fn decoded<T: serde::de::DeserializeOwned>(record: &Consumed) -> Option<T> {
             None
         }
     }
+}
+
+/// The status change a record of `esh.status.v1` holds; the topic's other records (the
+/// outcomes of Kafka-native sends) are none of these consumers' business and are skipped.
+fn status_change(record: &Consumed) -> Option<StatusEvent> {
+    decoded::<StatusRecord>(record)?.into_status()
 }
 
 pub use projection::project_store;
@@ -334,11 +340,18 @@ async fn expand_broadcast(
     }
     let records = messages
         .into_iter()
-        .map(|message| Record {
-            key: message.partition_key(),
-            value: esh_schemas::encode(&MessageEnvelope::Message { message, idempotency: None }),
+        .map(|message| {
+            let key = message.partition_key();
+            let value = esh_common::records::encode(MessageEnvelope::Message {
+                message,
+                idempotency: None,
+            })
+            .map_err(|e| {
+                BackendError::Corrupt(format!("cannot encode a broadcast message: {e}"))
+            })?;
+            Ok(Record { key, value })
         })
-        .collect();
+        .collect::<Result<_, BackendError>>()?;
     backends.log.append(topic, records).await
 }
 
@@ -437,7 +450,7 @@ impl StatusSeen {
 fn sender_notices(records: &[Consumed], seen: &mut StatusSeen) -> Vec<StatusEvent> {
     records
         .iter()
-        .filter_map(decoded::<StatusEvent>)
+        .filter_map(status_change)
         .filter(|event| seen.moves_forward(event))
         .filter(|event| matches!(event.status, Status::Delivered | Status::Read | Status::Failed))
         .collect()
@@ -508,11 +521,40 @@ mod tests {
 
     #[test]
     fn only_delivered_read_and_failed_reach_senders_req_9_6() {
-        let records: Vec<Consumed> =
-            Status::ALL.iter().map(|s| consumed(esh_schemas::encode(&event(&format!("m-{s:?}"), *s)))).collect();
-        let kept: Vec<Status> =
-            sender_notices(&records, &mut StatusSeen::default()).iter().map(|e| e.status).collect();
+        let records: Vec<Consumed> = Status::ALL
+            .iter()
+            .map(|s| consumed(encoded(event(&format!("m-{s:?}"), *s))))
+            .collect();
+        let kept: Vec<Status> = sender_notices(&records, &mut StatusSeen::default())
+            .iter()
+            .map(|e| e.status)
+            .collect();
         assert_eq!(kept, [Status::Delivered, Status::Read, Status::Failed]);
+    }
+
+    fn encoded(event: StatusEvent) -> Vec<u8> {
+        esh_common::records::encode(StatusRecord::Status(event)).unwrap()
+    }
+
+    /// The outcomes of Kafka-native sends share the topic; the notifier skips them.
+    #[test]
+    fn ingest_outcomes_on_the_status_topic_reach_no_sender() {
+        let outcome = esh_common::records::IngestOutcome {
+            key: "k1".into(),
+            sender_id: "b".into(),
+            message_id: Some("m1".into()),
+            error: None,
+            at: 1,
+        };
+        let records = [
+            consumed(esh_common::records::encode(StatusRecord::Outcome(outcome)).unwrap()),
+            consumed(encoded(event("m1", Status::Delivered))),
+        ];
+        let kept: Vec<Status> = sender_notices(&records, &mut StatusSeen::default())
+            .iter()
+            .map(|e| e.status)
+            .collect();
+        assert_eq!(kept, [Status::Delivered]);
     }
 
     fn event(id: &str, status: Status) -> StatusEvent {
@@ -530,7 +572,7 @@ mod tests {
         // An HTTP read racing a socket ack: `read` is appended first, `delivered` after it.
         let records: Vec<Consumed> = [Status::Read, Status::Delivered, Status::Read]
             .iter()
-            .map(|s| consumed(esh_schemas::encode(&event("m1", *s))))
+            .map(|s| consumed(encoded(event("m1", *s))))
             .collect();
         let kept: Vec<Status> =
             sender_notices(&records, &mut StatusSeen::default()).iter().map(|e| e.status).collect();

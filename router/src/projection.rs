@@ -17,11 +17,13 @@ use std::time::Duration;
 use esh_backends::resolver::Backends;
 use esh_backends::{BackendError, Consumed, LogPosition, Projection};
 
+use esh_common::records::MessageEnvelope;
 use esh_common::{topics, StatusChange};
-use esh_schemas::{MessageEnvelope, StatusEvent};
 use tokio_util::sync::CancellationToken;
 
-use crate::{decoded, finish_batch, poll, subscribe, Backoff, BatchWork, RouterConfig};
+use crate::{
+    decoded, finish_batch, poll, status_change, subscribe, Backoff, BatchWork, RouterConfig,
+};
 
 /// The projection loop (also run alone by tests of stages that need the store to follow
 /// the log); returns on shutdown after committing the batch in hand.
@@ -141,7 +143,9 @@ pub(crate) fn fold(records: &[Consumed], applied: &HashMap<(&str, u32), u64>) ->
             continue;
         }
         if record.topic == topics::STATUS {
-            let Some(event) = decoded::<StatusEvent>(record) else { continue };
+            let Some(event) = status_change(record) else {
+                continue;
+            };
             let change = event.change();
             match new_messages.get(&change.message_id) {
                 Some(&index) => {
@@ -191,8 +195,8 @@ pub(crate) fn fold(records: &[Consumed], applied: &HashMap<(&str, u32), u64>) ->
 mod tests {
     use super::*;
     use esh_backends::testsuite::fixtures;
+    use esh_common::records::{encode, StatusEvent, StatusRecord};
     use esh_common::{Message, Millis, Status};
-    use esh_schemas::encode;
 
     fn message(id: &str) -> Message {
         Message { id: id.into(), ..fixtures::one_way("b", "m") }
@@ -203,12 +207,30 @@ mod tests {
     }
 
     fn sent(id: &str, offset: u64) -> Consumed {
-        let envelope = MessageEnvelope::Message { message: message(id), idempotency: None };
-        record(topics::MESSAGES_NORMAL, 0, offset, encode(&envelope))
+        let envelope = MessageEnvelope::Message {
+            message: message(id),
+            idempotency: None,
+        };
+        record(
+            topics::MESSAGES_NORMAL,
+            0,
+            offset,
+            encode(envelope).unwrap(),
+        )
     }
 
     fn status(id: &str, status: Status, offset: u64) -> Consumed {
-        record(topics::STATUS, 1, offset, encode(&StatusEvent::of(&message(id), status, Millis(5))))
+        record(
+            topics::STATUS,
+            1,
+            offset,
+            encode(StatusRecord::Status(StatusEvent::of(
+                &message(id),
+                status,
+                Millis(5),
+            )))
+            .unwrap(),
+        )
     }
 
     #[test]

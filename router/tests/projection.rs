@@ -10,9 +10,9 @@ use async_trait::async_trait;
 use esh_backends::resolver::{resolve, BackendUrls, Backends};
 use esh_backends::testsuite::fixtures;
 use esh_backends::{BackendError, Consumed, LogConsumer, MessageLog, Record};
+use esh_common::records::{MessageEnvelope, StatusEvent, StatusRecord};
 use esh_common::{ids, topics, Broadcast, Message, Millis, Priority, Status};
 use esh_router::RouterConfig;
-use esh_schemas::{MessageEnvelope, StatusEvent};
 use tokio_util::sync::CancellationToken;
 
 /// A log whose consumers never commit: every restart redelivers everything, as after a
@@ -60,14 +60,28 @@ async fn append(backends: &Backends, topic: &str, key: String, value: Vec<u8>) -
 }
 
 async fn send(backends: &Backends, message: &Message) -> Result<()> {
-    let envelope = MessageEnvelope::Message { message: message.clone(), idempotency: None };
-    append(backends, topics::messages_topic(message.priority), message.partition_key(), esh_schemas::encode(&envelope))
-        .await
+    let envelope = MessageEnvelope::Message {
+        message: message.clone(),
+        idempotency: None,
+    };
+    append(
+        backends,
+        topics::messages_topic(message.priority),
+        message.partition_key(),
+        esh_common::records::encode(envelope)?,
+    )
+    .await
 }
 
 async fn receipt(backends: &Backends, message: &Message, status: Status) -> Result<()> {
     let event = StatusEvent::of(message, status, Millis::now());
-    append(backends, topics::STATUS, message.id.clone(), esh_schemas::encode(&event)).await
+    append(
+        backends,
+        topics::STATUS,
+        message.id.clone(),
+        esh_common::records::encode(StatusRecord::Status(event))?,
+    )
+    .await
 }
 
 /// Runs the projection until it has applied everything appended so far, then stops it.
@@ -115,8 +129,17 @@ async fn the_projection_applies_nothing_twice_when_the_log_redelivers_req_10_3()
         first_message_id: ids::reserve(2).to_string(),
         created_at: Millis::now(),
     };
-    let envelope = MessageEnvelope::Broadcast { broadcast: broadcast.clone(), idempotency: None };
-    append(&backends, topics::MESSAGES_LOW, broadcast.id.clone(), esh_schemas::encode(&envelope)).await?;
+    let envelope = MessageEnvelope::Broadcast {
+        broadcast: broadcast.clone(),
+        idempotency: None,
+    };
+    append(
+        &backends,
+        topics::MESSAGES_LOW,
+        broadcast.id.clone(),
+        esh_common::records::encode(envelope)?,
+    )
+    .await?;
     let first = broadcast.message(0).context("derivable")?;
     send(&backends, &first).await?;
     receipt(&backends, &first, Status::Read).await?;

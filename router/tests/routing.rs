@@ -9,9 +9,9 @@ use esh_backends::resolver::{resolve, BackendUrls, Backends};
 use esh_backends::status_writer::StatusWriter;
 use esh_backends::testsuite::fixtures;
 use esh_backends::{BackendError, NodeEvent, Record};
+use esh_common::records::{MessageEnvelope, StatusEvent};
 use esh_common::{ids, topics, Broadcast, Message, Millis, Priority, Status};
 use esh_router::RouterConfig;
-use esh_schemas::{MessageEnvelope, StatusEvent};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -51,7 +51,10 @@ impl Env {
     }
 
     async fn append(&self, topic: &str, key: String, envelope: &MessageEnvelope) -> Result<()> {
-        let record = Record { key, value: esh_schemas::encode(envelope) };
+        let record = Record {
+            key,
+            value: esh_common::records::encode(envelope.clone())?,
+        };
         Ok(self.backends.log.append(topic, vec![record]).await?)
     }
 

@@ -17,8 +17,10 @@
 //!
 //! Data lives under `dir`: `journal/<seq>.log` segments (each opening with a checkpoint of
 //! every topic, its partitions' next offsets, every committed offset and the time it was
-//! written), and `__lock`,
-//! which keeps a second process out. Records become visible to consumers only once
+//! written), `__lock`, which keeps a second process out, and `__record_format`, which
+//! names the format of the records (`esh_schemas::codec::WIRE_FORMAT`): a journal without
+//! it holds the JSON records of earlier versions and is refused, not misread.
+//! Records become visible to consumers only once
 //! durable. Consumer commits do not wait for a sync: `LogConsumer::commit` applies them in
 //! memory and queues them, and they become durable with the next group commit; one lost
 //! in a crash only means redelivery (at-least-once).
@@ -249,6 +251,39 @@ impl Core {
     }
 }
 
+/// The file naming the format of the records in a log directory.
+const RECORD_FORMAT_FILE: &str = "__record_format";
+
+/// Refuses a directory whose records are in another format than this version writes (a
+/// journal from before the file existed holds JSON records); marks a new one.
+fn check_record_format(dir: &Path) -> Result<(), BackendError> {
+    let path = dir.join(RECORD_FORMAT_FILE);
+    let wanted = esh_schemas::codec::WIRE_FORMAT;
+    match fs::read_to_string(&path) {
+        Ok(found) if found.trim() == wanted => Ok(()),
+        Ok(found) => Err(BackendError::Corrupt(format!(
+            "{} holds records in the format {:?}, not {wanted:?}, which this version does not read",
+            dir.display(),
+            found.trim()
+        ))),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let journal = dir.join(JOURNAL_DIR);
+            if journal.exists() && fs::read_dir(&journal)?.next().is_some() {
+                return Err(BackendError::Corrupt(format!(
+                    "{} holds the JSON records of an earlier version, which this one does not read",
+                    dir.display()
+                )));
+            }
+            let mut file = File::create(&path)?;
+            file.write_all(wanted.as_bytes())?;
+            file.sync_all()?;
+            storage::sync_dir(dir)?;
+            Ok(())
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
 /// The durable embedded log (see the module docs).
 pub struct EmbeddedMessageLog {
     core: Arc<Core>,
@@ -293,6 +328,7 @@ impl EmbeddedMessageLog {
                 dir.display()
             )));
         }
+        check_record_format(dir)?;
         let recovered = recover(&dir.join(JOURNAL_DIR))?;
         let topics: HashMap<String, Arc<Topic>> =
             recovered.topics.iter().map(|topic| (topic.name.clone(), topic.clone())).collect();

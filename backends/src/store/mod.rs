@@ -15,7 +15,7 @@ use esh_common::{
 };
 
 use crate::error::BackendError;
-pub use esh_schemas::IdempotencyRecord;
+pub use esh_common::records::IdempotencyRecord;
 
 /// How far the store projection has applied one log partition.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -10,9 +10,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use esh_backends::{Record, StoredAnswer};
+use esh_common::records::{encode, IdempotencyRecord, MessageEnvelope};
 use esh_common::view::MessageView;
 use esh_common::{ids, topics, ApiError, Broadcast, Message, MessageType, Millis, Status, User};
-use esh_schemas::{encode, IdempotencyRecord, MessageEnvelope};
 
 use super::request::SendInput;
 use crate::views::{self, BroadcastAccepted};
@@ -87,7 +87,7 @@ pub(crate) fn prepare_message(
     let idempotency = remembered(key, &body, at);
     let record = Record {
         key: message.partition_key(),
-        value: encode(&MessageEnvelope::Message { message: message.clone(), idempotency }),
+        value: encode(MessageEnvelope::Message { message: message.clone(), idempotency })?,
     };
     let answer = StoredAnswer { status: 202, body: body.into_bytes() };
     Ok(Prepared {
@@ -120,7 +120,7 @@ pub(crate) fn prepare_broadcast(
         serde_json::to_string(&accepted).map_err(|e| ApiError::internal(format!("cannot encode answer: {e}")))?;
     let idempotency = remembered(key, &body, broadcast.created_at);
     let record =
-        Record { key: broadcast.id.clone(), value: encode(&MessageEnvelope::Broadcast { broadcast, idempotency }) };
+        Record { key: broadcast.id.clone(), value: encode(MessageEnvelope::Broadcast { broadcast, idempotency })? };
     let answer = StoredAnswer { status: 202, body: body.into_bytes() };
     Ok(Prepared { topic: topics::messages_topic(input.priority), record, accepted: Accepted { answer, message: None } })
 }
