@@ -1,10 +1,10 @@
-//! What the log carries: the record types of the message, status and dead-letter topics
-//! and their codec. No I/O.
+//! What the log carries: the record types of the message, status, push and dead-letter
+//! topics and their codec. No I/O.
 //!
 //! Records are encoded as JSON today; the Avro contracts (`*.avsc`) and the Confluent wire
 //! format for Kafka-native integrators replace this codec behind the same functions.
 
-use esh_common::{Broadcast, DeadLetter, Message, MessageRoute, Millis, Status, StatusChange};
+use esh_common::{Broadcast, DeadLetter, Message, MessageRoute, Millis, Priority, Status, StatusChange};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// A record of the `esh.messages.*` topics. Its durable append is the commit point of a
@@ -76,6 +76,56 @@ impl StatusEvent {
     }
 }
 
+/// Characters of the content a push notification previews (Req 3.3).
+pub const PREVIEW_CHARS: usize = 100;
+
+/// A record of `esh.push.v1` (key: the recipient id): a message whose recipient had no
+/// socket when the router handled it, for the push stage to notify (Req 3.2, 3.3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushRequest {
+    pub recipient_id: String,
+    pub message_id: String,
+    /// The chat conversation to open; `None` for one-way messages.
+    #[serde(default)]
+    pub conversation_id: Option<String>,
+    pub sender_id: String,
+    /// The sender's display name when the message was routed.
+    pub sender_name: String,
+    /// The first [`PREVIEW_CHARS`] characters of the content, cut on a character boundary.
+    pub preview: String,
+    pub priority: Priority,
+    pub created_at: Millis,
+    /// Media attached to the message, by id: the notification says there are attachments
+    /// without carrying them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub media_ids: Vec<String>,
+}
+
+impl PushRequest {
+    /// The push request of `message`, sent by a user shown as `sender_name`.
+    pub fn of(message: &Message, sender_name: &str) -> PushRequest {
+        PushRequest {
+            recipient_id: message.recipient_id.clone(),
+            message_id: message.id.clone(),
+            conversation_id: message.conversation_id.clone(),
+            sender_id: message.sender_id.clone(),
+            sender_name: sender_name.to_owned(),
+            preview: preview(&message.content),
+            priority: message.priority,
+            created_at: message.created_at,
+            media_ids: message.media_ids.clone(),
+        }
+    }
+}
+
+/// The first [`PREVIEW_CHARS`] characters (Unicode scalar values) of `content`.
+pub fn preview(content: &str) -> String {
+    match content.char_indices().nth(PREVIEW_CHARS) {
+        Some((end, _)) => content[..end].to_owned(),
+        None => content.to_owned(),
+    }
+}
+
 /// A record of `esh.dead-letters.v1`.
 pub type DeadLetterEvent = DeadLetter;
 
@@ -118,6 +168,15 @@ mod tests {
         }
     }
 
+    #[test]
+    fn previews_keep_100_multi_byte_characters_req_3_3() {
+        let content = "é🙂".repeat(80);
+        let cut = preview(&content);
+        assert_eq!(cut.chars().count(), PREVIEW_CHARS);
+        assert_eq!(cut, "é🙂".repeat(50));
+        assert_eq!(preview("short"), "short");
+    }
+
     proptest! {
         #[test]
         fn envelopes_round_trip(content in "\\PC{0,200}") {
@@ -126,8 +185,17 @@ mod tests {
         }
 
         #[test]
+        fn push_requests_round_trip_with_previews_cut_on_char_boundaries_req_3_3(content in "\\PC{0,300}") {
+            let request = PushRequest::of(&message(content.clone()), "Acme");
+            prop_assert!(content.starts_with(&request.preview));
+            prop_assert_eq!(request.preview.chars().count(), content.chars().count().min(PREVIEW_CHARS));
+            prop_assert_eq!(decode::<PushRequest>(&encode(&request)).unwrap(), request);
+        }
+
+        #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = decode::<MessageEnvelope>(&bytes);
+            let _ = decode::<PushRequest>(&bytes);
         }
     }
 }
