@@ -28,7 +28,8 @@ async fn a_mobile_user_registers_lists_and_removes_devices_req_3_1() {
     server.post("/v1/devices", &mobile, json!({"platform": "ios", "token": "a1b2c3"})).await;
     let listed = server.get("/v1/devices", &mobile).await;
     assert_eq!(listed.status, StatusCode::OK);
-    let tokens: Vec<&str> = listed.json["items"].as_array().unwrap().iter().map(|d| d["token"].as_str().unwrap()).collect();
+    let tokens: Vec<&str> =
+        listed.json["items"].as_array().unwrap().iter().map(|d| d["token"].as_str().unwrap()).collect();
     assert_eq!(tokens, ["a1b2c3", "fcm:abc/1+2"]);
 
     // The path token is URL-encoded.
@@ -85,13 +86,16 @@ async fn malformed_oversized_and_unauthorized_requests_get_the_error_body() {
     let raw = server.post_raw("/v1/devices", &mobile, "text/plain", "platform=ios").await;
     assert_eq!(raw.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
 
-    let anonymous = server.call(Method::POST, "/v1/devices", None, Some(json!({"platform": "ios", "token": "t"}))).await;
+    let anonymous =
+        server.call(Method::POST, "/v1/devices", None, Some(json!({"platform": "ios", "token": "t"}))).await;
     assert_eq!((anonymous.status, anonymous.code()), (StatusCode::UNAUTHORIZED, "unauthenticated"));
     for token in [business.as_str(), ADMIN] {
         let answer = server.post("/v1/devices", token, json!({"platform": "ios", "token": "t"})).await;
         assert_eq!((answer.status, answer.code()), (StatusCode::FORBIDDEN, "forbidden"));
         assert_eq!(server.get("/v1/devices", token).await.status, StatusCode::FORBIDDEN);
-        let preferences = server.call(Method::PUT, "/v1/me/preferences", Some(token), Some(json!({"notifications_enabled": false}))).await;
+        let preferences = server
+            .call(Method::PUT, "/v1/me/preferences", Some(token), Some(json!({"notifications_enabled": false})))
+            .await;
         assert_eq!(preferences.status, StatusCode::FORBIDDEN);
     }
     assert_eq!(server.call(Method::GET, "/v1/devices", None, None).await.status, StatusCode::UNAUTHORIZED);
@@ -102,13 +106,19 @@ async fn preferences_turn_notifications_off_and_on_req_3_6() {
     let server = Server::start().await;
     let mobile = server.mobile("m1").await;
     assert_eq!(server.get("/v1/me/preferences", &mobile).await.json, json!({"notifications_enabled": true}));
-    let off = server.call(Method::PUT, "/v1/me/preferences", Some(&mobile), Some(json!({"notifications_enabled": false}))).await;
+    let off = server
+        .call(Method::PUT, "/v1/me/preferences", Some(&mobile), Some(json!({"notifications_enabled": false})))
+        .await;
     assert_eq!((off.status, off.json.clone()), (StatusCode::OK, json!({"notifications_enabled": false})));
     // Twice is the same answer.
-    let again = server.call(Method::PUT, "/v1/me/preferences", Some(&mobile), Some(json!({"notifications_enabled": false}))).await;
+    let again = server
+        .call(Method::PUT, "/v1/me/preferences", Some(&mobile), Some(json!({"notifications_enabled": false})))
+        .await;
     assert_eq!(again.json, json!({"notifications_enabled": false}));
     assert_eq!(server.get("/v1/users/m1", &mobile).await.json["notifications_enabled"], false);
-    let bad = server.call(Method::PUT, "/v1/me/preferences", Some(&mobile), Some(json!({"notifications_enabled": "no"}))).await;
+    let bad = server
+        .call(Method::PUT, "/v1/me/preferences", Some(&mobile), Some(json!({"notifications_enabled": "no"})))
+        .await;
     assert_eq!((bad.status, bad.code()), (StatusCode::BAD_REQUEST, "invalid_request"));
     let missing = server.call(Method::PUT, "/v1/me/preferences", Some(&mobile), Some(json!({}))).await;
     assert_eq!(missing.status, StatusCode::BAD_REQUEST);

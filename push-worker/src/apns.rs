@@ -121,7 +121,13 @@ impl ApnsPushSender {
         Value::Object(payload)
     }
 
-    async fn post(&self, token: &str, device: &Device, notification: &PushNotification, payload: &Value) -> Result<reqwest::Response, reqwest::Error> {
+    async fn post(
+        &self,
+        token: &str,
+        device: &Device,
+        notification: &PushNotification,
+        payload: &Value,
+    ) -> Result<reqwest::Response, reqwest::Error> {
         // 10: deliver now; 5: when the device's power allows (low priority).
         let priority = if notification.priority == Priority::Low { "5" } else { "10" };
         self.client
@@ -162,7 +168,9 @@ impl PushSender for ApnsPushSender {
         loop {
             let token = match self.provider_token(renew).await {
                 Ok(token) => token,
-                Err(error) => return PushOutcome::Rejected { error: format!("apns: cannot sign the provider token: {error}") },
+                Err(error) => {
+                    return PushOutcome::Rejected { error: format!("apns: cannot sign the provider token: {error}") }
+                }
             };
             let answer = match self.post(&token, device, notification, &payload).await {
                 Ok(answer) => answer,

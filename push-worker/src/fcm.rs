@@ -214,7 +214,8 @@ fn outcome(status: StatusCode, headers: &reqwest::header::HeaderMap, body: &Valu
 }
 
 fn is_auth_refusal(status: StatusCode, body: &Value) -> bool {
-    status == StatusCode::UNAUTHORIZED || (status == StatusCode::FORBIDDEN && error_code(body) != Some("SENDER_ID_MISMATCH"))
+    status == StatusCode::UNAUTHORIZED
+        || (status == StatusCode::FORBIDDEN && error_code(body) != Some("SENDER_ID_MISMATCH"))
 }
 
 #[async_trait]

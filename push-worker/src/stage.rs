@@ -120,7 +120,8 @@ pub async fn run(
         config,
     });
     let log = stage.backends.log.clone();
-    let Some(mut consumer) = durably("subscribe", &shutdown, || log.subscribe(topics::PUSH_GROUP, &[topics::PUSH])).await?
+    let Some(mut consumer) =
+        durably("subscribe", &shutdown, || log.subscribe(topics::PUSH_GROUP, &[topics::PUSH])).await?
     else {
         return Ok(());
     };
@@ -154,7 +155,11 @@ pub async fn run(
 }
 
 /// Commits `records`, retrying transient failures; `false` on shutdown (they are redelivered).
-async fn commit(consumer: &mut dyn LogConsumer, records: &[Consumed], shutdown: &CancellationToken) -> Result<bool, BackendError> {
+async fn commit(
+    consumer: &mut dyn LogConsumer,
+    records: &[Consumed],
+    shutdown: &CancellationToken,
+) -> Result<bool, BackendError> {
     let mut wait = FIRST_WAIT;
     loop {
         match consumer.commit(records).await {
@@ -209,7 +214,11 @@ struct DeviceResult {
 impl Stage {
     /// Notifies every active device of every request's recipient and writes the effects.
     /// `false` if shutdown interrupted it (nothing is to be committed).
-    async fn notify_batch(self: Arc<Self>, requests: Vec<PushRequest>, shutdown: &CancellationToken) -> Result<bool, BackendError> {
+    async fn notify_batch(
+        self: Arc<Self>,
+        requests: Vec<PushRequest>,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, BackendError> {
         let Some(targets) = self.targets(&requests, shutdown).await? else { return Ok(false) };
         let mut sends = JoinSet::new();
         for (request, device) in targets {
@@ -309,7 +318,11 @@ impl Stage {
     }
 
     /// Writes the batch's attempts, device outcomes and dead letters; `false` on shutdown.
-    async fn write_effects(&self, results: Vec<DeviceResult>, shutdown: &CancellationToken) -> Result<bool, BackendError> {
+    async fn write_effects(
+        &self,
+        results: Vec<DeviceResult>,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, BackendError> {
         let mut attempts = Vec::new();
         let mut outcomes = Vec::new();
         // Per message: whether every device ran out of retries, and the last error.
@@ -336,7 +349,8 @@ impl Stage {
         }
         let registry = &self.backends.devices;
         let strikes = self.config.strikes;
-        let Some(devices) = durably("record device outcomes", shutdown, || registry.record_outcomes(&outcomes, strikes)).await?
+        let Some(devices) =
+            durably("record device outcomes", shutdown, || registry.record_outcomes(&outcomes, strikes)).await?
         else {
             return Ok(false);
         };

@@ -10,14 +10,7 @@ use esh_push_worker::{PushNotification, PushOutcome, PushRequest, PushSender};
 use support::{Answer, Providers};
 
 fn device(platform: Platform, token: &str) -> Device {
-    Device {
-        user_id: "m1".into(),
-        platform,
-        token: token.into(),
-        active: true,
-        failures: 0,
-        created_at: Millis(0),
-    }
+    Device { user_id: "m1".into(), platform, token: token.into(), active: true, failures: 0, created_at: Millis(0) }
 }
 
 fn notification(privacy: bool) -> PushNotification {

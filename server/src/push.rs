@@ -9,7 +9,8 @@ use crate::config::PushSettings;
 use crate::platform::PlatformError;
 
 fn read(path: &std::path::Path, what: &str) -> Result<String, PlatformError> {
-    std::fs::read_to_string(path).map_err(|error| PlatformError::Config(format!("cannot read {what} {}: {error}", path.display())))
+    std::fs::read_to_string(path)
+        .map_err(|error| PlatformError::Config(format!("cannot read {what} {}: {error}", path.display())))
 }
 
 /// The senders of the configured providers; a half-configured provider is an error.

@@ -176,9 +176,12 @@ impl Providers {
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers.get("authorization")?.to_str().ok()?.strip_prefix("bearer ").or_else(|| {
-        headers.get("authorization")?.to_str().ok()?.strip_prefix("Bearer ")
-    })
+    headers
+        .get("authorization")?
+        .to_str()
+        .ok()?
+        .strip_prefix("bearer ")
+        .or_else(|| headers.get("authorization")?.to_str().ok()?.strip_prefix("Bearer "))
 }
 
 /// The OAuth2 token endpoint: a JWT-bearer grant with an RS256 assertion of the account.
@@ -220,7 +223,9 @@ async fn fcm_send(
     if !providers.lock().access_tokens.contains(&access) {
         return providers.problem(format!("fcm: unknown access token {access}"));
     }
-    let Ok(body) = serde_json::from_slice::<Value>(&body) else { return providers.problem("fcm: body is not json".into()) };
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return providers.problem("fcm: body is not json".into());
+    };
     let message = &body["message"];
     let Some(token) = message["token"].as_str().map(str::to_owned) else {
         return providers.problem("fcm: message.token missing".into());
@@ -288,10 +293,15 @@ async fn apns_send(
     let header_is = |name: &str, allowed: &[&str]| {
         headers.get(name).and_then(|v| v.to_str().ok()).is_some_and(|value| allowed.contains(&value))
     };
-    if !header_is("apns-topic", &[TOPIC]) || !header_is("apns-push-type", &["alert"]) || !header_is("apns-priority", &["5", "10"]) {
+    if !header_is("apns-topic", &[TOPIC])
+        || !header_is("apns-push-type", &["alert"])
+        || !header_is("apns-priority", &["5", "10"])
+    {
         return providers.problem(format!("apns: headers {headers:?}"));
     }
-    let Ok(body) = serde_json::from_slice::<Value>(&body) else { return providers.problem("apns: body is not json".into()) };
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return providers.problem("apns: body is not json".into());
+    };
     if !body["aps"]["alert"].is_object() || !body["message_id"].is_string() {
         return providers.problem(format!("apns: payload {body}"));
     }

@@ -110,7 +110,9 @@ fn remove(connection: &Connection, user_id: &str, token: &str) -> Result<bool, F
         .prepare_cached("DELETE FROM user_devices WHERE user_id = ?1 AND token = ?2")?
         .execute([user_id, token])?;
     if removed > 0 {
-        connection.prepare_cached("DELETE FROM device_tokens WHERE token = ?1 AND user_id = ?2")?.execute([token, user_id])?;
+        connection
+            .prepare_cached("DELETE FROM device_tokens WHERE token = ?1 AND user_id = ?2")?
+            .execute([token, user_id])?;
     }
     Ok(removed > 0)
 }
@@ -172,8 +174,6 @@ impl DeviceRegistry for EmbeddedMessageStore {
             return Ok(Vec::new());
         }
         let outcomes = outcomes.to_vec();
-        self.writer
-            .write(outcomes.len(), move |connection| record_outcomes(connection, &outcomes, strikes))
-            .await
+        self.writer.write(outcomes.len(), move |connection| record_outcomes(connection, &outcomes, strikes)).await
     }
 }
