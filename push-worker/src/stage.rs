@@ -343,10 +343,7 @@ impl Stage {
                 None => entry.1 = false,
             }
         }
-        let store = &self.backends.store;
-        if durably("record push attempts", shutdown, || store.record_attempts(&attempts)).await?.is_none() {
-            return Ok(false);
-        }
+        // Device health first: once the attempts show, so do their effects on the devices.
         let registry = &self.backends.devices;
         let strikes = self.config.strikes;
         let Some(devices) =
@@ -354,6 +351,10 @@ impl Stage {
         else {
             return Ok(false);
         };
+        let store = &self.backends.store;
+        if durably("record push attempts", shutdown, || store.record_attempts(&attempts)).await?.is_none() {
+            return Ok(false);
+        }
         let deactivated = devices.iter().filter(|device| !device.active).count();
         metrics::counter!("esh_push_devices_deactivated_total").increment(deactivated as u64);
         let failed: Vec<(Arc<PushRequest>, String)> =
