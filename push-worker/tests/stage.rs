@@ -235,7 +235,7 @@ async fn a_message_whose_pushes_run_out_of_retries_is_dead_lettered_like_a_socke
     esh.user("m1", UserKind::Mobile, true).await;
     esh.device("m1", Platform::Android, "down").await;
     let message = fixtures::one_way("biz", "m1");
-    esh.backends.store.insert_messages(&[message.clone()]).await.unwrap();
+    esh.backends.store.insert_messages(std::slice::from_ref(&message)).await.unwrap();
     esh.providers.script("down", &[Answer::ServerError; 3]);
     esh.push(&message).await;
     esh.attempts(&message.id, 3).await;
