@@ -5,6 +5,7 @@
 //! - `log`: [`MessageLog`], partitioned, durable, with consumer groups (Kafka, embedded).
 //! - `store`: [`MessageStore`], the query-first tables of ARCHITECTURE.md (ScyllaDB, embedded SQLite).
 //! - `cache`: [`Presence`], [`RecentMessages`], [`RateLimiter`], [`IdempotencyKeys`] (Redis, in-process).
+//! - `devices`: [`DeviceRegistry`], the devices registered for push notifications.
 //! - `bus`: [`DeliveryBus`], how the router reaches the deliverer node holding a socket.
 //! - `status_writer`: batches receipts and failures into appends to the status topic.
 //! - `freshness`: read-your-writes, by waiting for the store projection to pass the log's head.
@@ -13,6 +14,7 @@
 
 pub mod bus;
 pub mod cache;
+pub mod devices;
 pub mod error;
 pub mod freshness;
 pub mod log;
@@ -23,6 +25,7 @@ pub mod store;
 pub mod testsuite;
 
 pub use bus::{DeliveryBus, NodeEvent, NodeId};
+pub use devices::{DeviceOutcome, DeviceRegistry, Registered};
 pub use cache::{Claim, IdempotencyKeys, Presence, RateDecision, RateLimiter, RecentMessages, StoredAnswer};
 pub use error::{BackendError, ErrorKind};
 pub use log::{Consumed, LogConsumer, MessageLog, Record};

@@ -11,6 +11,7 @@ use crate::cache::{
     EmbeddedIdempotencyKeys, EmbeddedPresence, EmbeddedRateLimiter, EmbeddedRecentMessages, IdempotencyKeys,
     Presence, RateLimiter, RecentMessages,
 };
+use crate::devices::DeviceRegistry;
 use crate::error::BackendError;
 use crate::freshness::Freshness;
 use crate::log::{EmbeddedLogOptions, EmbeddedMessageLog, MessageLog};
@@ -36,6 +37,8 @@ pub struct BackendUrls {
 pub struct Backends {
     pub log: Arc<dyn MessageLog>,
     pub store: Arc<dyn MessageStore>,
+    /// Devices registered for push notifications (the embedded store keeps them).
+    pub devices: Arc<dyn DeviceRegistry>,
     pub presence: Arc<dyn Presence>,
     pub recent: Arc<dyn RecentMessages>,
     pub rate_limiter: Arc<dyn RateLimiter>,
@@ -84,8 +87,11 @@ pub async fn resolve(urls: &BackendUrls) -> Result<Backends, BackendError> {
         }
         _ => return Err(unsupported(&urls.log, "the embedded log (ESH_LOG unset)")),
     };
-    let store: Arc<dyn MessageStore> = match scheme(&urls.store)? {
-        "embedded" => Arc::new(EmbeddedMessageStore::open(&urls.data_dir.join("store.sqlite3"))?),
+    let (store, devices): (Arc<dyn MessageStore>, Arc<dyn DeviceRegistry>) = match scheme(&urls.store)? {
+        "embedded" => {
+            let store = Arc::new(EmbeddedMessageStore::open(&urls.data_dir.join("store.sqlite3"))?);
+            (store.clone(), store)
+        }
         _ => return Err(unsupported(&urls.store, "the embedded store (ESH_STORE unset)")),
     };
     match scheme(&urls.cache)? {
@@ -95,6 +101,7 @@ pub async fn resolve(urls: &BackendUrls) -> Result<Backends, BackendError> {
     Ok(Backends {
         log,
         store,
+        devices,
         presence: Arc::new(EmbeddedPresence::new()),
         recent: Arc::new(EmbeddedRecentMessages::new()),
         rate_limiter: Arc::new(EmbeddedRateLimiter::new()),

@@ -287,3 +287,43 @@ pub struct BroadcastRecipient {
     pub message_id: String,
     pub status: Status,
 }
+
+/// The platform of a registered device, which decides its push provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Platform {
+    /// Firebase Cloud Messaging.
+    Android,
+    /// Apple Push Notification service.
+    Ios,
+}
+
+impl Platform {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::Android => "android",
+            Platform::Ios => "ios",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Platform> {
+        [Platform::Android, Platform::Ios].into_iter().find(|p| p.as_str() == text)
+    }
+}
+
+/// A device registered for push notifications (API.md "Devices and preferences"). A token
+/// belongs to one user at a time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Device {
+    #[serde(skip)]
+    pub user_id: String,
+    pub platform: Platform,
+    /// The provider's token for the device (FCM registration token, APNs device token).
+    pub token: String,
+    /// Inactive devices get no notifications: the provider declared the token unregistered,
+    /// or it failed `failures` times in a row (Req 3.5).
+    pub active: bool,
+    /// Consecutive failed notifications; a success resets it.
+    pub failures: u32,
+    pub created_at: Millis,
+}

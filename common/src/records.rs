@@ -208,6 +208,85 @@ impl LogRecord for StatusRecord {
     }
 }
 
+/// Characters of the content a push notification previews (Req 3.3).
+pub const PREVIEW_CHARS: usize = 100;
+
+/// A record of `esh.push.v1` (key: the recipient id): a message whose recipient had no
+/// socket when the router handled it, for the push stage to notify (Req 3.2, 3.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushRequest {
+    pub recipient_id: String,
+    pub message_id: String,
+    /// The chat conversation to open; `None` for one-way messages.
+    pub conversation_id: Option<String>,
+    pub sender_id: String,
+    /// The sender's display name when the message was routed.
+    pub sender_name: String,
+    /// The first [`PREVIEW_CHARS`] characters of the content, cut on a character boundary.
+    pub preview: String,
+    pub priority: Priority,
+    pub created_at: Millis,
+    /// Media attached to the message, by id.
+    pub media_ids: Vec<String>,
+}
+
+impl PushRequest {
+    /// The push request of `message`, sent by a user shown as `sender_name`.
+    pub fn of(message: &Message, sender_name: &str) -> PushRequest {
+        PushRequest {
+            recipient_id: message.recipient_id.clone(),
+            message_id: message.id.clone(),
+            conversation_id: message.conversation_id.clone(),
+            sender_id: message.sender_id.clone(),
+            sender_name: sender_name.to_owned(),
+            preview: preview(&message.content),
+            priority: message.priority,
+            created_at: message.created_at,
+            media_ids: message.media_ids.clone(),
+        }
+    }
+}
+
+/// The first [`PREVIEW_CHARS`] characters (Unicode scalar values) of `content`.
+pub fn preview(content: &str) -> String {
+    match content.char_indices().nth(PREVIEW_CHARS) {
+        Some((end, _)) => content[..end].to_owned(),
+        None => content.to_owned(),
+    }
+}
+
+impl LogRecord for PushRequest {
+    type Wire = wire::PushRequest;
+
+    fn into_wire(self) -> wire::PushRequest {
+        wire::PushRequest {
+            recipient_id: self.recipient_id,
+            message_id: self.message_id,
+            conversation_id: self.conversation_id,
+            sender_id: self.sender_id,
+            sender_display_name: self.sender_name,
+            content_preview: self.preview,
+            priority: self.priority.into(),
+            created_at: self.created_at.0,
+            media_ids: self.media_ids,
+        }
+    }
+
+    fn from_wire(wire: wire::PushRequest) -> Result<Self, CodecError> {
+        Ok(PushRequest {
+            recipient_id: wire.recipient_id,
+            message_id: wire.message_id,
+            conversation_id: wire.conversation_id,
+            sender_id: wire.sender_id,
+            sender_name: wire.sender_display_name,
+            preview: wire.content_preview,
+            priority: wire.priority.into(),
+            created_at: Millis(wire.created_at),
+            media_ids: wire.media_ids,
+        })
+    }
+}
+
 impl LogRecord for DeadLetter {
     type Wire = wire::DeadLetter;
 

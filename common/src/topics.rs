@@ -26,3 +26,5 @@ pub const NOTIFIER_GROUP: &str = "notifier";
 pub const STORE_GROUP: &str = "store";
 /// Topics the store projection applies, messages highest priority first, then statuses.
 pub const PROJECTED: [&str; 4] = [MESSAGES_HIGH, MESSAGES_NORMAL, MESSAGES_LOW, STATUS];
+/// Consumer group of the push stage on `esh.push.v1`.
+pub const PUSH_GROUP: &str = "push";

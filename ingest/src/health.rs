@@ -3,7 +3,10 @@
 //! Readiness checks the store, the log and the cache at once, each bounded by
 //! `CHECK_TIMEOUT`. The store and the log carry every send, so either failing is `down`
 //! (503, take this instance out of rotation); the cache only speeds reads up and reads
-//! fall back to the store without it (Req 8.7), so it failing is `degraded` (200).
+//! fall back to the store without it (Req 8.7), so it failing is `degraded` (200). The
+//! `push` check asks the configured providers for credentials: failing is `degraded`
+//! (offline users still get their messages on connect); without credentials it says push is
+//! off (`ok: false`, no effect on `status`).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -23,6 +26,9 @@ use crate::Ingest;
 
 /// Longest a single dependency check may take before it counts as failed.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The `push` check's error while no provider is configured.
+const PUSH_OFF: &str = "push notifications are off: no provider credentials configured";
 
 /// One dependency's check.
 #[derive(Debug, Serialize, ToSchema)]
@@ -70,17 +76,28 @@ async fn check(probe: impl Future<Output = Result<(), BackendError>>) -> Check {
         (status = 503, description = "down: the store or the log fails", body = Readiness)))]
 pub(crate) async fn ready(State(ingest): State<Arc<Ingest>>) -> Response {
     let backends = &ingest.backends;
-    let (store, log, cache) =
-        tokio::join!(check(backends.store.check()), check(backends.log.check()), check(backends.presence.check()));
+    let push_probe = ingest.push.get();
+    let push_check = async {
+        match push_probe {
+            Some(probe) => check(async { probe.check().await.map_err(BackendError::Unavailable) }).await,
+            None => Check { ok: false, latency_ms: 0, error: Some(PUSH_OFF.into()) },
+        }
+    };
+    let (store, log, cache, push) = tokio::join!(
+        check(backends.store.check()),
+        check(backends.log.check()),
+        check(backends.presence.check()),
+        push_check
+    );
     let down = !store.ok || !log.ok;
     let status = if down {
         "down"
-    } else if !cache.ok {
+    } else if !cache.ok || (push_probe.is_some() && !push.ok) {
         "degraded"
     } else {
         "ok"
     };
-    let checks = BTreeMap::from([("store", store), ("log", log), ("cache", cache)]);
+    let checks = BTreeMap::from([("store", store), ("log", log), ("cache", cache), ("push", push)]);
     let code = if down { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
     views::json(code, &Readiness { status, checks })
 }

@@ -12,7 +12,8 @@
 //! Where things are:
 //! - `send`: the one send path of one-way messages, chat (HTTP and the WebSocket `send`
 //!   frame through [`ChatIngress`]) and broadcasts: idempotency, rate limits, backlog.
-//! - `users`, `messages`, `conversations`, `broadcasts`, `admin`: the other endpoints.
+//! - `users`, `messages`, `conversations`, `broadcasts`, `admin`, `devices` (devices and
+//!   preferences): the other endpoints.
 //! - `auth` (the `Caller` extractor), `body` (the JSON body extractor), `cursor` (page
 //!   limits and opaque cursors), `views` (answer shapes): shared by every handler.
 //! - `health`, `metrics`, `openapi`: operations endpoints; `schemas`: the schema-registry
@@ -33,6 +34,7 @@ mod body;
 mod broadcasts;
 mod conversations;
 mod cursor;
+mod devices;
 mod directory;
 mod health;
 mod messages;
@@ -46,11 +48,12 @@ mod views;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use esh_backends::resolver::Backends;
 use esh_backends::status_writer::StatusWriter;
 use esh_common::auth::TokenKeys;
+use esh_common::health::ReadinessProbe;
 use esh_common::ingress::{ChatIngress, ChatRequest};
 use esh_common::{ApiError, Message};
 
@@ -67,6 +70,8 @@ pub struct IngestConfig {
     pub max_body_bytes: usize,
     /// Largest JSON body of `POST /v1/broadcasts` (default 8 MiB).
     pub max_broadcast_body_bytes: usize,
+    /// Devices a mobile user may register (`ESH_MAX_DEVICES_PER_USER`, default 10).
+    pub max_devices_per_user: usize,
 }
 
 impl Default for IngestConfig {
@@ -77,6 +82,7 @@ impl Default for IngestConfig {
             backlog_limit: 10_000,
             max_body_bytes: 64 * 1024,
             max_broadcast_body_bytes: 8 * 1024 * 1024,
+            max_devices_per_user: 10,
         }
     }
 }
@@ -94,6 +100,8 @@ pub struct Ingest {
     /// Tokens already verified.
     verified: auth::VerifiedTokens,
     activity: conversations::ActivityClock,
+    /// The push providers' readiness, once the platform has configured them (`/health/ready`).
+    push: std::sync::OnceLock<Arc<dyn ReadinessProbe>>,
     /// This instance, for work that must outlive the request that started it.
     me: std::sync::Weak<Ingest>,
 }
@@ -117,8 +125,15 @@ impl Ingest {
             config,
             metrics: metrics::Metrics::default(),
             activity: conversations::ActivityClock::default(),
+            push: std::sync::OnceLock::new(),
             me: me.clone(),
         })
+    }
+
+    /// Reports the push providers' readiness as the `push` check of `/health/ready`;
+    /// without it the check says push is off. Only the first call counts.
+    pub fn set_push_check(&self, probe: Arc<dyn ReadinessProbe>) {
+        let _ = self.push.set(probe);
     }
 
     /// Every HTTP route of API.md this crate serves, plus /health/*, /metrics,
@@ -141,6 +156,9 @@ impl Ingest {
             .route("/v1/one-way-messages", get(messages::one_way_history))
             .route("/v1/conversations", get(conversations::list))
             .route("/v1/conversations/{id}/messages", get(conversations::messages))
+            .route("/v1/devices", post(devices::register).get(devices::list))
+            .route("/v1/devices/{token}", delete(devices::remove))
+            .route("/v1/me/preferences", get(devices::preferences).put(devices::set_preferences))
             .route("/v1/admin/dead-letters", get(admin::dead_letters))
             .route("/v1/admin/dead-letters/{message_id}/retry", post(admin::retry))
             .route("/health/live", get(health::live))

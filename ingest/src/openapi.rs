@@ -11,9 +11,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, RefOr, Response as Answer, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use crate::{
-    admin, broadcasts, conversations, health, messages, metrics, schemas, send, users, views,
-};
+use crate::{admin, broadcasts, conversations, devices, health, messages, metrics, schemas, send, users, views};
 
 /// Declares the bearer scheme the paths refer to.
 struct BearerAuth;
@@ -121,6 +119,7 @@ impl Modify for CommonAnswers {
         messages::get, messages::delivered, messages::read, messages::attempts, messages::one_way_history,
         conversations::list, conversations::messages,
         admin::dead_letters, admin::retry,
+        devices::register, devices::list, devices::remove, devices::preferences, devices::set_preferences,
         health::live, health::ready, metrics::render, document,
         schemas::by_id, schemas::subjects, schemas::versions, schemas::version,
     ),

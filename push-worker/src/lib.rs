@@ -1,126 +1,198 @@
-//! Push notifications for recipients who are offline (Req 3): the [`PushSender`] boundary
-//! that FCM (Android) and APNs (iOS) senders implement, and the [`PushNotification`] they
-//! carry (sender name, the first 100 characters of the content, conversation id — Req 3.3).
+//! The push stage: notifications for recipients who are offline (Req 3).
 //!
-//! This crate holds the contract only. There is deliberately no implementation yet — no
-//! FCM or APNs client and no stand-in that pretends to send: the real senders, device
-//! health (a token is suspect after 3 consecutive failures, Req 3.5) and the consumer of
-//! `esh.push.v1` come in a later issue. Until then offline recipients get their messages
-//! replayed when they connect; the router marks where the push hand-off plugs in.
+//! The router appends a [`PushRequest`] to `esh.push.v1` for every message whose recipient
+//! has no socket. [`stage::run`] is consumer group `push` on that topic: for each request it
+//! reads the recipient (mobile, notifications enabled — Req 3.6) and its active devices, and
+//! sends the notification to every one of them (Req 3.2, 3.4) through the [`PushSender`] of
+//! the device's platform, a bounded number at a time. Each attempt lands in the message's
+//! timeline (channel `push`, Req 3.7); a provider's answer moves the device's health
+//! (Req 3.5: unregistered → inactive at once, 3 failures in a row → inactive, a success
+//! resets the count). Retryable answers (5xx, throttling, timeouts) are retried with the
+//! socket delivery's schedule (`common/src/retry.rs`); when it runs out on every device of a
+//! message still `sent`, the message is dead-lettered like an unacknowledged delivery.
+//! Offsets are committed once the attempts, device changes and failures are durable. A
+//! push never marks a message `delivered`: only the device's ack does.
+//!
+//! Where things are:
+//! - [`PushSender`], [`PushNotification`], [`PushOutcome`] (this file): the provider boundary.
+//! - `fcm`: [`FcmPushSender`], FCM HTTP v1 with a service account (OAuth2 JWT-bearer grant).
+//! - `apns`: [`ApnsPushSender`], APNs over HTTP/2 with an ES256 provider token.
+//! - `stage`: the consumer of `esh.push.v1`, [`PushConfig`], [`Senders`].
+//!
+//! Without provider credentials there is no sender and the stage does not run; it never
+//! pretends to send.
 
-use async_trait::async_trait;
-use esh_common::Message;
-use serde::{Deserialize, Serialize};
+mod apns;
+mod fcm;
+mod stage;
+
+pub use apns::{ApnsConfig, ApnsPushSender};
+pub use fcm::{FcmConfig, FcmPushSender, ServiceAccount};
+pub use stage::{run, PushConfig, Senders};
+
 use std::time::Duration;
 
-/// Characters of the content a notification previews (Req 3.3).
-pub const PREVIEW_CHARS: usize = 100;
+use async_trait::async_trait;
+use esh_common::{Device, Priority};
+pub use esh_common::records::{PushRequest, PREVIEW_CHARS};
 
-/// The platform of a registered device, which decides its provider.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Platform {
-    /// Firebase Cloud Messaging.
-    Android,
-    /// Apple Push Notification service.
-    Ios,
+/// Why a provider sender could not be built from its settings.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("unreadable {what}: {reason}")]
+    Invalid { what: &'static str, reason: String },
+    #[error("cannot build the http client: {0}")]
+    Client(String),
 }
 
-/// A device to notify: its platform and the provider's token for it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeviceToken {
-    pub platform: Platform,
-    pub token: String,
-}
-
-/// What a notification shows: who wrote, a preview and where to open it (Req 3.3).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What a notification shows and carries (Req 3.3). In privacy mode only the ids travel:
+/// the app fetches the message itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PushNotification {
-    /// The message the notification is about.
     pub message_id: String,
-    /// The sender's display name.
-    pub sender_name: String,
-    /// The first `PREVIEW_CHARS` characters (Unicode scalar values) of the content.
-    pub preview: String,
     /// The chat conversation to open; `None` for one-way messages.
     pub conversation_id: Option<String>,
+    /// The sender's display name and the preview; `None` in privacy mode.
+    pub display: Option<Display>,
+    pub priority: Priority,
+}
+
+/// The visible part of a notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Display {
+    pub sender_name: String,
+    /// At most [`PREVIEW_CHARS`] characters of the content.
+    pub preview: String,
+    /// Attachments of the message (shown as a count; the app loads them).
+    pub media_count: usize,
 }
 
 impl PushNotification {
-    /// The notification of `message`, from a sender shown as `sender_name`.
-    pub fn for_message(message: &Message, sender_name: &str) -> Self {
+    /// The notification of `request`; `privacy` keeps only the ids.
+    pub fn of(request: &PushRequest, privacy: bool) -> Self {
+        let display = (!privacy).then(|| Display {
+            sender_name: request.sender_name.clone(),
+            // The router already cut it; a record from elsewhere is held to the same rule.
+            preview: esh_common::records::preview(&request.preview),
+            media_count: request.media_ids.len(),
+        });
         PushNotification {
-            message_id: message.id.clone(),
-            sender_name: sender_name.to_owned(),
-            preview: message.content.chars().take(PREVIEW_CHARS).collect(),
-            conversation_id: message.conversation_id.clone(),
+            message_id: request.message_id.clone(),
+            conversation_id: request.conversation_id.clone(),
+            display,
+            priority: request.priority,
+        }
+    }
+
+    /// The ids the app needs to open the message: `message_id`, and `conversation_id` for chat.
+    fn ids(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut ids = serde_json::Map::new();
+        ids.insert("message_id".into(), self.message_id.clone().into());
+        if let Some(conversation) = &self.conversation_id {
+            ids.insert("conversation_id".into(), conversation.clone().into());
+        }
+        ids
+    }
+}
+
+/// How a provider answered one notification to one device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// Accepted for delivery to the device (Req 3.7). The message stays `sent` until the
+    /// device acknowledges it.
+    Accepted,
+    /// The token is unregistered or invalid: the device is deactivated at once.
+    Unregistered { reason: String },
+    /// The provider asks to slow down; retry after `retry_after` if it named a wait.
+    Throttled { retry_after: Option<Duration> },
+    /// The provider failed or could not be reached in time; worth retrying.
+    Unavailable { error: String },
+    /// Refused for good (a malformed request, credentials refused after one refresh).
+    Rejected { error: String },
+}
+
+impl PushOutcome {
+    /// The outcome's name in the attempt timeline.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PushOutcome::Accepted => "accepted",
+            PushOutcome::Unregistered { .. } => "unregistered",
+            PushOutcome::Throttled { .. } => "throttled",
+            PushOutcome::Unavailable { .. } => "unavailable",
+            PushOutcome::Rejected { .. } => "rejected",
+        }
+    }
+
+    /// The error shown in the timeline, if any.
+    pub fn error(&self) -> Option<String> {
+        match self {
+            PushOutcome::Accepted => None,
+            PushOutcome::Unregistered { reason } => Some(reason.clone()),
+            PushOutcome::Throttled { retry_after: Some(wait) } => {
+                Some(format!("throttled, retry after {} s", wait.as_secs()))
+            }
+            PushOutcome::Throttled { retry_after: None } => Some("throttled".into()),
+            PushOutcome::Unavailable { error } | PushOutcome::Rejected { error } => Some(error.clone()),
         }
     }
 }
 
-/// How a provider answered one notification.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PushOutcome {
-    /// The provider accepted the notification for the device (Req 3.7).
-    Delivered,
-    /// The provider says the token is unknown or expired: the device should be deactivated.
-    InvalidToken,
-    /// Worth retrying (provider down, throttled, timed out), after `retry_after` if the
-    /// provider named a wait.
-    Transient { error: String, retry_after: Option<Duration> },
-}
-
-/// One push provider (FCM, APNs); implementations are named `<Provider>PushSender`.
+/// One push provider; implementations are named `<Provider>PushSender`.
 #[async_trait]
 pub trait PushSender: Send + Sync + 'static {
-    /// Sends `notification` to `device` once (no retries inside) and reports the provider's answer.
-    async fn send(&self, device: &DeviceToken, notification: &PushNotification) -> PushOutcome;
-    /// Succeeds while the provider's credentials work and it can be reached (readiness check).
+    /// Sends `notification` to `device` once (no retries inside, but a credential the
+    /// provider refuses is renewed and the send made again, once) and maps the answer.
+    async fn send(&self, device: &Device, notification: &PushNotification) -> PushOutcome;
+    /// Succeeds while the provider's credentials can be obtained (readiness check).
     async fn check(&self) -> Result<(), String>;
+}
+
+/// `Retry-After` in whole seconds (the form both providers use).
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let seconds = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim().parse::<u64>().ok()?;
+    Some(Duration::from_secs(seconds))
+}
+
+/// The outcome of a request that got no answer (timeout, refused connection).
+fn unreachable(error: &reqwest::Error) -> PushOutcome {
+    let what = if error.is_timeout() { "timed out" } else { "unreachable" };
+    PushOutcome::Unavailable { error: format!("provider {what}: {error}") }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use esh_common::{MessageType, Millis, Priority, Status};
-    use proptest::prelude::*;
+    use esh_common::Millis;
 
-    fn message(content: String, conversation: Option<&str>) -> Message {
-        Message {
-            id: "01J00000000000000000000000".into(),
-            kind: if conversation.is_some() { MessageType::Chat } else { MessageType::OneWay },
-            sender_id: "b1".into(),
+    fn request(content: &str) -> PushRequest {
+        PushRequest {
             recipient_id: "m1".into(),
-            conversation_id: conversation.map(str::to_owned),
-            content,
-            media_ids: vec![],
-            priority: Priority::Normal,
-            status: Status::Sent,
-            status_changed_at: Millis(0),
-            created_at: Millis(0),
-            error: None,
-            broadcast_id: None,
+            message_id: "01J00000000000000000000000".into(),
+            conversation_id: Some("c1".into()),
+            sender_id: "b1".into(),
+            sender_name: "Acme".into(),
+            preview: content.into(),
+            priority: Priority::High,
+            created_at: Millis(1),
+            media_ids: vec!["media-1".into()],
         }
     }
 
     #[test]
-    fn notification_carries_sender_preview_and_conversation_req_3_3() {
-        let long = "é".repeat(150);
-        let notification = PushNotification::for_message(&message(long, Some("c1")), "Acme");
-        assert_eq!(notification.sender_name, "Acme");
-        assert_eq!(notification.preview.chars().count(), PREVIEW_CHARS);
+    fn notifications_carry_sender_preview_and_conversation_req_3_3() {
+        let notification = PushNotification::of(&request(&"ü".repeat(150)), false);
+        let display = notification.display.expect("shown");
+        assert_eq!(display.sender_name, "Acme");
+        assert_eq!(display.preview, "ü".repeat(PREVIEW_CHARS));
+        assert_eq!(display.media_count, 1);
         assert_eq!(notification.conversation_id.as_deref(), Some("c1"));
-        let short = PushNotification::for_message(&message("hi".into(), None), "Acme");
-        assert_eq!(short.preview, "hi");
-        assert_eq!(short.conversation_id, None);
     }
 
-    proptest! {
-        #[test]
-        fn preview_is_a_prefix_of_at_most_100_chars(content in "\\PC{0,300}") {
-            let notification = PushNotification::for_message(&message(content.clone(), None), "x");
-            prop_assert!(content.starts_with(&notification.preview));
-            prop_assert_eq!(notification.preview.chars().count(), content.chars().count().min(PREVIEW_CHARS));
-        }
+    #[test]
+    fn privacy_mode_keeps_only_the_ids() {
+        let notification = PushNotification::of(&request("secret"), true);
+        assert_eq!(notification.display, None);
+        let ids = serde_json::Value::Object(notification.ids());
+        assert_eq!(ids, serde_json::json!({"message_id": "01J00000000000000000000000", "conversation_id": "c1"}));
     }
 }

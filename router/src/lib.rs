@@ -8,8 +8,9 @@
 //!   most 100 records (Req 5.3) it decodes the envelopes (they carry whole messages: the
 //!   store is not read), expands broadcasts into one log record per recipient, looks up
 //!   presence once, and sends one bus batch per deliverer node. Offline recipients get
-//!   their messages replayed when they connect; `hand_off_offline` is where push
-//!   notifications plug in later.
+//!   their messages replayed when they connect and, when push is on
+//!   ([`RouterConfig::push`]), a `PushRequest` on `esh.push.v1` for the push stage
+//!   (`hand_off_offline`).
 //! - the **store projection** (`projection`), consumer group `store` on the message topics
 //!   and `esh.status.v1`: it writes the store from the log in folded batches.
 //! - the **status notifier**, consumer group `notifier` on `esh.status.v1`: every
@@ -26,7 +27,7 @@ use std::time::Duration;
 
 use esh_backends::resolver::Backends;
 use esh_backends::{BackendError, Consumed, ErrorKind, LogConsumer, NodeEvent, NodeId, Record};
-use esh_common::records::{LogRecord, MessageEnvelope, StatusEvent, StatusRecord};
+use esh_common::records::{LogRecord, MessageEnvelope, PushRequest, StatusEvent, StatusRecord};
 use esh_common::{topics, Broadcast, Message, Status};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -49,6 +50,9 @@ pub struct RouterConfig {
     pub retry_initial: Duration,
     /// Longest wait between retries of a failing batch.
     pub retry_max: Duration,
+    /// Hands messages of offline recipients to the push stage (`esh.push.v1`); on when a
+    /// push provider is configured.
+    pub push: bool,
 }
 
 impl Default for RouterConfig {
@@ -61,6 +65,7 @@ impl Default for RouterConfig {
             broadcast_chunk: 1000,
             retry_initial: Duration::from_millis(100),
             retry_max: Duration::from_secs(10),
+            push: false,
         }
     }
 }
@@ -309,7 +314,7 @@ impl RouteBatch {
             }
         }
         if !self.messages.is_empty() {
-            deliver(backends, &self.messages).await?;
+            deliver(backends, config, &self.messages).await?;
             self.messages.clear();
         }
         Ok(())
@@ -358,7 +363,7 @@ async fn expand_broadcast(
 /// Hands `messages` to the deliverer nodes of their recipients. The records carry whole
 /// messages, so nothing is read from the store; a message redelivered after a crash may
 /// reach a socket twice, under its one id (the client acks by id).
-async fn deliver(backends: &Backends, messages: &[Message]) -> Result<(), BackendError> {
+async fn deliver(backends: &Backends, config: &RouterConfig, messages: &[Message]) -> Result<(), BackendError> {
     // Duplicates inside one batch (a record appended twice) are delivered once.
     let mut seen = HashSet::with_capacity(messages.len());
     let pending: Vec<&Message> = messages.iter().filter(|m| seen.insert(m.id.as_str())).collect();
@@ -383,17 +388,36 @@ async fn deliver(backends: &Backends, messages: &[Message]) -> Result<(), Backen
     for (node, events) in by_node {
         backends.bus.send(node, events).await?;
     }
-    hand_off_offline(&offline);
+    if config.push {
+        hand_off_offline(backends, &offline).await?;
+    }
     Ok(())
 }
 
-/// Push hand-off point (Req 3.2): recipients with no socket anywhere. Today their messages
-/// wait in the store and are replayed when they connect; the push-worker stage
-/// (`esh.push.v1`, FCM/APNs) plugs in here in a later issue.
-fn hand_off_offline(offline: &[&Message]) {
-    if !offline.is_empty() {
-        tracing::trace!(count = offline.len(), "recipients offline, messages wait for their next connection");
+/// Push hand-off (Req 3.2): one `PushRequest` on `esh.push.v1` (key: the recipient) for
+/// each message whose recipient has no socket anywhere, with the sender's display name
+/// (one read of the senders a batch). The message also waits in the store and is replayed
+/// on the next connect. A batch redone after a crash hands its messages off again; the
+/// push stage notifies each message id once per batch.
+async fn hand_off_offline(backends: &Backends, offline: &[&Message]) -> Result<(), BackendError> {
+    if offline.is_empty() {
+        return Ok(());
     }
+    let mut senders: Vec<String> = offline.iter().map(|m| m.sender_id.clone()).collect();
+    senders.sort_unstable();
+    senders.dedup();
+    let names: HashMap<String, String> =
+        backends.store.users(&senders).await?.into_iter().map(|user| (user.id, user.display_name)).collect();
+    let records = offline
+        .iter()
+        .map(|message| {
+            let name = names.get(&message.sender_id).map_or(message.sender_id.as_str(), String::as_str);
+            let value = esh_common::records::encode(PushRequest::of(message, name))
+                .map_err(|e| BackendError::Corrupt(format!("cannot encode a push request: {e}")))?;
+            Ok(Record { key: message.recipient_id.clone(), value })
+        })
+        .collect::<Result<_, BackendError>>()?;
+    backends.log.append(topics::PUSH, records).await
 }
 
 /// The status notifier loop.

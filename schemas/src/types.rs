@@ -408,6 +408,7 @@ pub struct PushRequest {
     pub content_preview: String,
     pub priority: Priority,
     pub created_at: i64,
+    pub media_ids: Vec<String>,
 }
 
 impl WireRecord for PushRequest {
@@ -426,6 +427,7 @@ impl WireRecord for PushRequest {
             ("content_preview", string(&self.content_preview)),
             ("priority", self.priority.to_avro()),
             ("created_at", timestamp(self.created_at)),
+            ("media_ids", strings(&self.media_ids)),
         ])
     }
 
@@ -440,6 +442,7 @@ impl WireRecord for PushRequest {
             content_preview: f.string()?,
             priority: f.symbol()?,
             created_at: f.timestamp()?,
+            media_ids: f.strings()?,
         })
     }
 }

@@ -107,9 +107,10 @@ prop_compose! {
     fn push_request()(
         recipient_id in text(), message_id in text(), conversation_id in option::of(text()), sender_id in text(),
         sender_display_name in text(), content_preview in text(), priority in priority(), created_at in any::<i64>(),
+        media_ids in vec(text(), 0..3),
     ) -> PushRequest {
         PushRequest { recipient_id, message_id, conversation_id, sender_id, sender_display_name, content_preview,
-            priority, created_at }
+            priority, created_at, media_ids }
     }
 }
 

@@ -20,11 +20,14 @@ pub enum Stage {
     Store,
     /// The WebSocket gateway (`GET /v1/ws`), resends, and status frames to senders.
     Deliverer,
+    /// Push notifications to offline users (consumer group `push` on `esh.push.v1`); runs
+    /// only when provider credentials are configured.
+    Push,
 }
 
 impl Stage {
     /// Every stage, in start order of a one-process platform.
-    pub const ALL: [Stage; 4] = [Stage::Ingest, Stage::Store, Stage::Router, Stage::Deliverer];
+    pub const ALL: [Stage; 5] = [Stage::Ingest, Stage::Store, Stage::Router, Stage::Deliverer, Stage::Push];
 }
 
 /// Configuration of the whole platform.
@@ -127,13 +130,83 @@ pub struct Config {
     pub node_id: Option<String>,
 
     /// The stages this process runs, comma-separated; all of them by default.
-    #[arg(long, env = "ESH_STAGES", value_delimiter = ',', default_value = "ingest,store,router,deliverer")]
+    #[arg(long, env = "ESH_STAGES", value_delimiter = ',', default_value = "ingest,store,router,deliverer,push")]
     pub stages: Vec<Stage>,
 
     /// How long each shutdown step (in-flight requests, the router's batch, sockets) may take
     /// before it is cut short.
     #[arg(long, env = "ESH_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// Devices a mobile user may register for push notifications.
+    #[arg(long, env = "ESH_MAX_DEVICES_PER_USER", default_value_t = 10)]
+    pub max_devices_per_user: usize,
+
+    #[command(flatten)]
+    pub push: PushSettings,
+}
+
+/// Push providers and the push stage. Without credentials (neither FCM nor APNs set) the
+/// push stage stays off and `/health/ready` says so.
+#[derive(Debug, Clone, Args)]
+pub struct PushSettings {
+    /// Path of the FCM service-account key file (JSON); enables Android notifications.
+    #[arg(long, env = "ESH_FCM_SERVICE_ACCOUNT")]
+    pub fcm_service_account: Option<PathBuf>,
+
+    /// Base URL of the FCM HTTP v1 API.
+    #[arg(long, env = "ESH_FCM_ENDPOINT", default_value = "https://fcm.googleapis.com")]
+    pub fcm_endpoint: String,
+
+    /// Path of the APNs signing key (`.p8`); with the key id, team id and topic it enables
+    /// iOS notifications.
+    #[arg(long, env = "ESH_APNS_KEY")]
+    pub apns_key: Option<PathBuf>,
+
+    /// Id of the APNs signing key.
+    #[arg(long, env = "ESH_APNS_KEY_ID")]
+    pub apns_key_id: Option<String>,
+
+    /// Apple developer team id.
+    #[arg(long, env = "ESH_APNS_TEAM_ID")]
+    pub apns_team_id: Option<String>,
+
+    /// The app's bundle id (`apns-topic`).
+    #[arg(long, env = "ESH_APNS_TOPIC")]
+    pub apns_topic: Option<String>,
+
+    /// Base URL of APNs (`https://api.sandbox.push.apple.com` for development builds).
+    #[arg(long, env = "ESH_APNS_ENDPOINT", default_value = "https://api.push.apple.com")]
+    pub apns_endpoint: String,
+
+    /// Notifications carry only the message and conversation ids (no sender, no preview).
+    #[arg(long, env = "ESH_PUSH_PRIVACY", default_value_t = false)]
+    pub privacy: bool,
+
+    /// Most provider requests in flight at once.
+    #[arg(long, env = "ESH_PUSH_CONCURRENCY", default_value_t = 64)]
+    pub concurrency: usize,
+
+    /// Longest wait for one provider request.
+    #[arg(long, env = "ESH_PUSH_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+impl Default for PushSettings {
+    fn default() -> Self {
+        PushSettings {
+            fcm_service_account: None,
+            fcm_endpoint: "https://fcm.googleapis.com".into(),
+            apns_key: None,
+            apns_key_id: None,
+            apns_team_id: None,
+            apns_topic: None,
+            apns_endpoint: "https://api.push.apple.com".into(),
+            privacy: false,
+            concurrency: 64,
+            timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// Parses only the configuration, from the environment and `args`.
@@ -187,6 +260,8 @@ impl Config {
             node_id: None,
             stages: Stage::ALL.to_vec(),
             shutdown_grace: Duration::from_secs(10),
+            max_devices_per_user: 10,
+            push: PushSettings::default(),
         }
     }
 

@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod platform;
+mod push;
 pub mod secrets;
 
 pub use config::{Config, Stage};

@@ -1,10 +1,11 @@
 //! Starting and stopping the stages of one process.
 //!
-//! Start: backends → status writer → deliverer → store projection → router → (the
-//! projection catches up with the log and idempotency answers are restored) → HTTP
-//! listener. Stop, when the shutdown token is cancelled (SIGTERM, SIGINT, or
-//! [`Platform::shutdown`]): stop accepting and finish in-flight HTTP requests → let the
-//! router finish its batch and commit → close the sockets → drain the status writer → let
+//! Start: backends → status writer → deliverer → store projection → router → push stage
+//! (when provider credentials are configured) → (the projection catches up with the log
+//! and idempotency answers are restored) → HTTP listener. Stop, when the shutdown token is
+//! cancelled (SIGTERM, SIGINT, or [`Platform::shutdown`]): stop accepting and finish
+//! in-flight HTTP requests → let the router finish its batch and commit → let the push
+//! stage finish its batch → close the sockets → drain the status writer → let
 //! the projection apply what it holds → drop the backends (closing the log and store).
 //! Each step gets `shutdown_grace`; a step that overruns is cut short and logged.
 
@@ -21,6 +22,7 @@ use esh_common::auth::{ExternalKeys, TokenKeys};
 use esh_common::ingress::ChatIngress;
 use esh_deliverer::{Deliverer, DelivererConfig};
 use esh_ingest::{Ingest, IngestConfig};
+use esh_push_worker::PushConfig;
 use esh_router::RouterConfig;
 use tokio::net::TcpListener;
 use tokio::task::{AbortHandle, Id, JoinError, JoinHandle, JoinSet};
@@ -28,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 
 use crate::config::{Config, Stage};
+use crate::push;
 use crate::secrets::{self, ADMIN_TOKEN_FILE, JWT_SECRET_FILE};
 
 /// Status changes queued for the status writer before callers wait.
@@ -84,6 +87,7 @@ enum Task {
     Http,
     Router,
     Store,
+    Push,
 }
 
 impl Task {
@@ -92,6 +96,7 @@ impl Task {
             Task::Http => "http",
             Task::Router => "router",
             Task::Store => "store",
+            Task::Push => "push",
         }
     }
 }
@@ -104,6 +109,7 @@ struct StageTokens {
     router: CancellationToken,
     deliverer: CancellationToken,
     store: CancellationToken,
+    push: CancellationToken,
 }
 
 /// A running platform: every configured stage on one listener.
@@ -156,8 +162,10 @@ impl Platform {
         let jwt = secrets::load_or_generate(&config.data_dir, JWT_SECRET_FILE, config.jwt_secret.as_deref())
             .map_err(|source| PlatformError::Secret { what: "the jwt secret", source })?;
         let keys = TokenKeys::hs256(jwt.value.as_bytes()).with_external(external_keys);
+        let senders = push::senders(&config.push)?;
         let (status_writer, status_task) =
             StatusWriter::start(backends.log.clone(), STATUS_QUEUE);
+        let status_writer_for_push = status_writer.clone();
 
         let ingest = Ingest::new(
             backends.clone(),
@@ -168,14 +176,20 @@ impl Platform {
                 rate_limit_per_minute: config.rate_limit_per_minute,
                 broadcast_recipients_per_hour: config.broadcast_recipients_per_hour,
                 backlog_limit: config.backlog_limit,
+                max_devices_per_user: config.max_devices_per_user,
                 ..IngestConfig::default()
             },
         );
+        if !senders.is_empty() {
+            ingest.set_push_check(Arc::new(senders.clone()));
+        }
+        let router_config = RouterConfig { push: !senders.is_empty(), ..RouterConfig::default() };
         let stages = StageTokens {
             http: CancellationToken::new(),
             router: CancellationToken::new(),
             deliverer: CancellationToken::new(),
             store: CancellationToken::new(),
+            push: CancellationToken::new(),
         };
         let mut platform = Platform {
             addr,
@@ -233,8 +247,27 @@ impl Platform {
             let token = platform.stages.router.clone();
             let router_backends = backends.clone();
             platform.spawn(Task::Router, async move {
-                esh_router::run(router_backends, RouterConfig::default(), token).await.map_err(|e| e.to_string())
+                esh_router::run(router_backends, router_config, token).await.map_err(|e| e.to_string())
             });
+        }
+
+        if config.runs(Stage::Push) {
+            if senders.is_empty() {
+                tracing::info!("push notifications are off: no provider credentials configured");
+            } else {
+                let token = platform.stages.push.clone();
+                let push_backends = backends.clone();
+                let push_config = PushConfig {
+                    privacy: config.push.privacy,
+                    concurrency: config.push.concurrency,
+                    retry_schedule: config.retry_schedule.clone(),
+                    ..PushConfig::default()
+                };
+                let writer = status_writer_for_push;
+                platform.spawn(Task::Push, async move {
+                    esh_push_worker::run(push_backends, senders, writer, push_config, token).await.map_err(|e| e.to_string())
+                });
+            }
         }
 
         if config.runs(Stage::Ingest) {
@@ -368,6 +401,11 @@ impl Platform {
         self.stages.router.cancel();
         self.join(Task::Router, &mut failure).await;
 
+        // 2b. The push stage finishes its sends (cutting retry waits short) and writes
+        //     their effects; an unfinished batch is not committed and is notified again.
+        self.stages.push.cancel();
+        self.join(Task::Push, &mut failure).await;
+
         // 3. Close the sockets (unacked deliveries stay `sent` and are replayed on reconnect)
         //    and let the deliverer write the attempts and receipts it holds.
         self.stages.deliverer.cancel();
@@ -436,6 +474,7 @@ impl Drop for Platform {
         self.stages.http.cancel();
         self.stages.router.cancel();
         self.stages.deliverer.cancel();
+        self.stages.push.cancel();
     }
 }
 

@@ -3,6 +3,7 @@
 //! this crate's tests; real backends run them against real servers (`ESH_TEST_*` URLs).
 
 pub mod cache;
+pub mod devices;
 pub mod fixtures;
 pub mod log;
 pub mod store;

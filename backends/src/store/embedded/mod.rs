@@ -8,8 +8,10 @@
 //!   and answers every caller after the COMMIT. Reads use a pool of read-only connections
 //!   on the blocking thread pool; WAL lets them run beside the writer.
 //! - `writes` / `reads`: the operations; `codec`: columns ↔ model, checked on the way out.
+//! - `devices`: the device registry (`DeviceRegistry`) on the same file and writer.
 
 mod codec;
+mod devices;
 mod engine;
 mod reads;
 mod schema;

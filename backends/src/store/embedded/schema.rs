@@ -8,7 +8,7 @@ use rusqlite::Connection;
 use super::engine::{corrupt, Failure};
 
 /// The schema version this build writes (`PRAGMA user_version`).
-const VERSION: i64 = 2;
+const VERSION: i64 = 3;
 
 const SCHEMA: &str = r"
 -- Users by id.
@@ -156,6 +156,23 @@ CREATE TABLE IF NOT EXISTS projected_positions (
     partition INTEGER NOT NULL,
     next_offset INTEGER NOT NULL,
     PRIMARY KEY (topic, partition)
+) WITHOUT ROWID;
+
+-- Devices by user, for the push fan-out and `GET /v1/devices`.
+CREATE TABLE IF NOT EXISTS user_devices (
+    user_id TEXT NOT NULL,
+    token TEXT NOT NULL,
+    platform TEXT NOT NULL,
+    active INTEGER NOT NULL,
+    failures INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (user_id, token)
+) WITHOUT ROWID;
+
+-- The one user holding each device token.
+CREATE TABLE IF NOT EXISTS device_tokens (
+    token TEXT NOT NULL PRIMARY KEY,
+    user_id TEXT NOT NULL
 ) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS broadcast_counts (

@@ -1,0 +1,257 @@
+//! The push stage end to end on embedded backends and the local providers (tests/support):
+//! requests appended to `esh.push.v1` reach every active device of their recipient, with
+//! the attempts in the message's timeline and the devices' health kept.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use esh_backends::resolver::{resolve, BackendUrls, Backends};
+use esh_backends::status_writer::StatusWriter;
+use esh_backends::testsuite::fixtures;
+use esh_backends::{DeviceOutcome, Record};
+use esh_common::retry::RetrySchedule;
+use esh_common::{topics, Attempt, Channel, Device, Message, Millis, Platform, Status, User, UserKind};
+use esh_push_worker::{PushConfig, PushRequest, Senders, PREVIEW_CHARS};
+use esh_common::records::{StatusEvent, StatusRecord};
+use support::{Answer, Providers};
+use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
+
+struct Harness {
+    backends: Backends,
+    providers: Providers,
+    stop: CancellationToken,
+    _dir: TempDir,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Three attempts, 10 ms apart; `Retry-After` honoured up to 50 ms.
+fn config(privacy: bool) -> PushConfig {
+    PushConfig {
+        privacy,
+        retry_schedule: RetrySchedule::new(vec![Duration::from_millis(10); 2]).unwrap(),
+        max_retry_after: Duration::from_millis(50),
+        poll_wait: Duration::from_millis(10),
+        ..PushConfig::default()
+    }
+}
+
+async fn start(config: PushConfig) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let backends =
+        resolve(&BackendUrls { data_dir: dir.path().to_path_buf(), log_partitions: 2, ..Default::default() })
+            .await
+            .unwrap();
+    let providers = Providers::start().await;
+    let senders = Senders { android: Some(Arc::new(providers.fcm())), ios: Some(Arc::new(providers.apns())) };
+    let (writer, _) = StatusWriter::start(backends.log.clone(), 16);
+    let stop = CancellationToken::new();
+    tokio::spawn(esh_push_worker::run(backends.clone(), senders, writer, config, stop.clone()));
+    Harness { backends, providers, stop, _dir: dir }
+}
+
+impl Harness {
+    async fn user(&self, id: &str, kind: UserKind, notifications_enabled: bool) -> User {
+        let user = User {
+            id: id.into(),
+            kind,
+            display_name: format!("{id} name"),
+            created_at: Millis::now(),
+            permissions: Vec::new(),
+            verified: true,
+            notifications_enabled,
+        };
+        self.backends.store.create_user(&user).await.unwrap();
+        user
+    }
+
+    async fn device(&self, user: &str, platform: Platform, token: &str) -> Device {
+        self.backends.devices.register(user, platform, token, Millis::now(), 10).await.unwrap().device
+    }
+
+    /// Appends the push request of a message from "biz" to `recipient`.
+    async fn push(&self, message: &Message) {
+        let request = PushRequest::of(message, "Acme");
+        let record = Record { key: request.recipient_id.clone(), value: esh_common::records::encode(request.clone()).unwrap() };
+        self.backends.log.append(topics::PUSH, vec![record]).await.unwrap();
+    }
+
+    /// The message's timeline once it holds `count` attempts (fails after 10 s).
+    async fn attempts(&self, message_id: &str, count: usize) -> Vec<Attempt> {
+        for _ in 0..1000 {
+            let attempts = self.backends.store.attempts(message_id).await.unwrap();
+            if attempts.len() >= count {
+                return attempts;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("message {message_id} never got {count} attempts");
+    }
+
+    async fn devices(&self, user: &str) -> Vec<Device> {
+        self.backends.devices.devices(user).await.unwrap()
+    }
+}
+
+fn outcomes(attempts: &[Attempt]) -> Vec<(Channel, String)> {
+    let mut outcomes: Vec<(Channel, String)> = attempts.iter().map(|a| (a.channel, a.outcome.clone())).collect();
+    outcomes.sort_by(|a, b| a.1.cmp(&b.1));
+    outcomes
+}
+
+#[tokio::test]
+async fn every_active_device_gets_the_notification_req_3_2_3_4_3_7() {
+    let esh = start(config(false)).await;
+    esh.user("m1", UserKind::Mobile, true).await;
+    esh.device("m1", Platform::Android, "android-1").await;
+    esh.device("m1", Platform::Ios, "ios-1").await;
+    let gone = esh.device("m1", Platform::Android, "android-old").await;
+    esh.backends.devices.record_outcomes(&[(gone, DeviceOutcome::Unregistered)], 3).await.unwrap();
+    // APNs asks to slow down first: the send is retried after Retry-After.
+    esh.providers.script("ios-1", &[Answer::Throttled(1)]);
+
+    let message = fixtures::one_way("biz", "m1");
+    esh.push(&message).await;
+    let attempts = esh.attempts(&message.id, 3).await;
+    assert_eq!(
+        outcomes(&attempts),
+        [(Channel::Push, "accepted".into()), (Channel::Push, "accepted".into()), (Channel::Push, "throttled".into())]
+    );
+    assert_eq!(esh.providers.problems(), Vec::<String>::new());
+    assert_eq!(esh.providers.received_for("android-1").len(), 1);
+    assert_eq!(esh.providers.received_for("ios-1").len(), 2);
+    assert!(esh.providers.received_for("android-old").is_empty(), "inactive devices get nothing");
+    let sent = &esh.providers.received_for("android-1")[0].body["message"];
+    assert_eq!(sent["notification"]["title"], "Acme");
+    assert_eq!(sent["data"]["message_id"], message.id.as_str());
+}
+
+#[tokio::test]
+async fn disabled_notifications_get_nothing_req_3_6() {
+    let esh = start(config(false)).await;
+    esh.user("quiet", UserKind::Mobile, false).await;
+    esh.device("quiet", Platform::Android, "quiet-token").await;
+    esh.user("loud", UserKind::Mobile, true).await;
+    esh.device("loud", Platform::Android, "loud-token").await;
+
+    let muted = fixtures::one_way("biz", "quiet");
+    let heard = fixtures::one_way("biz", "loud");
+    esh.push(&muted).await;
+    esh.push(&heard).await;
+    esh.attempts(&heard.id, 1).await;
+    assert!(esh.providers.received_for("quiet-token").is_empty());
+    assert!(esh.backends.store.attempts(&muted.id).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn three_failed_notifications_in_a_row_deactivate_a_device_and_a_success_resets_req_3_5() {
+    let esh = start(config(false)).await;
+    esh.user("m1", UserKind::Mobile, true).await;
+    esh.device("m1", Platform::Ios, "flaky").await;
+    let fail = [Answer::ServerError; 3];
+
+    // A notification fails for good once its three attempts all fail.
+    esh.providers.script("flaky", &fail);
+    let first = fixtures::one_way("biz", "m1");
+    esh.push(&first).await;
+    let attempts = esh.attempts(&first.id, 3).await;
+    assert!(attempts.iter().all(|a| a.channel == Channel::Push && a.outcome == "unavailable"));
+    assert_eq!(attempts.iter().map(|a| a.attempt).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(esh.devices("m1").await[0].failures, 1);
+
+    let success = fixtures::one_way("biz", "m1");
+    esh.push(&success).await;
+    esh.attempts(&success.id, 1).await;
+    let reset = esh.devices("m1").await.remove(0);
+    assert_eq!((reset.failures, reset.active), (0, true));
+
+    for _ in 0..3 {
+        esh.providers.script("flaky", &fail);
+        let message = fixtures::one_way("biz", "m1");
+        esh.push(&message).await;
+        esh.attempts(&message.id, 3).await;
+    }
+    let struck = esh.devices("m1").await.remove(0);
+    assert_eq!((struck.failures, struck.active), (3, false));
+
+    let after = fixtures::one_way("biz", "m1");
+    let before = esh.providers.received_for("flaky").len();
+    esh.push(&after).await;
+    // A later request for a device that has a notification goes through: the inactive one gets nothing.
+    esh.device("m1", Platform::Android, "fresh").await;
+    let later = fixtures::one_way("biz", "m1");
+    esh.push(&later).await;
+    esh.attempts(&later.id, 1).await;
+    assert_eq!(esh.providers.received_for("flaky").len(), before);
+}
+
+#[tokio::test]
+async fn an_unregistered_token_is_deactivated_at_once() {
+    let esh = start(config(false)).await;
+    esh.user("m1", UserKind::Mobile, true).await;
+    esh.device("m1", Platform::Android, "gone").await;
+    esh.providers.script("gone", &[Answer::Unregistered]);
+    let message = fixtures::one_way("biz", "m1");
+    esh.push(&message).await;
+    let attempts = esh.attempts(&message.id, 1).await;
+    assert_eq!(attempts[0].outcome, "unregistered");
+    let device = esh.devices("m1").await.remove(0);
+    assert!(!device.active);
+}
+
+#[tokio::test]
+async fn privacy_mode_sends_only_ids_and_previews_keep_100_characters() {
+    let esh = start(config(true)).await;
+    esh.user("m1", UserKind::Mobile, true).await;
+    esh.device("m1", Platform::Android, "a").await;
+    let message = Message { content: "secret".into(), ..fixtures::one_way("biz", "m1") };
+    esh.push(&message).await;
+    esh.attempts(&message.id, 1).await;
+    let sent = esh.providers.received_for("a")[0].body["message"].clone();
+    assert!(sent.get("notification").is_none());
+    assert!(!sent.to_string().contains("secret") && !sent.to_string().contains("Acme"));
+
+    let esh = start(config(false)).await;
+    esh.user("m1", UserKind::Mobile, true).await;
+    esh.device("m1", Platform::Ios, "i").await;
+    let long = Message { content: "é🙂".repeat(80), ..fixtures::one_way("biz", "m1") };
+    esh.push(&long).await;
+    esh.attempts(&long.id, 1).await;
+    let body = esh.providers.received_for("i")[0].body["aps"]["alert"]["body"].as_str().unwrap().to_owned();
+    assert_eq!(body.chars().count(), PREVIEW_CHARS);
+    assert_eq!(body, "é🙂".repeat(50));
+}
+
+#[tokio::test]
+async fn a_message_whose_pushes_run_out_of_retries_is_dead_lettered_like_a_socket_delivery() {
+    let esh = start(config(false)).await;
+    esh.user("m1", UserKind::Mobile, true).await;
+    esh.device("m1", Platform::Android, "down").await;
+    let message = fixtures::one_way("biz", "m1");
+    esh.backends.store.insert_messages(std::slice::from_ref(&message)).await.unwrap();
+    esh.providers.script("down", &[Answer::ServerError; 3]);
+    esh.push(&message).await;
+    esh.attempts(&message.id, 3).await;
+
+    let mut status = esh.backends.log.subscribe("test", &[topics::STATUS]).await.unwrap();
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        events.extend(status.poll(10, Duration::from_millis(50)).await.unwrap());
+        if !events.is_empty() {
+            break;
+        }
+    }
+    let StatusRecord::Status(event) = esh_common::records::decode(&events.first().expect("a failure").value).unwrap() else {
+        panic!("a status event, not an ingest outcome");
+    };
+    let event: StatusEvent = event;
+    assert_eq!((event.message_id.as_str(), event.status, event.attempts), (message.id.as_str(), Status::Failed, 3));
+    assert!(event.error.unwrap().starts_with("push: "));
+}
