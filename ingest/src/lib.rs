@@ -33,6 +33,7 @@ mod conversations;
 mod cursor;
 mod directory;
 mod health;
+pub mod log_ingest;
 mod messages;
 mod metrics;
 mod openapi;

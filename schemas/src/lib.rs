@@ -131,3 +131,53 @@ mod tests {
         }
     }
 }
+
+/// What a Kafka-native send asks for: a record of `esh.ingest.v1` (key: the sender id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendRequest {
+    /// The integrator's id of this request: the key of its outcome when it has no
+    /// idempotency key, and its idempotency key then.
+    pub request_id: String,
+    /// The integrator producing the record; it must be allowed to act for `sender_id`.
+    pub principal: String,
+    pub sender_id: String,
+    pub kind: SendRequestKind,
+    /// One recipient for one-way and chat sends, 1..100,000 for broadcasts.
+    pub recipient_ids: Vec<String>,
+    pub content: String,
+    #[serde(default)]
+    pub priority: Option<esh_common::Priority>,
+    #[serde(default)]
+    pub media_ids: Vec<String>,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// Which HTTP send a [`SendRequest`] stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SendRequestKind {
+    OneWay,
+    Chat,
+    Broadcast,
+}
+
+/// The outcome of a [`SendRequest`], on `esh.status.v1` keyed by `key`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestOutcome {
+    /// The request's idempotency key, else its request id.
+    pub key: String,
+    pub sender_id: String,
+    /// The accepted message (or broadcast) id; `None` when refused.
+    pub message_id: Option<String>,
+    /// Why it was refused; `None` when accepted.
+    pub error: Option<OutcomeError>,
+    pub at: Millis,
+}
+
+/// A refusal: the error code and message HTTP would answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutcomeError {
+    pub code: String,
+    pub message: String,
+}
