@@ -3,7 +3,8 @@
 //!
 //! Nothing here does I/O. `model` holds the types the contract (API.md) speaks of,
 //! `status` the forward-only status rules, `retry` the delivery backoff, `error` the
-//! `{"error": {...}}` answer, `auth` HS256 tokens, `telemetry` the metrics every stage
+//! `{"error": {...}}` answer, `auth` user tokens (the platform's HS256, identity providers'
+//! RS256/ES256 keys parsed from bytes the binary reads), `telemetry` the metrics every stage
 //! records and the one recorder they go to.
 
 pub mod auth;

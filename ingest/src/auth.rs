@@ -1,7 +1,8 @@
 //! Who is calling: the `Caller` extractor, the first check of every protected route (401).
 //!
-//! A bearer token is either the admin token (`ESH_ADMIN_TOKEN`) or an HS256 user token whose
-//! `sub` must still exist in the directory. The user is read from the store on every
+//! A bearer token is either the admin token (`ESH_ADMIN_TOKEN`) or a user token (the
+//! platform's HS256, or an identity provider's RS256/ES256: `esh_common::auth`) whose `sub`
+//! must still exist in the directory. The user is read from the store on every
 //! request, so permission changes and removals take effect at once (API.md: within 1 s).
 
 use std::sync::Arc;
@@ -168,7 +169,7 @@ mod tests {
         assert_eq!(verified.verify(&keys, &token).unwrap().sub, "u1");
         assert!(verified.verify(&keys, "not a token").is_err());
         // A token that expired while remembered: signed right, `exp` long past.
-        let claims = Claims { sub: "u2".into(), kind: UserKind::Mobile, exp: 1 };
+        let claims = Claims { sub: "u2".into(), kind: Some(UserKind::Mobile), exp: 1 };
         let expired = jsonwebtoken::encode(
             &jsonwebtoken::Header::default(),
             &claims,

@@ -1,6 +1,7 @@
 //! ingest: the HTTP API of Esh3ar (API.md) and the front door of the message pipeline.
 //!
-//! It authenticates (admin token or HS256 user token, the user read from the directory,
+//! It authenticates (admin token, or a user token: HS256 of the platform or RS256/ES256 of
+//! an integrator's identity provider; the user read from the directory,
 //! cached for under 1 s: `directory`), validates, authorizes, rate-limits and deduplicates
 //! sends, then commits each accepted send with one durable append to the log
 //! (`esh.messages.*`) before it answers `202`. Reads (messages, history, conversations,

@@ -25,7 +25,12 @@ impl Modify for BearerAuth {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("JWT or the admin token")
-                    .description(Some("a user token (HS256 JWT) or the value of ESH_ADMIN_TOKEN"))
+                    .description(Some(
+                        "a user token: an HS256 JWT issued by POST /v1/users/{id}/tokens, or an RS256/ES256 JWT \
+                         of an integrator's identity provider whose public key is configured \
+                         (ESH_JWT_PUBLIC_KEYS, ESH_JWT_JWKS) and named by the header's kid; \
+                         or the value of ESH_ADMIN_TOKEN",
+                    ))
                     .build(),
             ),
         );

@@ -49,6 +49,27 @@ pub struct Config {
     #[arg(long, env = "ESH_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
+    /// Public keys of integrators' identity providers, whose RS256 or ES256 user tokens are
+    /// accepted beside the platform's HS256 ones: comma-separated `kid=path` pairs naming
+    /// PEM files (an RSA key or a P-256 key); a token chooses its key by the `kid` of its
+    /// header. None by default. Read at start: a restart applies changes.
+    #[arg(long, env = "ESH_JWT_PUBLIC_KEYS", value_delimiter = ',', value_parser = parse_public_key_file)]
+    pub jwt_public_keys: Vec<PublicKeyFile>,
+
+    /// A JWKS file (`{"keys": [...]}`) of identity-provider public keys, each with a `kid`,
+    /// RSA (RS256) or EC P-256 (ES256); keys with `"use": "enc"` are skipped. None by default.
+    /// Read at start: a restart applies a rotation.
+    #[arg(long, env = "ESH_JWT_JWKS")]
+    pub jwt_jwks: Option<PathBuf>,
+
+    /// The `iss` every RS256/ES256 token must carry; not checked when unset.
+    #[arg(long, env = "ESH_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// The audience every RS256/ES256 token must name in `aud`; not checked when unset.
+    #[arg(long, env = "ESH_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
     /// Sends a sender may make in any 60 s window (one-way and chat, HTTP and socket).
     #[arg(long, env = "ESH_RATE_LIMIT_PER_MINUTE", default_value_t = 100)]
     pub rate_limit_per_minute: u64,
@@ -153,6 +174,10 @@ impl Config {
             data_dir: data_dir.into(),
             admin_token: None,
             jwt_secret: None,
+            jwt_public_keys: Vec::new(),
+            jwt_jwks: None,
+            jwt_issuer: None,
+            jwt_audience: None,
             rate_limit_per_minute: 100,
             broadcast_recipients_per_hour: 1_000_000,
             backlog_limit: 10_000,
@@ -174,6 +199,23 @@ impl Config {
     /// Whether this process runs `stage`.
     pub fn runs(&self, stage: Stage) -> bool {
         self.stages.contains(&stage)
+    }
+}
+
+/// A PEM public key file of an identity provider and the key id tokens name it by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicKeyFile {
+    pub kid: String,
+    pub path: PathBuf,
+}
+
+/// Parses `kid=path` (the key id must not be empty, nor the path).
+pub fn parse_public_key_file(text: &str) -> Result<PublicKeyFile, String> {
+    match text.trim().split_once('=') {
+        Some((kid, path)) if !kid.trim().is_empty() && !path.trim().is_empty() => {
+            Ok(PublicKeyFile { kid: kid.trim().to_owned(), path: PathBuf::from(path.trim()) })
+        }
+        _ => Err(format!("invalid public key {text:?}: expected kid=path/to/key.pem")),
     }
 }
 
@@ -226,6 +268,18 @@ mod tests {
         assert!(parse_retry_schedule("1s,,2s").is_err());
         assert!(parse_retry_schedule("1s,0ms").is_err());
         assert!(parse_retry_schedule("1s,soon").is_err());
+    }
+
+    #[test]
+    fn public_keys_are_kid_path_pairs() {
+        let config = Config::from_args(["esh", "--jwt-public-keys", "2026-01=/keys/a.pem, 2026-02=b.pem"]).unwrap();
+        let expected = [("2026-01", "/keys/a.pem"), ("2026-02", "b.pem")]
+            .map(|(kid, path)| PublicKeyFile { kid: kid.into(), path: path.into() });
+        assert_eq!(config.jwt_public_keys, expected);
+        assert!(Config::local("/tmp/x").jwt_public_keys.is_empty());
+        for bad in ["a.pem", "=a.pem", "kid=", ""] {
+            assert!(parse_public_key_file(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use axum::routing::get;
 use esh_backends::resolver::{resolve, BackendUrls, Backends};
 use esh_backends::status_writer::StatusWriter;
 use esh_backends::BackendError;
-use esh_common::auth::TokenKeys;
+use esh_common::auth::{ExternalKeys, TokenKeys};
 use esh_common::ingress::ChatIngress;
 use esh_deliverer::{Deliverer, DelivererConfig};
 use esh_ingest::log_ingest::LogIngestConfig;
@@ -69,6 +69,8 @@ pub enum PlatformError {
     Config(String),
     #[error("cannot read or write {what}")]
     Secret { what: &'static str, source: std::io::Error },
+    #[error("cannot use the identity provider keys of {path}: {reason}")]
+    JwtKeys { path: std::path::PathBuf, reason: String },
     #[error("cannot listen on {addr}")]
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
@@ -136,6 +138,7 @@ impl Platform {
     /// [`Platform::wait`]).
     pub async fn start_with_shutdown(config: Config, shutdown: CancellationToken) -> Result<Platform, PlatformError> {
         validate(&config)?;
+        let external_keys = external_keys(&config)?;
         // Bind first: a taken port fails the start before anything is opened or generated.
         let listener = TcpListener::bind(config.http_addr)
             .await
@@ -156,7 +159,7 @@ impl Platform {
             .map_err(|source| PlatformError::Secret { what: "the admin token", source })?;
         let jwt = secrets::load_or_generate(&config.data_dir, JWT_SECRET_FILE, config.jwt_secret.as_deref())
             .map_err(|source| PlatformError::Secret { what: "the jwt secret", source })?;
-        let keys = TokenKeys::hs256(jwt.value.as_bytes());
+        let keys = TokenKeys::hs256(jwt.value.as_bytes()).with_external(external_keys);
         let (status_writer, status_task) =
             StatusWriter::start(backends.log.clone(), STATUS_QUEUE);
 
@@ -469,6 +472,39 @@ fn validate(config: &Config) -> Result<(), PlatformError> {
         return Err(PlatformError::Config("ESH_HEARTBEAT must be at least 1s".into()));
     }
     Ok(())
+}
+
+/// The public keys of `ESH_JWT_PUBLIC_KEYS` and `ESH_JWT_JWKS`, with the issuer and
+/// audience their tokens must carry; any unreadable or unusable key fails the start.
+fn external_keys(config: &Config) -> Result<ExternalKeys, PlatformError> {
+    let mut keys = ExternalKeys::default();
+    let unusable = |path: &std::path::Path, reason: String| PlatformError::JwtKeys { path: path.to_owned(), reason };
+    for file in &config.jwt_public_keys {
+        let pem = std::fs::read(&file.path).map_err(|e| unusable(&file.path, e.to_string()))?;
+        keys.add_pem(&file.kid, &pem).map_err(|e| unusable(&file.path, e.to_string()))?;
+    }
+    if let Some(path) = &config.jwt_jwks {
+        let document = std::fs::read(path).map_err(|e| unusable(path, e.to_string()))?;
+        let added = keys.add_jwks(&document).map_err(|e| unusable(path, e.to_string()))?;
+        if added == 0 {
+            return Err(unusable(path, "the JWKS holds no signing key".into()));
+        }
+    }
+    if keys.is_empty() && (config.jwt_issuer.is_some() || config.jwt_audience.is_some()) {
+        return Err(PlatformError::Config(
+            "ESH_JWT_ISSUER and ESH_JWT_AUDIENCE apply to RS256/ES256 tokens: set ESH_JWT_PUBLIC_KEYS or ESH_JWT_JWKS".into(),
+        ));
+    }
+    if let Some(issuer) = &config.jwt_issuer {
+        keys.require_issuer(issuer.clone());
+    }
+    if let Some(audience) = &config.jwt_audience {
+        keys.require_audience(audience.clone());
+    }
+    if !keys.is_empty() {
+        tracing::info!(keys = keys.len(), "identity provider keys loaded");
+    }
+    Ok(keys)
 }
 
 fn random_node_id() -> String {
