@@ -16,6 +16,8 @@
 //!   preferences): the other endpoints.
 //! - `auth` (the `Caller` extractor), `body` (the JSON body extractor), `cursor` (page
 //!   limits and opaque cursors), `views` (answer shapes): shared by every handler.
+//! - `log_ingest`: Kafka-native sends, the consumer of `esh.ingest.v1` (group `ingest`),
+//!   through the same send path.
 //! - `health`, `metrics`, `openapi`: operations endpoints; `schemas`: the schema-registry
 //!   endpoints of the wire format (`/v1/schemas/...`).
 //!
@@ -37,6 +39,7 @@ mod cursor;
 mod devices;
 mod directory;
 mod health;
+pub mod log_ingest;
 mod messages;
 mod metrics;
 mod openapi;

@@ -454,6 +454,8 @@ impl WireRecord for PushRequest {
 pub struct SendRequest {
     /// Chosen by the integrator; the outcome's key when there is no idempotency key.
     pub request_id: String,
+    /// The integrator producing the record, which must be allowed to act for `sender_id`.
+    pub principal: String,
     pub idempotency_key: Option<String>,
     pub kind: SendKind,
     pub sender_id: String,
@@ -477,6 +479,7 @@ impl WireRecord for SendRequest {
     fn to_avro(&self) -> Value {
         record([
             ("request_id", string(&self.request_id)),
+            ("principal", string(&self.principal)),
             (
                 "idempotency_key",
                 nullable(self.idempotency_key.as_deref(), string),
@@ -494,6 +497,7 @@ impl WireRecord for SendRequest {
         let mut f = Fields::of(value)?;
         Ok(SendRequest {
             request_id: f.string()?,
+            principal: f.string()?,
             idempotency_key: f.nullable_string()?,
             kind: f.symbol()?,
             sender_id: f.string()?,

@@ -116,12 +116,12 @@ prop_compose! {
 
 prop_compose! {
     fn send_request()(
-        request_id in text(), idempotency_key in option::of(text()), kind in 0..3u8, sender_id in text(),
+        request_id in text(), principal in text(), idempotency_key in option::of(text()), kind in 0..3u8, sender_id in text(),
         recipient_ids in vec(text(), 0..5), content in text(), media_ids in vec(text(), 0..3),
         priority in option::of(priority()),
     ) -> SendRequest {
         let kind = [SendKind::OneWay, SendKind::Chat, SendKind::Broadcast][kind as usize];
-        SendRequest { request_id, idempotency_key, kind, sender_id, recipient_ids, content, media_ids, priority }
+        SendRequest { request_id, principal, idempotency_key, kind, sender_id, recipient_ids, content, media_ids, priority }
     }
 }
 
@@ -253,6 +253,7 @@ fn a_status_topic_record_is_either_branch_of_the_union() {
 fn a_send_requests_outcome_is_keyed_by_its_idempotency_key_or_else_its_id() {
     let request = SendRequest {
         request_id: "r1".into(),
+        principal: "crm".into(),
         idempotency_key: None,
         kind: SendKind::Chat,
         sender_id: "b1".into(),

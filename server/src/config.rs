@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, ValueEnum};
 use esh_common::retry::RetrySchedule;
+use esh_ingest::log_ingest::Integrators;
 
 /// A part of the pipeline this process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
@@ -128,6 +129,11 @@ pub struct Config {
     /// Id of this deliverer node in presence and on the delivery bus; a random one when unset.
     #[arg(long, env = "ESH_NODE_ID")]
     pub node_id: Option<String>,
+
+    /// Integrators that may produce sends to `esh.ingest.v1`, and the senders each may act
+    /// for: `principal=sender,sender;principal=*` (`*`: any sender). Empty: nobody.
+    #[arg(long, env = "ESH_INTEGRATORS", default_value = "")]
+    pub integrators: Integrators,
 
     /// The stages this process runs, comma-separated; all of them by default.
     #[arg(long, env = "ESH_STAGES", value_delimiter = ',', default_value = "ingest,store,router,deliverer,push")]

@@ -21,6 +21,7 @@ use esh_backends::BackendError;
 use esh_common::auth::{ExternalKeys, TokenKeys};
 use esh_common::ingress::ChatIngress;
 use esh_deliverer::{Deliverer, DelivererConfig};
+use esh_ingest::log_ingest::LogIngestConfig;
 use esh_ingest::{Ingest, IngestConfig};
 use esh_push_worker::PushConfig;
 use esh_router::RouterConfig;
@@ -85,6 +86,8 @@ pub enum PlatformError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Task {
     Http,
+    /// The `esh.ingest.v1` consumer (Kafka-native sends): stops with the listener.
+    LogIngest,
     Router,
     Store,
     Push,
@@ -94,6 +97,7 @@ impl Task {
     fn name(self) -> &'static str {
         match self {
             Task::Http => "http",
+            Task::LogIngest => "ingest consumer",
             Task::Router => "router",
             Task::Store => "store",
             Task::Push => "push",
@@ -281,6 +285,15 @@ impl Platform {
             }
         }
 
+        if config.runs(Stage::Ingest) {
+            let token = platform.stages.http.clone();
+            let consumer_ingest = ingest.clone();
+            let log_ingest = LogIngestConfig { integrators: config.integrators.clone(), ..LogIngestConfig::default() };
+            platform.spawn(Task::LogIngest, async move {
+                esh_ingest::log_ingest::run(consumer_ingest, log_ingest, token).await.map_err(|e| e.to_string())
+            });
+        }
+
         let mut app = axum::Router::new();
         if config.runs(Stage::Ingest) {
             app = app.merge(ingest.routes());
@@ -396,6 +409,7 @@ impl Platform {
         // 1. Stop accepting; in-flight requests finish (each 202 is durable before it is sent).
         self.stages.http.cancel();
         self.join(Task::Http, &mut failure).await;
+        self.join(Task::LogIngest, &mut failure).await;
 
         // 2. The router finishes its batch and commits its offsets.
         self.stages.router.cancel();

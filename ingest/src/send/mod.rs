@@ -26,6 +26,7 @@ mod request;
 
 pub(crate) use batch::post_batch;
 pub(crate) use handlers::{post_broadcast, post_chat, post_one_way, send_chat};
+pub(crate) use request::{SendInput, SendKind};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -36,7 +37,6 @@ use self::commit::{prepare_broadcast, prepare_message, Accepted, Prepared};
 use self::idempotency::KeyState;
 use self::limits::Permits;
 use self::policy::{chat_pair, check_chat_sender, check_one_way_recipient, check_one_way_sender};
-use self::request::{SendInput, SendKind};
 use crate::auth::Caller;
 use crate::Ingest;
 
@@ -62,7 +62,7 @@ impl Ingest {
     }
 
     /// Runs a send request (already parsed, or the error its body gave) from `caller`.
-    async fn send(&self, caller: &Caller, input: Result<SendInput, ApiError>) -> Result<Accepted, ApiError> {
+    pub(crate) async fn send(&self, caller: &Caller, input: Result<SendInput, ApiError>) -> Result<Accepted, ApiError> {
         let Some(sender) = caller.user() else {
             // The admin token is nobody: it has no rate limit and cannot send.
             input?;
