@@ -10,6 +10,9 @@ pub const PUSH: &str = "esh.push.v1";
 pub const DEAD_LETTERS: &str = "esh.dead-letters.v1";
 pub const INGEST: &str = "esh.ingest.v1";
 
+/// Every topic of the platform (what a log creates at start-up when missing).
+pub const ALL: [&str; 7] = [MESSAGES_HIGH, MESSAGES_NORMAL, MESSAGES_LOW, STATUS, PUSH, DEAD_LETTERS, INGEST];
+
 /// Message topics, highest priority first (the order the router drains them in).
 pub const MESSAGES_BY_PRIORITY: [&str; 3] = [MESSAGES_HIGH, MESSAGES_NORMAL, MESSAGES_LOW];
 
@@ -29,3 +32,8 @@ pub const NOTIFIER_GROUP: &str = "notifier";
 pub const STORE_GROUP: &str = "store";
 /// Topics the store projection applies, messages highest priority first, then statuses.
 pub const PROJECTED: [&str; 4] = [MESSAGES_HIGH, MESSAGES_NORMAL, MESSAGES_LOW, STATUS];
+
+/// Every consumer group of the platform with the topics it reads (what
+/// `esh_log_consumer_lag_records` reports).
+pub const CONSUMER_GROUPS: [(&str, &[&str]); 3] =
+    [(ROUTER_GROUP, &MESSAGES_BY_PRIORITY), (STORE_GROUP, &PROJECTED), (NOTIFIER_GROUP, &[STATUS])];

@@ -3,8 +3,12 @@
 //! when it stopped or crashed (at-least-once).
 
 mod embedded;
+#[cfg(feature = "kafka")]
+mod kafka;
 
 pub use embedded::{EmbeddedLogOptions, EmbeddedMessageLog, LogClock, DEFAULT_UNCLAIMED_RETENTION};
+#[cfg(feature = "kafka")]
+pub use kafka::{KafkaMessageLog, KafkaSettings};
 
 use async_trait::async_trait;
 use std::time::Duration;

@@ -1,13 +1,22 @@
 //! Conformance of `MessageLog` and `LogConsumer`: every implementation (embedded, Kafka)
-//! runs these properties. Each property takes a log and uses topic and group names of its
-//! own ([`unique`]), so the properties can share one long-lived broker and run in any
-//! order. They assume topics get at least 2 partitions and that records become readable
-//! within a few seconds; they wait with real (short) durations and bound every wait.
+//! runs every property through [`log_suite!`](crate::log_suite), one `#[tokio::test]` each.
 //!
-//! Run them all with [`run_all`], or one by one from `#[tokio::test]`s.
+//! What the properties assume of the log under test:
+//! - Topics are created on first use (append or subscribe) with at least 2 partitions
+//!   each (the log's configured count); every property uses topic and group names of its
+//!   own ([`unique`]), so the properties can share one long-lived broker and run in any order.
+//! - `subscribe` returns once the new member holds its assignment (for Kafka: the group
+//!   rebalanced and the member got its partitions), so no property waits a fixed time for
+//!   a member to join; records appended after it returns reach the group.
+//! - A dropped consumer has left its group: the next member gets its partitions at once.
+//! - Lag is per group and topic: records appended but not committed by the group, summed
+//!   over the partitions; where the group never committed, counted from the oldest record
+//!   still stored. Reading is not committing.
+//!
+//! Waits are real (short) durations, each bounded by [`PATIENCE`]; only the checks that
+//! nothing more arrives listen for a quiet window.
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -65,25 +74,46 @@ fn assert_no_duplicates(records: &[Consumed]) {
     }
 }
 
-/// Runs every property, each on a log from `open`.
-pub async fn run_all<F, Fut>(open: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Arc<dyn MessageLog>>,
-{
-    records_of_one_key_keep_their_order(open().await).await;
-    records_of_different_keys_all_arrive(open().await).await;
-    higher_priority_topics_are_drained_first(open().await).await;
-    committed_records_are_not_redelivered(open().await).await;
-    uncommitted_records_are_redelivered_after_a_crash(open().await).await;
-    group_members_split_partitions(open().await).await;
-    every_group_sees_every_record(open().await).await;
-    lag_counts_appended_but_uncommitted_records(open().await).await;
-    end_offsets_follow_durable_appends(open().await).await;
-    poll_waits_for_an_append(open().await).await;
-    poll_returns_empty_after_its_wait(open().await).await;
-    poll_returns_at_most_max(open().await).await;
-    check_succeeds_on_a_working_log(open().await).await;
+/// One `#[tokio::test]` per property of the `MessageLog` suite, in a module `log_suite`.
+/// `$open` is an expression (evaluated in the caller's scope, once per test) of a future
+/// giving `(keep, log)`: `keep` lives as long as the test (a temporary directory, a
+/// broker), `log` is an `Arc<dyn MessageLog>`. The caller needs `tokio` (macros, rt-multi-thread).
+///
+/// ```ignore
+/// esh_backends::log_suite!(open_embedded());
+/// ```
+#[macro_export]
+macro_rules! log_suite {
+    ($open:expr) => {
+        $crate::log_suite!(@properties $open;
+            records_of_one_key_keep_their_order,
+            records_of_different_keys_all_arrive,
+            higher_priority_topics_are_drained_first,
+            committed_records_are_not_redelivered,
+            uncommitted_records_are_redelivered_after_a_crash,
+            group_members_split_partitions,
+            every_group_sees_every_record,
+            lag_counts_appended_but_uncommitted_records,
+            end_offsets_follow_durable_appends,
+            poll_waits_for_an_append,
+            poll_returns_empty_after_its_wait,
+            poll_returns_at_most_max,
+            check_succeeds_on_a_working_log,
+        );
+    };
+    (@properties $open:expr; $($property:ident,)*) => {
+        mod log_suite {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $property() {
+                    let (_keep, log) = $open.await;
+                    $crate::testsuite::log::$property(log).await;
+                }
+            )*
+        }
+    };
 }
 
 /// Req 5.6: records with the same key (a conversation) come back in append order, with
