@@ -93,25 +93,25 @@ macro_rules! cache_suite {
     (real($ttl:expr); $($factories:tt)*) => {
         $crate::cache_suite!(@suite {#[tokio::test]} $crate::testsuite::cache::Clock::real($ttl); $($factories)*);
     };
-    (@suite {$(#[$test:meta])*} $clock:expr; presence: $presence:expr, recent: $recent:expr, rate: $rate:expr, idempotency: $idempotency:expr $(,)?) => {
+    (@suite {#[$test:meta]} $clock:expr; presence: $presence:expr, recent: $recent:expr, rate: $rate:expr, idempotency: $idempotency:expr $(,)?) => {
         mod cache_suite {
             #[allow(unused_imports)]
             use super::*;
-            $crate::cache_suite!(@cases {$(#[$test])*} $clock; $presence;
+            $crate::cache_suite!(@cases {#[$test]} $clock; $presence;
                 presence_register_locate_unregister, presence_many_connections_and_nodes,
                 presence_expires_after_ttl_unless_refreshed, presence_connections_expire_separately);
-            $crate::cache_suite!(@cases {$(#[$test])*} $clock; $recent;
+            $crate::cache_suite!(@cases {#[$test]} $clock; $recent;
                 recent_put_get_invalidate, recent_keeps_the_newest_fifty, recent_expires_after_ttl,
                 recent_fill_after_invalidation_is_refused);
-            $crate::cache_suite!(@cases {$(#[$test])*} $clock; $rate;
+            $crate::cache_suite!(@cases {#[$test]} $clock; $rate;
                 rate_allows_the_limit_then_limits, rate_window_slides, rate_refund_makes_room,
                 rate_costs_count_units, rate_keys_are_independent);
-            $crate::cache_suite!(@cases {$(#[$test])*} $clock; $idempotency;
+            $crate::cache_suite!(@cases {#[$test]} $clock; $idempotency;
                 idempotency_claim_in_flight_then_done, idempotency_release_frees_the_key, idempotency_keys_expire);
         }
     };
-    (@cases {$(#[$test:meta])*} $clock:expr; $factory:expr; $($case:ident),*) => {$(
-        $(#[$test])*
+    (@cases {#[$test:meta]} $clock:expr; $factory:expr; $($case:ident),*) => {$(
+        #[$test]
         async fn $case() {
             $crate::testsuite::cache::$case($factory, &$clock).await;
         }

@@ -89,6 +89,7 @@ macro_rules! log_suite {
             records_of_one_key_keep_their_order,
             records_of_different_keys_all_arrive,
             higher_priority_topics_are_drained_first,
+            a_high_priority_flood_does_not_starve_low_priority,
             committed_records_are_not_redelivered,
             uncommitted_records_are_redelivered_after_a_crash,
             group_members_split_partitions,
@@ -188,6 +189,32 @@ pub async fn higher_priority_topics_are_drained_first(log: Arc<dyn MessageLog>) 
     let ranks: Vec<usize> = got.iter().map(rank).collect();
     assert!(ranks.windows(2).all(|w| w[0] <= w[1]), "priority order broken: {ranks:?}");
     assert_eq!(ranks.iter().filter(|r| **r == 0).count(), 10);
+}
+
+/// Req 5.2: under a flood of high-priority records the low-priority ones still move: a
+/// full batch of high-priority records keeps its last tenth for waiting lower ones, and no
+/// batch holds more lower-priority records than that while higher ones wait.
+pub async fn a_high_priority_flood_does_not_starve_low_priority(log: Arc<dyn MessageLog>) {
+    let (high, low) = (unique("flood-high"), unique("flood-low"));
+    let batch = |topic: &str, n: usize| (0..n).map(|i| record(&format!("k{}", i % 4), format!("{topic}-{i}"))).collect();
+    log.append(&low, batch(&low, 30)).await.expect("append");
+    log.append(&high, batch(&high, 600)).await.expect("append");
+    let mut consumer = log.subscribe(&unique("g"), &[&high, &low]).await.expect("subscribe");
+    let started = Instant::now();
+    let mut order: Vec<String> = Vec::new();
+    while order.len() < 630 {
+        assert!(started.elapsed() < PATIENCE, "only {} of 630 records arrived", order.len());
+        let got = consumer.poll(100, POLL_WAIT).await.expect("poll");
+        let lows = got.iter().filter(|r| r.topic == low).count();
+        let highs_before = order.iter().filter(|t| **t == high).count();
+        if highs_before + got.len() - lows < 600 {
+            assert!(lows <= 10, "{lows} low-priority records in one batch while high ones wait");
+        }
+        order.extend(got.into_iter().map(|r| r.topic));
+    }
+    let first_low = order.iter().position(|t| *t == low).expect("low arrived");
+    let last_high = order.iter().rposition(|t| *t == high).expect("high arrived");
+    assert!(first_low < last_high, "the low-priority records waited for the whole flood");
 }
 
 /// Req 4.6: what a group committed is not delivered to its members again; what it did not

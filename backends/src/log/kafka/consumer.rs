@@ -13,9 +13,9 @@
 //! to go first. Against starvation, when higher-priority records fill a whole batch while
 //! lower-priority ones wait, the last tenth of the batch (at least one record) goes to the
 //! waiting lower-priority records: under a flood of high-priority messages the lower
-//! topics still move at a tenth of the rate. A poll whose wait runs out before a higher
-//! topic reported its end hands out lower records anyway (a broker that stopped answering
-//! must not stop every topic).
+//! topics still move at a tenth of the rate. A partition that has not reported its end
+//! within [`END_GRACE`] of its assignment or its last record stops holding the lower
+//! topics back (a broker that stopped answering must not stop every topic).
 //!
 //! Commits: `commit` commits synchronously, per partition, the offset after the highest
 //! record given, never below what this member committed before. A commit is sent only for
@@ -32,7 +32,8 @@
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, PartitionQueue, Rebalance};
+use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -40,15 +41,20 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use super::{blocking, kafka_error, KafkaSettings};
 use crate::error::BackendError;
-use crate::log::{Consumed, LogConsumer};
+use crate::log::{lower_priority_share, Consumed, LogConsumer};
 
 /// Records buffered per partition before its queue is left in librdkafka (bounded memory).
 const BUFFER_LIMIT: usize = 1000;
+
+/// How long a partition that has not reported its end since it was assigned or since its
+/// last record holds lower-priority topics back (a broker that stopped answering must not
+/// stop every topic).
+const END_GRACE: Duration = Duration::from_secs(1);
 
 /// The member's view of its assignment, kept by the rebalance callbacks.
 #[derive(Default)]
@@ -123,6 +129,8 @@ struct PartitionReader {
     owned: bool,
     /// The partition reported its end since the last record read.
     at_end: bool,
+    /// When the partition was assigned or its last record was read.
+    waiting_since: Instant,
     /// First offset read since the member got the partition (commits below it are stale).
     epoch_start: Option<u64>,
     /// Highest offset read.
@@ -132,9 +140,10 @@ struct PartitionReader {
 }
 
 impl PartitionReader {
-    /// Drained: nothing buffered and the end reached (or not owned at all).
+    /// Drained: nothing buffered and the end reached (or not reported within
+    /// [`END_GRACE`]), or not owned at all.
     fn drained(&self) -> bool {
-        !self.owned || (self.buffer.is_empty() && self.at_end)
+        !self.owned || (self.buffer.is_empty() && (self.at_end || self.waiting_since.elapsed() >= END_GRACE))
     }
 
     /// Moves what the queue holds into the buffer, without waiting.
@@ -152,6 +161,7 @@ impl PartitionReader {
                     self.last_read = Some(offset);
                     self.epoch_start.get_or_insert(offset);
                     self.at_end = false;
+                    self.waiting_since = Instant::now();
                     self.buffer.push_back(Consumed {
                         topic: topic.to_owned(),
                         partition: self.partition as u32,
@@ -240,6 +250,7 @@ impl KafkaConsumer {
             ("enable.partition.eof", "true"),
             ("session.timeout.ms", "10000"),
             ("heartbeat.interval.ms", "500"),
+            ("fetch.wait.max.ms", "100"),
         ]);
         let consumer: Arc<BaseConsumer<Membership>> = Arc::new(
             config.create_with_context(membership).map_err(|error| kafka_error("cannot create a kafka consumer", error))?,
@@ -259,6 +270,7 @@ impl KafkaConsumer {
                     buffer: VecDeque::new(),
                     owned: false,
                     at_end: false,
+                    waiting_since: Instant::now(),
                     epoch_start: None,
                     last_read: None,
                     committed: 0,
@@ -331,6 +343,7 @@ impl KafkaConsumer {
                 }
                 if !reader.owned || fresh.contains(&key) {
                     reader.at_end = false;
+                    reader.waiting_since = Instant::now();
                     reader.epoch_start = None;
                     reader.committed = 0;
                 }
@@ -338,20 +351,19 @@ impl KafkaConsumer {
         }
     }
 
-    /// Builds a batch of at most `max` from the buffers (the priority scheme of the module
-    /// docs); `force` reads lower topics even when a higher one has not reported its end.
-    fn take(&mut self, max: usize, force: bool) -> Vec<Consumed> {
+    /// Builds a batch of at most `max` from the buffers (the priority scheme of the module docs).
+    fn take(&mut self, max: usize) -> Vec<Consumed> {
         let mut out = Vec::with_capacity(max.min(BUFFER_LIMIT));
         let mut blocked = self.topics.len();
         for i in 0..self.topics.len() {
-            if i > 0 && !force && !self.topics[i - 1].drained() {
+            if i > 0 && !self.topics[i - 1].drained() {
                 blocked = i;
                 break;
             }
             self.topics[i].take(max, &mut out);
         }
-        if out.len() == max && max >= 2 && blocked < self.topics.len() {
-            let share = (max / 10).max(1);
+        let share = lower_priority_share(max);
+        if out.len() == max && share > 0 && blocked < self.topics.len() {
             let mut lower = Vec::with_capacity(share);
             for topic in &mut self.topics[blocked..] {
                 if lower.len() < share && topic.buffered() {
@@ -386,14 +398,14 @@ impl LogConsumer for KafkaConsumer {
                     reader.fill(&name);
                 }
             }
-            let expired = tokio::time::Instant::now() >= deadline;
-            let batch = self.take(max, expired);
-            if !batch.is_empty() || expired {
+            let batch = self.take(max);
+            let now = tokio::time::Instant::now();
+            if !batch.is_empty() || now >= deadline {
                 return Ok(batch);
             }
-            // Woken by a queue becoming non-empty or by a rebalance; a wake-up sent since
-            // the last look is kept, so none is lost.
-            let _ = tokio::time::timeout_at(deadline, self.wake.notified()).await;
+            // Woken by a queue becoming non-empty or by a rebalance (a wake-up sent since
+            // the last look is kept, so none is lost), or when a higher topic's grace ends.
+            let _ = tokio::time::timeout_at(deadline.min(now + END_GRACE / 4), self.wake.notified()).await;
         }
     }
 

@@ -8,8 +8,9 @@
 //!   the same partition in both (docs/topics.md).
 //! - Topics are created when missing (`CreateTopics`, with [`KafkaSettings::partitions`]
 //!   and [`KafkaSettings::replication`]): every platform topic when the log opens, any
-//!   other topic on its first append or subscription. A broker without `CreateTopics`
-//!   creates topics itself on first use, with its own defaults.
+//!   other topic on its first append or subscription. With
+//!   [`KafkaSettings::create_topics`] off, the brokers create them (auto-creation, with
+//!   their own defaults), as librdkafka's mock cluster, which has no `CreateTopics`, does.
 //! - Consumers: `consumer.rs` (priority, commits, rebalances).
 //! - `end_offsets` and `lag` ask the brokers (`ListOffsets`, `OffsetFetch`) on every call.
 //!
@@ -25,7 +26,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -50,6 +51,10 @@ pub struct KafkaSettings {
     pub request_timeout: Duration,
     /// Longest `subscribe` waits for the member's first partition assignment.
     pub join_timeout: Duration,
+    /// Whether the log creates missing topics itself (`CreateTopics`, with `partitions`
+    /// and `replication`); when not, it asks for their metadata as a producer, which makes
+    /// brokers that auto-create topics (librdkafka's mock cluster) create them.
+    pub create_topics: bool,
 }
 
 impl KafkaSettings {
@@ -68,6 +73,7 @@ impl KafkaSettings {
             properties: Vec::new(),
             request_timeout: Duration::from_secs(10),
             join_timeout: Duration::from_secs(60),
+            create_topics: true,
         })
     }
 
@@ -105,6 +111,8 @@ struct Shared {
     /// Metadata and offsets of any topic (no group; never creates topics).
     metadata: Arc<BaseConsumer>,
     admin: AdminClient<DefaultClientContext>,
+    /// The one producer of every append.
+    producer: FutureProducer,
     /// Topics known to exist.
     topics: Mutex<HashSet<String>>,
     /// One client per group whose committed offsets `lag` reads (never joins the group).
@@ -116,13 +124,17 @@ impl Shared {
     async fn partitions(&self, topic: &str) -> Result<Option<i32>, BackendError> {
         let metadata = self.metadata.clone();
         let (name, timeout) = (topic.to_owned(), self.settings.request_timeout);
-        let found = blocking(move || metadata.fetch_metadata(Some(&name), timeout)).await?;
-        let found = found.map_err(|error| kafka_error("cannot read topic metadata", error))?;
-        Ok(found
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
-            .map(|t| t.partitions().len() as i32))
+        let found = blocking(move || {
+            metadata.fetch_metadata(Some(&name), timeout).map(|found| {
+                found
+                    .topics()
+                    .iter()
+                    .find(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty())
+                    .map(|t| t.partitions().len() as i32)
+            })
+        })
+        .await?;
+        found.map_err(|error| kafka_error("cannot read topic metadata", error))
     }
 
     /// Creates the topics of `names` that do not exist yet.
@@ -141,28 +153,36 @@ impl Shared {
         if missing.is_empty() {
             return Ok(());
         }
-        let replication = TopicReplication::Fixed(i32::from(self.settings.replication));
-        let new: Vec<NewTopic<'_>> =
-            missing.iter().map(|name| NewTopic::new(name, self.settings.partitions as i32, replication)).collect();
-        let options = AdminOptions::new().operation_timeout(Some(self.settings.request_timeout));
-        match self.admin.create_topics(&new, &options).await {
-            Ok(results) => {
-                for result in results {
-                    match result {
-                        Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                        Err((name, code)) => {
-                            return Err(BackendError::Unavailable(format!("cannot create topic {name}: {code}")))
-                        }
-                    }
-                }
+        if self.settings.create_topics {
+            self.create_topics(&missing).await?;
+        } else {
+            for name in &missing {
+                let (producer, name, timeout) = (self.producer.clone(), (*name).to_owned(), self.settings.request_timeout);
+                blocking(move || producer.client().fetch_metadata(Some(&name), timeout).map(|_| ()))
+                    .await?
+                    .map_err(|error| kafka_error("cannot ask for a topic", error))?;
             }
-            // A broker without CreateTopics creates topics on their first use itself.
-            Err(KafkaError::AdminOp(RDKafkaErrorCode::UnsupportedFeature | RDKafkaErrorCode::UnsupportedVersion)) => {
-                tracing::debug!(?missing, "the brokers cannot create topics; they create them on first use");
-            }
-            Err(error) => return Err(kafka_error("cannot create topics", error)),
         }
         self.topics.lock().unwrap_or_else(|p| p.into_inner()).extend(missing.iter().map(|name| (*name).to_owned()));
+        Ok(())
+    }
+
+    /// Creates `names` with the configured partition count and replication factor (a
+    /// topic created meanwhile by another process is fine).
+    async fn create_topics(&self, names: &[&str]) -> Result<(), BackendError> {
+        let (partitions, replication) = (self.settings.partitions as i32, i32::from(self.settings.replication));
+        let new: Vec<NewTopic<'_>> =
+            names.iter().map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(replication))).collect();
+        let options = AdminOptions::new()
+            .operation_timeout(Some(self.settings.request_timeout))
+            .request_timeout(Some(self.settings.request_timeout));
+        let results = self.admin.create_topics(&new, &options).await.map_err(|error| kafka_error("cannot create topics", error))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => return Err(BackendError::Unavailable(format!("cannot create topic {name}: {code}"))),
+            }
+        }
         Ok(())
     }
 
@@ -219,7 +239,6 @@ impl Shared {
 /// The Kafka log (see the module docs).
 pub struct KafkaMessageLog {
     shared: Arc<Shared>,
-    producer: FutureProducer,
 }
 
 impl KafkaMessageLog {
@@ -250,10 +269,10 @@ impl KafkaMessageLog {
                 settings,
                 metadata: Arc::new(metadata),
                 admin,
+                producer,
                 topics: Mutex::new(HashSet::new()),
                 offset_readers: Mutex::new(HashMap::new()),
             }),
-            producer,
         };
         log.check().await?;
         log.shared.ensure_topics(&esh_common::topics::ALL).await?;
@@ -273,7 +292,7 @@ impl MessageLog for KafkaMessageLog {
         for record in &records {
             let mut next = FutureRecord::to(topic).key(record.key.as_bytes()).payload(record.value.as_slice());
             loop {
-                match self.producer.send_result(next) {
+                match self.shared.producer.send_result(next) {
                     Ok(delivery) => {
                         deliveries.push(delivery);
                         break;
