@@ -51,7 +51,8 @@ async fn req_4_6_uncommitted_records_come_again_after_a_restart_and_committed_on
     let committed: HashSet<String>;
     {
         let log = open(&broker).await;
-        let batch: Vec<Record> = (0..40).map(|i| Record { key: format!("conv-{}", i % 8), value: format!("{i}").into_bytes() }).collect();
+        let batch: Vec<Record> =
+            (0..40).map(|i| Record { key: format!("conv-{}", i % 8), value: format!("{i}").into_bytes() }).collect();
         log.append(&topic, batch).await.expect("append");
         let mut consumer = log.subscribe(&group, &[&topic]).await.expect("subscribe");
         let got = collect(consumer.as_mut(), 40).await;
@@ -60,7 +61,8 @@ async fn req_4_6_uncommitted_records_come_again_after_a_restart_and_committed_on
         for record in got {
             by_partition.entry(record.partition).or_default().push(record);
         }
-        let prefix: Vec<Consumed> = by_partition.values().flat_map(|records| records[..records.len() / 2].to_vec()).collect();
+        let prefix: Vec<Consumed> =
+            by_partition.values().flat_map(|records| records[..records.len() / 2].to_vec()).collect();
         consumer.commit(&prefix).await.expect("commit");
         committed = prefix.iter().map(text).collect();
         assert_eq!(log.lag(&group, &topic).await.expect("lag"), (40 - prefix.len()) as u64);
@@ -84,7 +86,8 @@ async fn req_6_1_a_member_stopped_mid_stream_loses_nothing() {
     let (topic, group) = (unique("rebalance"), unique("g"));
     let mut a = log.subscribe(&group, &[&topic]).await.expect("subscribe");
     let mut b = log.subscribe(&group, &[&topic]).await.expect("subscribe");
-    let batch: Vec<Record> = (0..200).map(|i| Record { key: format!("conv-{}", i % 20), value: format!("{i}").into_bytes() }).collect();
+    let batch: Vec<Record> =
+        (0..200).map(|i| Record { key: format!("conv-{}", i % 20), value: format!("{i}").into_bytes() }).collect();
     log.append(&topic, batch).await.expect("append");
 
     // The effects: what each member processed, recorded before it commits.

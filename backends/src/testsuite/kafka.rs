@@ -45,7 +45,11 @@ impl KafkaBroker {
             if let Some(Ok(Some(status))) = broker.process.as_mut().map(Child::try_wait) {
                 panic!("tansu exited at start: {status}");
             }
-            assert!(started.elapsed() < START_PATIENCE, "tansu did not listen on {} within {START_PATIENCE:?}", broker.address);
+            assert!(
+                started.elapsed() < START_PATIENCE,
+                "tansu did not listen on {} within {START_PATIENCE:?}",
+                broker.address
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         broker

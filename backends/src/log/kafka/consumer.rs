@@ -253,7 +253,9 @@ impl KafkaConsumer {
             ("fetch.wait.max.ms", "100"),
         ]);
         let consumer: Arc<BaseConsumer<Membership>> = Arc::new(
-            config.create_with_context(membership).map_err(|error| kafka_error("cannot create a kafka consumer", error))?,
+            config
+                .create_with_context(membership)
+                .map_err(|error| kafka_error("cannot create a kafka consumer", error))?,
         );
         let mut readers = Vec::with_capacity(topics.len());
         for (name, count) in &topics {
@@ -300,13 +302,7 @@ impl KafkaConsumer {
                 }
             })?
         };
-        let mut member = KafkaConsumer {
-            consumer: Some(consumer),
-            driver: Some(driver),
-            stop,
-            topics: readers,
-            wake,
-        };
+        let mut member = KafkaConsumer { consumer: Some(consumer), driver: Some(driver), stop, topics: readers, wake };
         member.wait_assigned(settings.join_timeout).await?;
         Ok(member)
     }
@@ -450,9 +446,11 @@ impl LogConsumer for KafkaConsumer {
             Err(error) => return Err(kafka_error("cannot commit", error)),
         }
         for (topic, partition, next) in sent {
-            let reader = self.topics.iter_mut().find(|t| t.name == topic).and_then(|t| {
-                t.partitions.iter_mut().find(|p| p.partition as u32 == partition)
-            });
+            let reader = self
+                .topics
+                .iter_mut()
+                .find(|t| t.name == topic)
+                .and_then(|t| t.partitions.iter_mut().find(|p| p.partition as u32 == partition));
             if let Some(reader) = reader {
                 reader.committed = reader.committed.max(next);
             }

@@ -60,10 +60,15 @@ pub struct KafkaSettings {
 impl KafkaSettings {
     /// Settings for the brokers of a `kafka://host:port[,host:port…]` URL.
     pub fn from_url(url: &str) -> Result<KafkaSettings, BackendError> {
-        let unsupported = |reason: &str| BackendError::UnsupportedUrl { url: url.to_owned(), reason: reason.to_owned() };
+        let unsupported =
+            |reason: &str| BackendError::UnsupportedUrl { url: url.to_owned(), reason: reason.to_owned() };
         let brokers = url.strip_prefix("kafka://").ok_or_else(|| unsupported("expected kafka://host:port"))?;
         let brokers = brokers.trim_end_matches('/');
-        if brokers.is_empty() || brokers.split(',').any(|broker| broker.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())) {
+        if brokers.is_empty()
+            || brokers.split(',').any(|broker| {
+                broker.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+            })
+        {
             return Err(unsupported("expected kafka://host:port[,host:port…]"));
         }
         Ok(KafkaSettings {
@@ -102,7 +107,9 @@ fn kafka_error(what: &str, error: KafkaError) -> BackendError {
 
 /// Runs a blocking librdkafka call on the blocking pool.
 async fn blocking<T: Send + 'static>(call: impl FnOnce() -> T + Send + 'static) -> Result<T, BackendError> {
-    tokio::task::spawn_blocking(call).await.map_err(|error| BackendError::Unavailable(format!("kafka call stopped: {error}")))
+    tokio::task::spawn_blocking(call)
+        .await
+        .map_err(|error| BackendError::Unavailable(format!("kafka call stopped: {error}")))
 }
 
 /// What the log and its consumers share.
@@ -157,7 +164,8 @@ impl Shared {
             self.create_topics(&missing).await?;
         } else {
             for name in &missing {
-                let (producer, name, timeout) = (self.producer.clone(), (*name).to_owned(), self.settings.request_timeout);
+                let (producer, name, timeout) =
+                    (self.producer.clone(), (*name).to_owned(), self.settings.request_timeout);
                 blocking(move || producer.client().fetch_metadata(Some(&name), timeout).map(|_| ()))
                     .await?
                     .map_err(|error| kafka_error("cannot ask for a topic", error))?;
@@ -176,11 +184,17 @@ impl Shared {
         let options = AdminOptions::new()
             .operation_timeout(Some(self.settings.request_timeout))
             .request_timeout(Some(self.settings.request_timeout));
-        let results = self.admin.create_topics(&new, &options).await.map_err(|error| kafka_error("cannot create topics", error))?;
+        let results = self
+            .admin
+            .create_topics(&new, &options)
+            .await
+            .map_err(|error| kafka_error("cannot create topics", error))?;
         for result in results {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((name, code)) => return Err(BackendError::Unavailable(format!("cannot create topic {name}: {code}"))),
+                Err((name, code)) => {
+                    return Err(BackendError::Unavailable(format!("cannot create topic {name}: {code}")))
+                }
             }
         }
         Ok(())
@@ -197,7 +211,9 @@ impl Shared {
         let found = found.map_err(|error| kafka_error("cannot read offsets", error))?;
         let mut offsets = vec![0; partitions as usize];
         for element in found.elements() {
-            if let (Offset::Offset(offset), Some(slot)) = (element.offset(), offsets.get_mut(element.partition() as usize)) {
+            if let (Offset::Offset(offset), Some(slot)) =
+                (element.offset(), offsets.get_mut(element.partition() as usize))
+            {
                 *slot = offset.max(0) as u64;
             }
         }
@@ -212,8 +228,9 @@ impl Shared {
                 Some(reader) => reader.clone(),
                 None => {
                     let config = self.settings.client(&[("group.id", group), ("enable.auto.commit", "false")]);
-                    let reader: Arc<BaseConsumer> =
-                        Arc::new(config.create().map_err(|error| kafka_error("cannot create an offset reader", error))?);
+                    let reader: Arc<BaseConsumer> = Arc::new(
+                        config.create().map_err(|error| kafka_error("cannot create an offset reader", error))?,
+                    );
                     readers.insert(group.to_owned(), reader.clone());
                     reader
                 }
@@ -228,7 +245,9 @@ impl Shared {
         let found = found.map_err(|error| kafka_error("cannot read committed offsets", error))?;
         let mut committed = vec![None; partitions as usize];
         for element in found.elements() {
-            if let (Offset::Offset(offset), Some(slot)) = (element.offset(), committed.get_mut(element.partition() as usize)) {
+            if let (Offset::Offset(offset), Some(slot)) =
+                (element.offset(), committed.get_mut(element.partition() as usize))
+            {
                 *slot = Some(offset.max(0) as u64);
             }
         }
@@ -262,8 +281,10 @@ impl KafkaMessageLog {
             .client(&[("allow.auto.create.topics", "false")])
             .create()
             .map_err(|error| kafka_error("cannot create the kafka metadata client", error))?;
-        let admin: AdminClient<DefaultClientContext> =
-            settings.client(&[]).create().map_err(|error| kafka_error("cannot create the kafka admin client", error))?;
+        let admin: AdminClient<DefaultClientContext> = settings
+            .client(&[])
+            .create()
+            .map_err(|error| kafka_error("cannot create the kafka admin client", error))?;
         let log = KafkaMessageLog {
             shared: Arc::new(Shared {
                 settings,
