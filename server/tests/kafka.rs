@@ -37,7 +37,7 @@ async fn a_one_way_message_over_kafka_reaches_an_online_socket_and_history() {
     for token in [&business, &mobile] {
         let history = esh.api.get(token, "/v1/one-way-messages").await.body;
         let ids: Vec<String> = history["items"].as_array().expect("items").iter().map(common::id).collect();
-        assert_eq!(ids, [sent.clone()], "{history}");
+        assert_eq!(ids, std::slice::from_ref(&sent), "{history}");
     }
 }
 
