@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use esh_backends::log::{KafkaMessageLog, KafkaSettings};
 use esh_backends::testsuite::kafka::KafkaBroker;
-use esh_backends::testsuite::log::unique;
-use esh_backends::{Consumed, LogConsumer, MessageLog, Record};
+use esh_backends::testsuite::log::{collect, text, unique};
+use esh_backends::{Consumed, MessageLog, Record};
 
 async fn open(broker: &KafkaBroker) -> Arc<dyn MessageLog> {
     let mut settings = KafkaSettings::from_url(&broker.url()).expect("url");
@@ -26,21 +26,6 @@ async fn tansu_log() -> (KafkaBroker, Arc<dyn MessageLog>) {
 }
 
 esh_backends::log_suite!(tansu_log());
-
-fn text(record: &Consumed) -> String {
-    String::from_utf8_lossy(&record.value).into_owned()
-}
-
-/// Polls until `count` records came (panics after 30 s).
-async fn collect(consumer: &mut dyn LogConsumer, count: usize) -> Vec<Consumed> {
-    let started = Instant::now();
-    let mut out = Vec::new();
-    while out.len() < count {
-        assert!(started.elapsed() < Duration::from_secs(30), "only {} of {count} records arrived", out.len());
-        out.extend(consumer.poll(count - out.len(), Duration::from_millis(200)).await.expect("poll"));
-    }
-    out
-}
 
 /// Req 4.6, 6.1: a consumer of a restarted log (a new process) gets again exactly what its
 /// group had not committed, in every partition, and nothing it had.

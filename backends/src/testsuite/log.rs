@@ -42,12 +42,13 @@ fn record(key: &str, value: impl Into<Vec<u8>>) -> Record {
     Record { key: key.to_owned(), value: value.into() }
 }
 
-fn text(consumed: &Consumed) -> String {
+/// A record's value as text (the properties append UTF-8 values).
+pub fn text(consumed: &Consumed) -> String {
     String::from_utf8_lossy(&consumed.value).into_owned()
 }
 
 /// Polls until `count` records arrived in total (panics after [`PATIENCE`]).
-async fn collect(consumer: &mut dyn LogConsumer, count: usize) -> Vec<Consumed> {
+pub async fn collect(consumer: &mut dyn LogConsumer, count: usize) -> Vec<Consumed> {
     let started = Instant::now();
     let mut out = Vec::new();
     while out.len() < count {
