@@ -30,6 +30,10 @@ pub struct BackendUrls {
     /// How long the embedded log keeps records of topics no consumer group reads;
     /// `None` keeps its default (`EmbeddedLogOptions::unclaimed_retention`).
     pub log_retention: Option<Duration>,
+    /// Replication factor of the topics the Kafka log creates.
+    pub log_replication: u16,
+    /// librdkafka properties of every Kafka client, applied last ([`kafka_properties`]).
+    pub kafka_properties: Vec<(String, String)>,
 }
 
 /// Every backend the stages use, shared.
@@ -54,6 +58,20 @@ impl Backends {
     pub async fn caught_up(&self) -> Result<(), BackendError> {
         self.freshness.wait(self.log.as_ref(), self.store.as_ref(), crate::freshness::READ_WAIT).await
     }
+}
+
+/// librdkafka properties from `ESH_KAFKA_<PROPERTY>` variables: the rest of the name in
+/// lower case with `_` for `.` (`ESH_KAFKA_LINGER_MS=5` → `linger.ms=5`).
+pub fn kafka_properties(vars: impl IntoIterator<Item = (String, String)>) -> Vec<(String, String)> {
+    let mut properties: Vec<(String, String)> = vars
+        .into_iter()
+        .filter_map(|(name, value)| {
+            let property = name.strip_prefix("ESH_KAFKA_")?;
+            (!property.is_empty()).then(|| (property.to_ascii_lowercase().replace('_', "."), value))
+        })
+        .collect();
+    properties.sort();
+    properties
 }
 
 /// The scheme of a backend URL, or `embedded` when unset.
@@ -85,7 +103,18 @@ pub async fn resolve(urls: &BackendUrls) -> Result<Backends, BackendError> {
             };
             Arc::new(EmbeddedMessageLog::open_with(&urls.data_dir.join("log"), options)?)
         }
-        _ => return Err(unsupported(&urls.log, "the embedded log (ESH_LOG unset)")),
+        #[cfg(feature = "kafka")]
+        "kafka" => {
+            let mut settings = crate::log::KafkaSettings::from_url(urls.log.as_deref().unwrap_or_default())?;
+            settings.partitions = urls.log_partitions.max(1);
+            settings.replication = urls.log_replication.max(1);
+            settings.properties = urls.kafka_properties.clone();
+            Arc::new(crate::log::KafkaMessageLog::open(settings).await?)
+        }
+        #[cfg(feature = "kafka")]
+        _ => return Err(unsupported(&urls.log, "the embedded log (ESH_LOG unset) and kafka://host:port[,host:port…]")),
+        #[cfg(not(feature = "kafka"))]
+        _ => return Err(unsupported(&urls.log, "the embedded log (ESH_LOG unset); kafka:// needs the `kafka` feature")),
     };
     let (store, devices): (Arc<dyn MessageStore>, Arc<dyn DeviceRegistry>) = match scheme(&urls.store)? {
         "embedded" => {
@@ -126,5 +155,15 @@ mod tests {
         assert!(matches!(resolve(&urls).await, Err(BackendError::UnsupportedUrl { .. })));
         let urls = BackendUrls { store: Some("no-scheme".into()), data_dir: dir.path().to_path_buf(), ..Default::default() };
         assert!(matches!(resolve(&urls).await, Err(BackendError::UnsupportedUrl { .. })));
+    }
+
+    #[test]
+    fn kafka_properties_come_from_esh_kafka_variables() {
+        let vars = [("ESH_KAFKA_LINGER_MS", "5"), ("ESH_LOG", "kafka://x:1"), ("ESH_KAFKA_", "x"), ("ESH_KAFKA_SESSION_TIMEOUT_MS", "6000")]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        assert_eq!(
+            kafka_properties(vars),
+            [("linger.ms".to_owned(), "5".to_owned()), ("session.timeout.ms".to_owned(), "6000".to_owned())]
+        );
     }
 }

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use esh_backends::log::{EmbeddedLogOptions, EmbeddedMessageLog, LogClock, DEFAULT_UNCLAIMED_RETENTION};
-use esh_backends::testsuite::log as suite;
 use esh_backends::{BackendError, Consumed, LogConsumer, MessageLog, Record};
 use tempfile::TempDir;
 
@@ -76,89 +75,12 @@ fn active_segment(dir: &Path) -> PathBuf {
 
 // ---- the conformance suite ----
 
-#[tokio::test]
-async fn suite_records_of_one_key_keep_their_order() {
-    let (_dir, log) = fresh();
-    suite::records_of_one_key_keep_their_order(log).await;
+/// A fresh log in a temporary directory (kept as long as the test runs).
+async fn fresh_log() -> (TempDir, Arc<dyn MessageLog>) {
+    fresh()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn suite_records_of_different_keys_all_arrive() {
-    let (_dir, log) = fresh();
-    suite::records_of_different_keys_all_arrive(log).await;
-}
-
-#[tokio::test]
-async fn suite_higher_priority_topics_are_drained_first() {
-    let (_dir, log) = fresh();
-    suite::higher_priority_topics_are_drained_first(log).await;
-}
-
-#[tokio::test]
-async fn suite_committed_records_are_not_redelivered() {
-    let (_dir, log) = fresh();
-    suite::committed_records_are_not_redelivered(log).await;
-}
-
-#[tokio::test]
-async fn suite_uncommitted_records_are_redelivered_after_a_crash() {
-    let (_dir, log) = fresh();
-    suite::uncommitted_records_are_redelivered_after_a_crash(log).await;
-}
-
-#[tokio::test]
-async fn suite_group_members_split_partitions() {
-    let (_dir, log) = fresh();
-    suite::group_members_split_partitions(log).await;
-}
-
-#[tokio::test]
-async fn suite_every_group_sees_every_record() {
-    let (_dir, log) = fresh();
-    suite::every_group_sees_every_record(log).await;
-}
-
-#[tokio::test]
-async fn suite_lag_counts_appended_but_uncommitted_records() {
-    let (_dir, log) = fresh();
-    suite::lag_counts_appended_but_uncommitted_records(log).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn suite_poll_waits_for_an_append() {
-    let (_dir, log) = fresh();
-    suite::poll_waits_for_an_append(log).await;
-}
-
-#[tokio::test]
-async fn suite_poll_returns_empty_after_its_wait() {
-    let (_dir, log) = fresh();
-    suite::poll_returns_empty_after_its_wait(log).await;
-}
-
-#[tokio::test]
-async fn suite_poll_returns_at_most_max() {
-    let (_dir, log) = fresh();
-    suite::poll_returns_at_most_max(log).await;
-}
-
-#[tokio::test]
-async fn suite_check_succeeds_on_a_working_log() {
-    let (_dir, log) = fresh();
-    suite::check_succeeds_on_a_working_log(log).await;
-}
-
-/// The whole suite through its single entry point, all properties on one shared log (as a
-/// long-lived broker would run it).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn suite_run_all_on_one_log() {
-    let (_dir, shared) = fresh();
-    suite::run_all(|| {
-        let log = shared.clone();
-        async move { log }
-    })
-    .await;
-}
+esh_backends::log_suite!(fresh_log());
 
 // ---- durability and recovery ----
 

@@ -1,5 +1,5 @@
-//! The store conformance suite against `EmbeddedMessageStore` (a fresh SQLite file per
-//! store in a temporary directory), plus what only a file-backed store can show.
+//! The store conformance suite (`store_suite!`) against `EmbeddedMessageStore` (a fresh
+//! SQLite file per store in a temporary directory), plus what only a file-backed store can show.
 
 use std::future::Ready;
 use std::path::Path;
@@ -8,13 +8,13 @@ use std::sync::Arc;
 
 use esh_backends::store::EmbeddedMessageStore;
 use esh_backends::testsuite::fixtures;
-use esh_backends::testsuite::store as suite;
 use esh_backends::{ErrorKind, MessageStore};
 use esh_common::{Message, Millis, Status, StatusChange, User, UserKind};
 use tempfile::TempDir;
 
-/// Opens a new store file in `dir` on every call.
-fn fresh(dir: &TempDir) -> impl Fn() -> Ready<Arc<dyn MessageStore>> + '_ {
+/// A factory of new store files in one temporary directory, which it keeps.
+fn fresh_stores() -> impl Fn() -> Ready<Arc<dyn MessageStore>> {
+    let dir = temp();
     let next = AtomicUsize::new(0);
     move || {
         let n = next.fetch_add(1, Ordering::Relaxed);
@@ -27,93 +27,7 @@ fn temp() -> TempDir {
     tempfile::tempdir().expect("temporary directory")
 }
 
-#[tokio::test]
-async fn users_crud() {
-    let dir = temp();
-    suite::users_crud(fresh(&dir)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conversation_for_pair_is_atomic() {
-    let dir = temp();
-    suite::conversation_for_pair_is_atomic(fresh(&dir)).await;
-}
-
-#[tokio::test]
-async fn insert_is_idempotent() {
-    let dir = temp();
-    suite::insert_is_idempotent(fresh(&dir)).await;
-}
-
-#[tokio::test]
-async fn history_pages_newest_first() {
-    let dir = temp();
-    suite::history_pages_newest_first(fresh(&dir)).await;
-}
-
-#[tokio::test]
-async fn one_way_history_for_recipient_and_sender() {
-    let dir = temp();
-    suite::one_way_history_for_recipient_and_sender(fresh(&dir)).await;
-}
-
-#[tokio::test]
-async fn conversation_list_order_and_unread() {
-    let dir = temp();
-    suite::conversation_list_order_and_unread(fresh(&dir)).await;
-}
-
-#[tokio::test]
-async fn apply_status_moves_forward_only() {
-    let dir = temp();
-    suite::apply_status_moves_forward_only(fresh(&dir)).await;
-}
-
-#[tokio::test]
-async fn undelivered_follows_status() {
-    let dir = temp();
-    suite::undelivered_follows_status(fresh(&dir)).await;
-}
-
-#[tokio::test]
-async fn dead_letters_follow_failures() {
-    let dir = temp();
-    suite::dead_letters_follow_failures(fresh(&dir)).await;
-}
-
-#[tokio::test]
-async fn attempts_append_in_order() {
-    let dir = temp();
-    suite::attempts_append_in_order(fresh(&dir)).await;
-}
-
-#[tokio::test]
-async fn broadcast_counts_add_up() {
-    let dir = temp();
-    suite::broadcast_counts_add_up(fresh(&dir)).await;
-}
-
-#[tokio::test]
-async fn broadcast_recipients_pages() {
-    let dir = temp();
-    suite::broadcast_recipients_pages(fresh(&dir)).await;
-}
-
-#[tokio::test]
-async fn check_succeeds() {
-    let dir = temp();
-    suite::check_succeeds(fresh(&dir)).await;
-}
-
-/// Every suite on one shared store, as a ScyllaDB keyspace would be shared: the suites
-/// must not see each other's rows.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn all_suites_share_one_store() {
-    let dir = temp();
-    let shared: Arc<dyn MessageStore> =
-        Arc::new(EmbeddedMessageStore::open(&dir.path().join("shared.sqlite3")).expect("open store"));
-    suite::all(|| std::future::ready(Arc::clone(&shared))).await;
-}
+esh_backends::store_suite!(fresh_stores());
 
 fn message_to(sender: &str, recipient: &str) -> Message {
     Message { content: "kept".into(), ..fixtures::one_way(sender, recipient) }

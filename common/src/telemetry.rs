@@ -13,6 +13,7 @@
 //! | `esh_ingest_messages_accepted_total` | counter | `kind` (`one_way`, `chat`, `broadcast`) | ingest's send path |
 //! | `esh_router_lag_records` | gauge | `priority` (`high`, `normal`, `low`) | [`set_router_lag`] |
 //! | `esh_store_projection_lag_records` | gauge | none | [`set_projection_lag`] |
+//! | `esh_log_consumer_lag_records` | gauge | `group`, `topic` (`topics::CONSUMER_GROUPS`) | [`set_consumer_lag`] |
 //! | `esh_deliverer_open_sockets` | gauge | none | [`socket_opened`], [`socket_closed`] |
 //! | `esh_deliverer_dead_letters_total` | counter | none | [`dead_lettered`] |
 
@@ -33,6 +34,8 @@ pub const INGEST_MESSAGES_ACCEPTED: &str = "esh_ingest_messages_accepted_total";
 pub const ROUTER_LAG: &str = "esh_router_lag_records";
 /// Records of the log not yet projected into the store.
 pub const STORE_PROJECTION_LAG: &str = "esh_store_projection_lag_records";
+/// Records of a topic appended but not committed by a consumer group, by group and topic.
+pub const LOG_CONSUMER_LAG: &str = "esh_log_consumer_lag_records";
 /// WebSocket connections open on this node.
 pub const DELIVERER_OPEN_SOCKETS: &str = "esh_deliverer_open_sockets";
 /// Messages dead-lettered (status `failed`) after their last unacknowledged attempt.
@@ -84,6 +87,7 @@ fn describe() {
     metrics::describe_counter!(INGEST_MESSAGES_ACCEPTED, "Sends answered 202 (repeats not counted), by kind.");
     metrics::describe_gauge!(ROUTER_LAG, "Records of esh.messages.{priority} not yet committed by the router group.");
     metrics::describe_gauge!(STORE_PROJECTION_LAG, "Records of the log not yet projected into the store.");
+    metrics::describe_gauge!(LOG_CONSUMER_LAG, "Records of a topic appended but not committed by a consumer group.");
     metrics::describe_gauge!(DELIVERER_OPEN_SOCKETS, "WebSocket connections open on this node.");
     metrics::describe_counter!(DELIVERER_DEAD_LETTERS, "Messages dead-lettered after their last unacknowledged attempt.");
     // Registered at zero so that a scrape shows them before their first event.
@@ -111,6 +115,11 @@ pub fn set_router_lag(priority: Priority, records: u64) {
 /// it is one atomic store).
 pub fn set_projection_lag(records: u64) {
     metrics::gauge!(STORE_PROJECTION_LAG).set(records as f64);
+}
+
+/// Sets the lag of consumer group `group` on `topic` (both from `topics::CONSUMER_GROUPS`).
+pub fn set_consumer_lag(group: &'static str, topic: &'static str, records: u64) {
+    metrics::gauge!(LOG_CONSUMER_LAG, "group" => group, "topic" => topic).set(records as f64);
 }
 
 /// One more WebSocket connection on this node.
@@ -149,6 +158,7 @@ mod tests {
         let handle = prometheus();
         set_router_lag(Priority::High, 7);
         set_projection_lag(3);
+        set_consumer_lag("router", "esh.messages.high", 7);
         socket_opened();
         socket_opened();
         socket_closed();
@@ -157,6 +167,7 @@ mod tests {
         let text = handle.render();
         assert!(text.contains(r#"esh_router_lag_records{priority="high"} 7"#), "{text}");
         assert!(text.contains("esh_store_projection_lag_records 3"), "{text}");
+        assert!(text.contains(r#"esh_log_consumer_lag_records{group="router",topic="esh.messages.high"} 7"#), "{text}");
         assert!(text.contains("esh_deliverer_open_sockets 1"), "{text}");
         assert!(text.contains("esh_deliverer_dead_letters_total 1"), "{text}");
         assert!(text.contains(r#"esh_ingest_requests_total{route="/v1/users/{id}",code="404"} 1"#), "{text}");

@@ -7,6 +7,9 @@ pub use esh_schemas::topics::{
     DEAD_LETTERS, INGEST, MESSAGES_HIGH, MESSAGES_LOW, MESSAGES_NORMAL, PUSH, STATUS,
 };
 
+/// Every topic of the platform (what a log creates at start-up when missing).
+pub const ALL: [&str; 7] = [MESSAGES_HIGH, MESSAGES_NORMAL, MESSAGES_LOW, STATUS, PUSH, DEAD_LETTERS, INGEST];
+
 /// Message topics, highest priority first (the order the router drains them in).
 pub const MESSAGES_BY_PRIORITY: [&str; 3] = [MESSAGES_HIGH, MESSAGES_NORMAL, MESSAGES_LOW];
 
@@ -26,5 +29,18 @@ pub const NOTIFIER_GROUP: &str = "notifier";
 pub const STORE_GROUP: &str = "store";
 /// Topics the store projection applies, messages highest priority first, then statuses.
 pub const PROJECTED: [&str; 4] = [MESSAGES_HIGH, MESSAGES_NORMAL, MESSAGES_LOW, STATUS];
+/// Consumer group of Kafka-native ingest on `esh.ingest.v1`.
+pub const INGEST_GROUP: &str = "ingest";
 /// Consumer group of the push stage on `esh.push.v1`.
 pub const PUSH_GROUP: &str = "push";
+
+/// Every consumer group of the platform with the topics it reads (what
+/// `esh_log_consumer_lag_records` reports).
+pub const CONSUMER_GROUPS: [(&str, &[&str]); 5] =
+    [
+        (ROUTER_GROUP, &MESSAGES_BY_PRIORITY),
+        (STORE_GROUP, &PROJECTED),
+        (NOTIFIER_GROUP, &[STATUS]),
+        (PUSH_GROUP, &[PUSH]),
+        (INGEST_GROUP, &[INGEST]),
+    ];

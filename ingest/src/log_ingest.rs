@@ -38,9 +38,6 @@ use crate::auth::Caller;
 use crate::send::{SendInput, SendKind};
 use crate::Ingest;
 
-/// Consumer group of Kafka-native ingest on `esh.ingest.v1`.
-pub const INGEST_GROUP: &str = "ingest";
-
 /// Which sender ids each integrator principal may send as.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Integrators(HashMap<String, Senders>);
@@ -152,7 +149,7 @@ enum Sent {
 /// shutdown is not committed and is read again on the next start.
 pub async fn run(ingest: Arc<Ingest>, config: LogIngestConfig, shutdown: CancellationToken) -> Result<(), BackendError> {
     let log = ingest.backends.log.clone();
-    let mut consumer = log.subscribe(INGEST_GROUP, &[topics::INGEST]).await?;
+    let mut consumer = log.subscribe(topics::INGEST_GROUP, &[topics::INGEST]).await?;
     let consumer_ingest = ConsumerIngest { ingest, config, shutdown };
     loop {
         let batch = tokio::select! {

@@ -5,7 +5,8 @@
 //! - `esh_ingest_requests_total{route,code}`
 //! - `esh_ingest_request_duration_seconds{route}` (histogram)
 //! - `esh_ingest_messages_accepted_total{kind}` (kind: one_way, chat, broadcast)
-//! - `esh_router_lag_records{priority}`, refreshed by [`render`] from `MessageLog::lag`.
+//! - `esh_router_lag_records{priority}` and `esh_log_consumer_lag_records{group,topic}` of
+//!   every consumer group, refreshed by [`render`] from `MessageLog::lag`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,20 +52,32 @@ pub(crate) async fn track(request: Request, next: Next) -> Response {
 }
 
 impl Ingest {
-    /// Sets `esh_router_lag_records` of each priority from the log.
+    /// Sets `esh_log_consumer_lag_records` of every consumer group and topic, and
+    /// `esh_router_lag_records` of each priority, from the log.
     ///
     /// Refreshed on each scrape rather than by a periodic task: the value is as fresh as
     /// the scrape that reads it, nothing runs while nobody scrapes, and there is no task to
-    /// stop in the shutdown order of `server/src/platform.rs`. The lag is what the
-    /// backlog check of the send path reads too (`ingest/src/send.rs`).
-    async fn refresh_router_lag(&self) {
+    /// stop in the shutdown order of `server/src/platform.rs`. The router group's lag is
+    /// what the backlog check of the send path reads too (`ingest/src/send/limits.rs`).
+    async fn refresh_lag(&self) {
         let log = &self.backends.log;
-        for priority in [Priority::High, Priority::Normal, Priority::Low] {
-            let topic = topics::messages_topic(priority);
-            match tokio::time::timeout(LAG_REFRESH_TIMEOUT, log.lag(topics::ROUTER_GROUP, topic)).await {
-                Ok(Ok(records)) => telemetry::set_router_lag(priority, records),
-                Ok(Err(error)) => tracing::warn!(%error, topic, "cannot read the router lag"),
-                Err(_) => tracing::warn!(topic, "the router lag took too long to read"),
+        for (group, topics) in topics::CONSUMER_GROUPS {
+            for topic in topics {
+                match tokio::time::timeout(LAG_REFRESH_TIMEOUT, log.lag(group, topic)).await {
+                    Ok(Ok(records)) => {
+                        telemetry::set_consumer_lag(group, topic, records);
+                        if group == topics::ROUTER_GROUP {
+                            if let Some(priority) = [Priority::High, Priority::Normal, Priority::Low]
+                                .into_iter()
+                                .find(|p| topics::messages_topic(*p) == *topic)
+                            {
+                                telemetry::set_router_lag(priority, records);
+                            }
+                        }
+                    }
+                    Ok(Err(error)) => tracing::warn!(%error, group, topic, "cannot read a consumer lag"),
+                    Err(_) => tracing::warn!(group, topic, "a consumer lag took too long to read"),
+                }
             }
         }
     }
@@ -73,7 +86,7 @@ impl Ingest {
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain; version=0.0.4")))]
 pub(crate) async fn render(State(ingest): State<Arc<Ingest>>) -> Response {
-    ingest.refresh_router_lag().await;
+    ingest.refresh_lag().await;
     let mut response = (StatusCode::OK, ingest.metrics.handle.render()).into_response();
     response
         .headers_mut()

@@ -310,6 +310,13 @@ async fn health_metrics_and_openapi_are_served() {
     // from the log at the scrape), the projection lag, open sockets and dead letters.
     for (priority, lag) in [("high", 0), ("normal", 0), ("low", 1)] {
         assert!(text.contains(&format!(r#"esh_router_lag_records{{priority="{priority}"}} {lag}"#)), "{text}");
+        let consumer = format!(r#"esh_log_consumer_lag_records{{group="router",topic="esh.messages.{priority}"}} {lag}"#);
+        assert!(text.contains(&consumer), "Req 5.4: {consumer} missing: {text}");
+    }
+    // Every other group's lag too (the store projection and the notifier).
+    for (group, topic) in [("store", "esh.status.v1"), ("notifier", "esh.status.v1"), ("store", "esh.messages.low")] {
+        let series = format!(r#"esh_log_consumer_lag_records{{group="{group}",topic="{topic}"}} "#);
+        assert!(text.lines().any(|line| line.starts_with(&series)), "{series} missing: {text}");
     }
     assert!(text.lines().any(|line| line.starts_with(r#"esh_ingest_messages_accepted_total{kind="one_way"} "#)), "{text}");
     for name in ["esh_store_projection_lag_records", "esh_deliverer_open_sockets", "esh_deliverer_dead_letters_total"] {

@@ -116,9 +116,18 @@ pub struct Config {
     #[arg(long = "blobs", env = "ESH_BLOBS")]
     pub blobs_url: Option<String>,
 
-    /// Partitions of each topic of the embedded log.
+    /// Partitions of each topic the log creates (embedded, or Kafka when the topic is missing).
     #[arg(long, env = "ESH_LOG_PARTITIONS", default_value_t = 8)]
     pub log_partitions: u32,
+
+    /// Replication factor of each topic the Kafka log creates.
+    #[arg(long, env = "ESH_LOG_REPLICATION", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub log_replication: u16,
+
+    /// librdkafka properties of every Kafka client, from `ESH_KAFKA_<PROPERTY>` variables
+    /// (`ESH_KAFKA_LINGER_MS=5` → `linger.ms=5`), applied over the log's own defaults.
+    #[arg(skip = esh_backends::resolver::kafka_properties(std::env::vars()))]
+    pub kafka_properties: Vec<(String, String)>,
 
     /// How long the embedded log keeps records of topics no consumer group reads (dead
     /// letters, topics only external consumers read), counted from when their journal
@@ -262,6 +271,8 @@ impl Config {
             cache_url: None,
             blobs_url: None,
             log_partitions: 8,
+            log_replication: 1,
+            kafka_properties: Vec::new(),
             log_retention: Duration::from_secs(7 * 24 * 3600),
             node_id: None,
             stages: Stage::ALL.to_vec(),

@@ -157,6 +157,8 @@ impl Platform {
             data_dir: config.data_dir.clone(),
             log_partitions: config.log_partitions,
             log_retention: Some(config.log_retention),
+            log_replication: config.log_replication,
+            kafka_properties: config.kafka_properties.clone(),
         })
         .await?;
         // Secrets last: a start that fails earlier (taken port, bad backend url, data

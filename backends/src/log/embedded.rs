@@ -63,7 +63,7 @@ use self::codec::{MAX_BODY, MAX_PARTITIONS, RECORD_OVERHEAD};
 use self::groups::{Committed, Group, Groups, Position};
 use self::storage::{lock, recover, valid_topic_name, SegmentFiles, Topic, JOURNAL_DIR};
 use self::writer::{Request, Writer};
-use super::{Consumed, LogConsumer, MessageLog, Record};
+use super::{lower_priority_share, Consumed, LogConsumer, MessageLog, Record};
 use crate::error::BackendError;
 
 /// Settings of the embedded log; `Default` gives the production values.
@@ -532,52 +532,75 @@ impl EmbeddedConsumer {
     }
 
     /// Takes up to `max` available records without waiting: topics in priority order,
-    /// owned partitions in turn within a topic.
+    /// owned partitions in turn within a topic, and the share of a full batch that
+    /// `LogConsumer::poll` keeps for lower-priority topics ([`lower_priority_share`]).
     async fn take(&mut self, max: usize) -> Result<Vec<Consumed>, BackendError> {
+        let share = lower_priority_share(max);
         let mut out = Vec::new();
+        let mut filled_at = None;
         for i in 0..self.topics.len() {
-            let count = self.owned[i].len();
-            if count == 0 {
-                continue;
+            if self.take_topic(i, max - share, &mut out).await? {
+                return Ok(out);
             }
-            let first = self.turn[i] % count;
-            self.turn[i] = (first + 1) % count;
-            let topic = self.topics[i].clone();
-            for k in 0..count {
-                let slot = (first + k) % count;
-                let (partition, mut position) = self.owned[i][slot];
-                let source = &topic.partitions[partition as usize];
-                let mut failure = None;
-                while out.len() < max {
-                    match source.read(&topic, partition, position, max - out.len(), &self.core.shared.files).await {
-                        Ok((records, next)) => {
-                            position = next;
-                            if records.is_empty() {
-                                break;
-                            }
-                            out.extend(records);
-                        }
-                        Err(error) => {
-                            failure = Some(error);
-                            break;
-                        }
-                    }
-                }
-                self.owned[i][slot].1 = position;
-                if let Some(error) = failure {
-                    if out.is_empty() {
-                        return Err(error);
-                    }
-                    // Hand out what was read; the failing partition is retried next poll.
-                    tracing::error!(%error, topic = %topic.name, partition, "cannot read the log");
-                    return Ok(out);
-                }
-                if out.len() >= max {
-                    return Ok(out);
-                }
+            if out.len() >= max - share {
+                filled_at = Some(i);
+                break;
+            }
+        }
+        let Some(filled_at) = filled_at else { return Ok(out) };
+        // The lower topics get the rest first, then the batch fills in priority order again.
+        for i in (filled_at + 1..self.topics.len()).chain(filled_at..self.topics.len()) {
+            if out.len() >= max || self.take_topic(i, max, &mut out).await? {
+                break;
             }
         }
         Ok(out)
+    }
+
+    /// Reads topic `i` into `out` until it holds `limit` records or the topic has nothing
+    /// more; returns whether a read failed after some records were taken (hand them out).
+    async fn take_topic(&mut self, i: usize, limit: usize, out: &mut Vec<Consumed>) -> Result<bool, BackendError> {
+        let count = self.owned[i].len();
+        if count == 0 || out.len() >= limit {
+            return Ok(false);
+        }
+        let first = self.turn[i] % count;
+        self.turn[i] = (first + 1) % count;
+        let topic = self.topics[i].clone();
+        for k in 0..count {
+            let slot = (first + k) % count;
+            let (partition, mut position) = self.owned[i][slot];
+            let source = &topic.partitions[partition as usize];
+            let mut failure = None;
+            while out.len() < limit {
+                match source.read(&topic, partition, position, limit - out.len(), &self.core.shared.files).await {
+                    Ok((records, next)) => {
+                        position = next;
+                        if records.is_empty() {
+                            break;
+                        }
+                        out.extend(records);
+                    }
+                    Err(error) => {
+                        failure = Some(error);
+                        break;
+                    }
+                }
+            }
+            self.owned[i][slot].1 = position;
+            if let Some(error) = failure {
+                if out.is_empty() {
+                    return Err(error);
+                }
+                // Hand out what was read; the failing partition is retried next poll.
+                tracing::error!(%error, topic = %topic.name, partition, "cannot read the log");
+                return Ok(true);
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(false)
     }
 }
 

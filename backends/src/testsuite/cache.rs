@@ -8,15 +8,12 @@
 //! `#[tokio::test(start_paused = true)]`); [`Clock::real`] uses one short TTL for everything
 //! and real sleeps, for servers that expire entries on their own clock (Redis).
 //!
+//! [`cache_suite!`](crate::cache_suite) expands to one `#[tokio::test]` per case, with
+//! either clock:
+//!
 //! ```ignore
-//! #[tokio::test(start_paused = true)]
-//! async fn presence_expires() {
-//!     cache::presence_expires_after_ttl_unless_refreshed(
-//!         async || Arc::new(EmbeddedPresence::new()) as Arc<dyn Presence>,
-//!         &Clock::paused(),
-//!     )
-//!     .await;
-//! }
+//! esh_backends::cache_suite!(paused; presence: presence, recent: recent, rate: limiter, idempotency: keys);
+//! esh_backends::cache_suite!(real(Duration::from_secs(2)); presence: …);
 //! ```
 
 use esh_common::{ids, Message, MessageType, Millis, Priority, Status};
@@ -81,6 +78,44 @@ impl Clock {
     pub async fn advance(&self, by: Duration) {
         (self.advance)(by).await;
     }
+}
+
+/// One `#[tokio::test]` per case of the cache suites, in a module `cache_suite`:
+/// `paused` runs them with paused tokio time and the platform's real TTLs
+/// ([`Clock::paused`]), `real(ttl)` with real sleeps and `ttl` ([`Clock::real`]). Each of
+/// `presence`, `recent`, `rate` and `idempotency` is an async factory (an async fn or
+/// closure, in the caller's scope) of the implementation under test. The caller needs `tokio`.
+#[macro_export]
+macro_rules! cache_suite {
+    (paused; $($factories:tt)*) => {
+        $crate::cache_suite!(@suite {#[tokio::test(start_paused = true)]} $crate::testsuite::cache::Clock::paused(); $($factories)*);
+    };
+    (real($ttl:expr); $($factories:tt)*) => {
+        $crate::cache_suite!(@suite {#[tokio::test]} $crate::testsuite::cache::Clock::real($ttl); $($factories)*);
+    };
+    (@suite {#[$test:meta]} $clock:expr; presence: $presence:expr, recent: $recent:expr, rate: $rate:expr, idempotency: $idempotency:expr $(,)?) => {
+        mod cache_suite {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::cache_suite!(@cases {#[$test]} $clock; $presence;
+                presence_register_locate_unregister, presence_many_connections_and_nodes,
+                presence_expires_after_ttl_unless_refreshed, presence_connections_expire_separately);
+            $crate::cache_suite!(@cases {#[$test]} $clock; $recent;
+                recent_put_get_invalidate, recent_keeps_the_newest_fifty, recent_expires_after_ttl,
+                recent_fill_after_invalidation_is_refused);
+            $crate::cache_suite!(@cases {#[$test]} $clock; $rate;
+                rate_allows_the_limit_then_limits, rate_window_slides, rate_refund_makes_room,
+                rate_costs_count_units, rate_keys_are_independent);
+            $crate::cache_suite!(@cases {#[$test]} $clock; $idempotency;
+                idempotency_claim_in_flight_then_done, idempotency_release_frees_the_key, idempotency_keys_expire);
+        }
+    };
+    (@cases {#[$test:meta]} $clock:expr; $factory:expr; $($case:ident),*) => {$(
+        #[$test]
+        async fn $case() {
+            $crate::testsuite::cache::$case($factory, &$clock).await;
+        }
+    )*};
 }
 
 /// A key no other case or run uses.

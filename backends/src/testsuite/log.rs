@@ -1,13 +1,22 @@
 //! Conformance of `MessageLog` and `LogConsumer`: every implementation (embedded, Kafka)
-//! runs these properties. Each property takes a log and uses topic and group names of its
-//! own ([`unique`]), so the properties can share one long-lived broker and run in any
-//! order. They assume topics get at least 2 partitions and that records become readable
-//! within a few seconds; they wait with real (short) durations and bound every wait.
+//! runs every property through [`log_suite!`](crate::log_suite), one `#[tokio::test]` each.
 //!
-//! Run them all with [`run_all`], or one by one from `#[tokio::test]`s.
+//! What the properties assume of the log under test:
+//! - Topics are created on first use (append or subscribe) with at least 2 partitions
+//!   each (the log's configured count); every property uses topic and group names of its
+//!   own ([`unique`]), so the properties can share one long-lived broker and run in any order.
+//! - `subscribe` returns once the new member holds its assignment (for Kafka: the group
+//!   rebalanced and the member got its partitions), so no property waits a fixed time for
+//!   a member to join; records appended after it returns reach the group.
+//! - A dropped consumer has left its group: the next member gets its partitions at once.
+//! - Lag is per group and topic: records appended but not committed by the group, summed
+//!   over the partitions; where the group never committed, counted from the oldest record
+//!   still stored. Reading is not committing.
+//!
+//! Waits are real (short) durations, each bounded by [`PATIENCE`]; only the checks that
+//! nothing more arrives listen for a quiet window.
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -33,12 +42,13 @@ fn record(key: &str, value: impl Into<Vec<u8>>) -> Record {
     Record { key: key.to_owned(), value: value.into() }
 }
 
-fn text(consumed: &Consumed) -> String {
+/// A record's value as text (the properties append UTF-8 values).
+pub fn text(consumed: &Consumed) -> String {
     String::from_utf8_lossy(&consumed.value).into_owned()
 }
 
 /// Polls until `count` records arrived in total (panics after [`PATIENCE`]).
-async fn collect(consumer: &mut dyn LogConsumer, count: usize) -> Vec<Consumed> {
+pub async fn collect(consumer: &mut dyn LogConsumer, count: usize) -> Vec<Consumed> {
     let started = Instant::now();
     let mut out = Vec::new();
     while out.len() < count {
@@ -65,25 +75,47 @@ fn assert_no_duplicates(records: &[Consumed]) {
     }
 }
 
-/// Runs every property, each on a log from `open`.
-pub async fn run_all<F, Fut>(open: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Arc<dyn MessageLog>>,
-{
-    records_of_one_key_keep_their_order(open().await).await;
-    records_of_different_keys_all_arrive(open().await).await;
-    higher_priority_topics_are_drained_first(open().await).await;
-    committed_records_are_not_redelivered(open().await).await;
-    uncommitted_records_are_redelivered_after_a_crash(open().await).await;
-    group_members_split_partitions(open().await).await;
-    every_group_sees_every_record(open().await).await;
-    lag_counts_appended_but_uncommitted_records(open().await).await;
-    end_offsets_follow_durable_appends(open().await).await;
-    poll_waits_for_an_append(open().await).await;
-    poll_returns_empty_after_its_wait(open().await).await;
-    poll_returns_at_most_max(open().await).await;
-    check_succeeds_on_a_working_log(open().await).await;
+/// One `#[tokio::test]` per property of the `MessageLog` suite, in a module `log_suite`.
+/// `$open` is an expression (evaluated in the caller's scope, once per test) of a future
+/// giving `(keep, log)`: `keep` lives as long as the test (a temporary directory, a
+/// broker), `log` is an `Arc<dyn MessageLog>`. The caller needs `tokio` (macros, rt-multi-thread).
+///
+/// ```ignore
+/// esh_backends::log_suite!(open_embedded());
+/// ```
+#[macro_export]
+macro_rules! log_suite {
+    ($open:expr) => {
+        $crate::log_suite!(@properties $open;
+            records_of_one_key_keep_their_order,
+            records_of_different_keys_all_arrive,
+            higher_priority_topics_are_drained_first,
+            a_high_priority_flood_does_not_starve_low_priority,
+            committed_records_are_not_redelivered,
+            uncommitted_records_are_redelivered_after_a_crash,
+            group_members_split_partitions,
+            every_group_sees_every_record,
+            lag_counts_appended_but_uncommitted_records,
+            end_offsets_follow_durable_appends,
+            poll_waits_for_an_append,
+            poll_returns_empty_after_its_wait,
+            poll_returns_at_most_max,
+            check_succeeds_on_a_working_log,
+        );
+    };
+    (@properties $open:expr; $($property:ident,)*) => {
+        mod log_suite {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $property() {
+                    let (_keep, log) = $open.await;
+                    $crate::testsuite::log::$property(log).await;
+                }
+            )*
+        }
+    };
 }
 
 /// Req 5.6: records with the same key (a conversation) come back in append order, with
@@ -158,6 +190,32 @@ pub async fn higher_priority_topics_are_drained_first(log: Arc<dyn MessageLog>) 
     let ranks: Vec<usize> = got.iter().map(rank).collect();
     assert!(ranks.windows(2).all(|w| w[0] <= w[1]), "priority order broken: {ranks:?}");
     assert_eq!(ranks.iter().filter(|r| **r == 0).count(), 10);
+}
+
+/// Req 5.2: under a flood of high-priority records the low-priority ones still move: a
+/// full batch of high-priority records keeps its last tenth for waiting lower ones, and no
+/// batch holds more lower-priority records than that while higher ones wait.
+pub async fn a_high_priority_flood_does_not_starve_low_priority(log: Arc<dyn MessageLog>) {
+    let (high, low) = (unique("flood-high"), unique("flood-low"));
+    let batch = |topic: &str, n: usize| (0..n).map(|i| record(&format!("k{}", i % 4), format!("{topic}-{i}"))).collect();
+    log.append(&low, batch(&low, 30)).await.expect("append");
+    log.append(&high, batch(&high, 600)).await.expect("append");
+    let mut consumer = log.subscribe(&unique("g"), &[&high, &low]).await.expect("subscribe");
+    let started = Instant::now();
+    let mut order: Vec<String> = Vec::new();
+    while order.len() < 630 {
+        assert!(started.elapsed() < PATIENCE, "only {} of 630 records arrived", order.len());
+        let got = consumer.poll(100, POLL_WAIT).await.expect("poll");
+        let lows = got.iter().filter(|r| r.topic == low).count();
+        let highs_before = order.iter().filter(|t| **t == high).count();
+        if highs_before + got.len() - lows < 600 {
+            assert!(lows <= 10, "{lows} low-priority records in one batch while high ones wait");
+        }
+        order.extend(got.into_iter().map(|r| r.topic));
+    }
+    let first_low = order.iter().position(|t| *t == low).expect("low arrived");
+    let last_high = order.iter().rposition(|t| *t == high).expect("high arrived");
+    assert!(first_low < last_high, "the low-priority records waited for the whole flood");
 }
 
 /// Req 4.6: what a group committed is not delivered to its members again; what it did not

@@ -111,31 +111,48 @@ async fn unread(store: &dyn MessageStore, user: &str, conversation_id: &str) -> 
     list.iter().find(|summary| summary.conversation.id == conversation_id).expect("conversation listed").unread_count
 }
 
-/// Runs every suite, each on a store from `factory`.
-pub async fn all<F, Fut>(factory: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Arc<dyn MessageStore>>,
-{
-    users_crud(&factory).await;
-    conversation_for_pair_is_atomic(&factory).await;
-    insert_is_idempotent(&factory).await;
-    history_pages_newest_first(&factory).await;
-    one_way_history_for_recipient_and_sender(&factory).await;
-    conversation_list_order_and_unread(&factory).await;
-    apply_status_moves_forward_only(&factory).await;
-    undelivered_follows_status(&factory).await;
-    dead_letters_follow_failures(&factory).await;
-    attempts_append_in_order(&factory).await;
-    broadcast_counts_add_up(&factory).await;
-    broadcast_recipients_pages(&factory).await;
-    projection_writes_each_message_once_with_its_positions(&factory).await;
-    projection_keeps_statuses_that_arrive_before_their_message(&factory).await;
-    projection_statuses_only_move_forward(&factory).await;
-    projection_applies_statuses_folded_into_a_stored_message(&factory).await;
-    projection_creates_chat_conversations_and_broadcasts(&factory).await;
-    projection_keeps_idempotency_answers(&factory).await;
-    check_succeeds(&factory).await;
+/// One `#[tokio::test]` per property of the `MessageStore` suite, in a module
+/// `store_suite`. `$factory` is an expression (evaluated in the caller's scope, once per
+/// test) giving the factory the properties call for each store they need:
+/// `impl Fn() -> impl Future<Output = Arc<dyn MessageStore>>`; it keeps whatever the
+/// stores need alive (a temporary directory, a connection). The caller needs `tokio`.
+#[macro_export]
+macro_rules! store_suite {
+    ($factory:expr) => {
+        $crate::store_suite!(@properties $factory;
+            users_crud,
+            conversation_for_pair_is_atomic,
+            insert_is_idempotent,
+            history_pages_newest_first,
+            one_way_history_for_recipient_and_sender,
+            conversation_list_order_and_unread,
+            apply_status_moves_forward_only,
+            undelivered_follows_status,
+            dead_letters_follow_failures,
+            attempts_append_in_order,
+            broadcast_counts_add_up,
+            broadcast_recipients_pages,
+            projection_writes_each_message_once_with_its_positions,
+            projection_keeps_statuses_that_arrive_before_their_message,
+            projection_statuses_only_move_forward,
+            projection_applies_statuses_folded_into_a_stored_message,
+            projection_creates_chat_conversations_and_broadcasts,
+            projection_keeps_idempotency_answers,
+            check_succeeds,
+        );
+    };
+    (@properties $factory:expr; $($property:ident,)*) => {
+        mod store_suite {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $property() {
+                    $crate::testsuite::store::$property($factory).await;
+                }
+            )*
+        }
+    };
 }
 
 /// Users: create, read, read many, update; a taken id is `Conflict`, a missing one `NotFound`.

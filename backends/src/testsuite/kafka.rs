@@ -1,0 +1,71 @@
+//! A Kafka-protocol broker for tests: the one named by `ESH_TEST_KAFKA=host:port`, or a
+//! `tansu` broker started on a free loopback port with its storage in memory, stopped
+//! when dropped. Without `tansu` on the PATH (and no `ESH_TEST_KAFKA`), starting one fails
+//! with the command that installs it.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The command that installs the broker the tests start.
+pub const TANSU_INSTALL: &str = "cargo install tansu --locked --no-default-features --features dynostore";
+
+/// How long a started broker may take to accept connections.
+const START_PATIENCE: Duration = Duration::from_secs(30);
+
+/// A broker the tests may use (see the module docs).
+pub struct KafkaBroker {
+    /// `host:port` to bootstrap from.
+    pub address: String,
+    process: Option<Child>,
+}
+
+impl KafkaBroker {
+    /// The broker of `ESH_TEST_KAFKA`, or a new `tansu` process (panics when it cannot start).
+    pub fn start() -> KafkaBroker {
+        if let Ok(address) = std::env::var("ESH_TEST_KAFKA") {
+            return KafkaBroker { address, process: None };
+        }
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let process = Command::new("tansu")
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!("cannot start the tansu Kafka broker ({error}); install it with `{TANSU_INSTALL}` or set ESH_TEST_KAFKA=host:port")
+            });
+        let mut broker = KafkaBroker { address: format!("127.0.0.1:{port}"), process: Some(process) };
+        let target: SocketAddr = broker.address.parse().expect("loopback address");
+        let started = Instant::now();
+        while TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_err() {
+            if let Some(Ok(Some(status))) = broker.process.as_mut().map(Child::try_wait) {
+                panic!("tansu exited at start: {status}");
+            }
+            assert!(
+                started.elapsed() < START_PATIENCE,
+                "tansu did not listen on {} within {START_PATIENCE:?}",
+                broker.address
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        broker
+    }
+
+    /// The `ESH_LOG` URL of this broker.
+    pub fn url(&self) -> String {
+        format!("kafka://{}", self.address)
+    }
+}
+
+impl Drop for KafkaBroker {
+    fn drop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+}
