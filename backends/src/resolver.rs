@@ -1,4 +1,4 @@
-//! Picks each backend from its URL (`ESH_LOG`, `ESH_STORE`, `ESH_CACHE`): unset means the
+//! Picks each backend from its URL (`ESH_LOG`, `ESH_STORE`, `ESH_CACHE`, `ESH_BLOBS`): unset means the
 //! embedded implementation under the data directory; an unknown or not-yet-supported
 //! scheme is a typed error at start-up, never a silent fallback.
 
@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::blob::{BlobStore, LocalBlobStore};
 use crate::bus::{DeliveryBus, EmbeddedDeliveryBus};
 use crate::cache::{
     EmbeddedIdempotencyKeys, EmbeddedPresence, EmbeddedRateLimiter, EmbeddedRecentMessages, IdempotencyKeys,
@@ -14,7 +15,7 @@ use crate::cache::{
 use crate::error::BackendError;
 use crate::freshness::Freshness;
 use crate::log::{EmbeddedLogOptions, EmbeddedMessageLog, MessageLog};
-use crate::store::{EmbeddedMessageStore, MessageStore};
+use crate::store::{EmbeddedMessageStore, MediaCatalog, MessageStore};
 
 /// Where each backend is; `None` selects the embedded one.
 #[derive(Debug, Clone, Default)]
@@ -22,6 +23,8 @@ pub struct BackendUrls {
     pub log: Option<String>,
     pub store: Option<String>,
     pub cache: Option<String>,
+    /// Media blobs: unset is a directory under `data_dir`; `s3://bucket?…` with feature `s3`.
+    pub blobs: Option<String>,
     /// Where embedded backends keep their files.
     pub data_dir: PathBuf,
     /// Partitions of each embedded log topic.
@@ -36,6 +39,10 @@ pub struct BackendUrls {
 pub struct Backends {
     pub log: Arc<dyn MessageLog>,
     pub store: Arc<dyn MessageStore>,
+    /// What was uploaded and who may read it (the store's media tables).
+    pub media: Arc<dyn MediaCatalog>,
+    /// Media files and thumbnails.
+    pub blobs: Arc<dyn BlobStore>,
     pub presence: Arc<dyn Presence>,
     pub recent: Arc<dyn RecentMessages>,
     pub rate_limiter: Arc<dyn RateLimiter>,
@@ -84,10 +91,14 @@ pub async fn resolve(urls: &BackendUrls) -> Result<Backends, BackendError> {
         }
         _ => return Err(unsupported(&urls.log, "the embedded log (ESH_LOG unset)")),
     };
-    let store: Arc<dyn MessageStore> = match scheme(&urls.store)? {
-        "embedded" => Arc::new(EmbeddedMessageStore::open(&urls.data_dir.join("store.sqlite3"))?),
+    let (store, media): (Arc<dyn MessageStore>, Arc<dyn MediaCatalog>) = match scheme(&urls.store)? {
+        "embedded" => {
+            let store = Arc::new(EmbeddedMessageStore::open(&urls.data_dir.join("store.sqlite3"))?);
+            (store.clone(), store)
+        }
         _ => return Err(unsupported(&urls.store, "the embedded store (ESH_STORE unset)")),
     };
+    let blobs = resolve_blobs(urls)?;
     match scheme(&urls.cache)? {
         "embedded" => {}
         _ => return Err(unsupported(&urls.cache, "the in-process cache (ESH_CACHE unset)")),
@@ -95,6 +106,8 @@ pub async fn resolve(urls: &BackendUrls) -> Result<Backends, BackendError> {
     Ok(Backends {
         log,
         store,
+        media,
+        blobs,
         presence: Arc::new(EmbeddedPresence::new()),
         recent: Arc::new(EmbeddedRecentMessages::new()),
         rate_limiter: Arc::new(EmbeddedRateLimiter::new()),
@@ -102,6 +115,17 @@ pub async fn resolve(urls: &BackendUrls) -> Result<Backends, BackendError> {
         bus: Arc::new(EmbeddedDeliveryBus::new()),
         freshness: Arc::new(Freshness::default()),
     })
+}
+
+/// The blob store of `urls.blobs`.
+fn resolve_blobs(urls: &BackendUrls) -> Result<Arc<dyn BlobStore>, BackendError> {
+    match scheme(&urls.blobs)? {
+        "embedded" => Ok(Arc::new(LocalBlobStore::open(&urls.data_dir.join("blobs"))?)),
+        #[cfg(feature = "s3")]
+        "s3" => Ok(Arc::new(crate::blob::S3BlobStore::from_url(urls.blobs.as_deref().unwrap_or_default())?)),
+        _ if cfg!(feature = "s3") => Err(unsupported(&urls.blobs, "s3:// and the local directory (ESH_BLOBS unset)")),
+        _ => Err(unsupported(&urls.blobs, "the local directory (ESH_BLOBS unset; s3:// needs feature s3)")),
+    }
 }
 
 #[cfg(test)]
@@ -118,6 +142,8 @@ mod tests {
         };
         assert!(matches!(resolve(&urls).await, Err(BackendError::UnsupportedUrl { .. })));
         let urls = BackendUrls { store: Some("no-scheme".into()), data_dir: dir.path().to_path_buf(), ..Default::default() };
+        assert!(matches!(resolve(&urls).await, Err(BackendError::UnsupportedUrl { .. })));
+        let urls = BackendUrls { blobs: Some("ftp://host/x".into()), data_dir: dir.path().to_path_buf(), ..Default::default() };
         assert!(matches!(resolve(&urls).await, Err(BackendError::UnsupportedUrl { .. })));
     }
 }

@@ -1,9 +1,10 @@
 //! `GET /health/live` and `GET /health/ready`.
 //!
-//! Readiness checks the store, the log and the cache at once, each bounded by
-//! `CHECK_TIMEOUT`. The store and the log carry every send, so either failing is `down`
+//! Readiness checks the store, the log, the cache and the blob store at once, each bounded
+//! by `CHECK_TIMEOUT`. The store and the log carry every send, so either failing is `down`
 //! (503, take this instance out of rotation); the cache only speeds reads up and reads
-//! fall back to the store without it (Req 8.7), so it failing is `degraded` (200).
+//! fall back to the store without it (Req 8.7), and without blobs only uploads and
+//! downloads fail while messages flow, so either failing is `degraded` (200).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -70,17 +71,21 @@ async fn check(probe: impl Future<Output = Result<(), BackendError>>) -> Check {
         (status = 503, description = "down: the store or the log fails", body = Readiness)))]
 pub(crate) async fn ready(State(ingest): State<Arc<Ingest>>) -> Response {
     let backends = &ingest.backends;
-    let (store, log, cache) =
-        tokio::join!(check(backends.store.check()), check(backends.log.check()), check(backends.presence.check()));
+    let (store, log, cache, blobs) = tokio::join!(
+        check(backends.store.check()),
+        check(backends.log.check()),
+        check(backends.presence.check()),
+        check(backends.blobs.check())
+    );
     let down = !store.ok || !log.ok;
     let status = if down {
         "down"
-    } else if !cache.ok {
+    } else if !cache.ok || !blobs.ok {
         "degraded"
     } else {
         "ok"
     };
-    let checks = BTreeMap::from([("store", store), ("log", log), ("cache", cache)]);
+    let checks = BTreeMap::from([("store", store), ("log", log), ("cache", cache), ("blobs", blobs)]);
     let code = if down { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
     views::json(code, &Readiness { status, checks })
 }

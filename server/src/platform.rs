@@ -16,6 +16,7 @@ use std::time::Duration;
 use axum::routing::get;
 use esh_backends::resolver::{resolve, BackendUrls, Backends};
 use esh_backends::status_writer::StatusWriter;
+use esh_backends::media_links::MediaLinkConfig;
 use esh_backends::BackendError;
 use esh_common::auth::TokenKeys;
 use esh_common::ingress::ChatIngress;
@@ -28,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 
 use crate::config::{Config, Stage};
-use crate::secrets::{self, ADMIN_TOKEN_FILE, JWT_SECRET_FILE};
+use crate::secrets::{self, ADMIN_TOKEN_FILE, JWT_SECRET_FILE, MEDIA_URL_KEY_FILE};
 
 /// Status changes queued for the status writer before callers wait.
 const STATUS_QUEUE: usize = 1024;
@@ -82,6 +83,8 @@ enum Task {
     Http,
     Router,
     Store,
+    /// The collection of uploads no message references.
+    Media,
 }
 
 impl Task {
@@ -90,6 +93,7 @@ impl Task {
             Task::Http => "http",
             Task::Router => "router",
             Task::Store => "store",
+            Task::Media => "media",
         }
     }
 }
@@ -141,6 +145,7 @@ impl Platform {
             log: config.log_url.clone(),
             store: config.store_url.clone(),
             cache: config.cache_url.clone(),
+            blobs: config.blobs_url.clone(),
             data_dir: config.data_dir.clone(),
             log_partitions: config.log_partitions,
             log_retention: Some(config.log_retention),
@@ -153,6 +158,13 @@ impl Platform {
         let jwt = secrets::load_or_generate(&config.data_dir, JWT_SECRET_FILE, config.jwt_secret.as_deref())
             .map_err(|source| PlatformError::Secret { what: "the jwt secret", source })?;
         let keys = TokenKeys::hs256(jwt.value.as_bytes());
+        let media_key = secrets::load_or_generate(&config.data_dir, MEDIA_URL_KEY_FILE, config.media_url_key.as_deref())
+            .map_err(|source| PlatformError::Secret { what: "the media url key", source })?;
+        let media_links = MediaLinkConfig {
+            key: media_key.value.as_bytes().into(),
+            public_url: config.public_url.clone(),
+            local_url: format!("http://{addr}"),
+        };
         let (status_writer, status_task) =
             StatusWriter::start(backends.log.clone(), STATUS_QUEUE);
 
@@ -165,6 +177,8 @@ impl Platform {
                 rate_limit_per_minute: config.rate_limit_per_minute,
                 broadcast_recipients_per_hour: config.broadcast_recipients_per_hour,
                 backlog_limit: config.backlog_limit,
+                media_links: media_links.clone(),
+                media_unreferenced_ttl: config.media_unreferenced_ttl,
                 ..IngestConfig::default()
             },
         );
@@ -198,6 +212,7 @@ impl Platform {
                 heartbeat: config.heartbeat,
                 ack_timeout: config.ack_timeout,
                 retry_schedule: config.retry_schedule.clone(),
+                media_links: media_links.clone(),
                 ..DelivererConfig::default()
             };
             let started = Deliverer::start(
@@ -243,6 +258,15 @@ impl Platform {
                 platform.stop_in_order().await;
                 return Err(error);
             }
+        }
+
+        if config.runs(Stage::Ingest) {
+            let token = platform.stages.http.clone();
+            let collector = ingest.clone();
+            platform.spawn(Task::Media, async move {
+                collector.collect_unreferenced_media(token).await;
+                Ok(())
+            });
         }
 
         let mut app = axum::Router::new();
@@ -360,6 +384,7 @@ impl Platform {
         // 1. Stop accepting; in-flight requests finish (each 202 is durable before it is sent).
         self.stages.http.cancel();
         self.join(Task::Http, &mut failure).await;
+        self.join(Task::Media, &mut failure).await;
 
         // 2. The router finishes its batch and commits its offsets.
         self.stages.router.cancel();
@@ -443,10 +468,8 @@ fn validate(config: &Config) -> Result<(), PlatformError> {
     if config.log_partitions == 0 {
         return Err(PlatformError::Config("ESH_LOG_PARTITIONS must be at least 1".into()));
     }
-    if let Some(url) = &config.blobs_url {
-        return Err(PlatformError::Config(format!(
-            "unsupported ESH_BLOBS url {url:?}: this build keeps blobs under the data directory (leave ESH_BLOBS unset)"
-        )));
+    if config.media_unreferenced_ttl < Duration::from_secs(1) {
+        return Err(PlatformError::Config("ESH_MEDIA_UNREFERENCED_TTL must be at least 1s".into()));
     }
     if config.ack_timeout.is_zero() {
         return Err(PlatformError::Config("ESH_ACK_TIMEOUT must be positive".into()));

@@ -8,9 +8,11 @@
 //!   and answers every caller after the COMMIT. Reads use a pool of read-only connections
 //!   on the blocking thread pool; WAL lets them run beside the writer.
 //! - `writes` / `reads`: the operations; `codec`: columns ↔ model, checked on the way out.
+//! - `media`: the `MediaCatalog` of uploads, on the same file and writer.
 
 mod codec;
 mod engine;
+mod media;
 mod reads;
 mod schema;
 mod writes;

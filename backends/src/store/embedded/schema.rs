@@ -8,7 +8,7 @@ use rusqlite::Connection;
 use super::engine::{corrupt, Failure};
 
 /// The schema version this build writes (`PRAGMA user_version`).
-const VERSION: i64 = 2;
+const VERSION: i64 = 3;
 
 const SCHEMA: &str = r"
 -- Users by id.
@@ -156,6 +156,32 @@ CREATE TABLE IF NOT EXISTS projected_positions (
     partition INTEGER NOT NULL,
     next_offset INTEGER NOT NULL,
     PRIMARY KEY (topic, partition)
+) WITHOUT ROWID;
+
+-- Uploaded media by id; `thumbnails` is a JSON array.
+CREATE TABLE IF NOT EXISTS media (
+    id TEXT NOT NULL PRIMARY KEY,
+    owner_id TEXT NOT NULL,
+    filename TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    thumbnails TEXT NOT NULL
+) WITHOUT ROWID;
+
+-- Who may read a media object besides its uploader: the participants of the stored
+-- messages that reference it.
+CREATE TABLE IF NOT EXISTS media_participants (
+    media_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    PRIMARY KEY (media_id, user_id)
+) WITHOUT ROWID;
+
+-- Uploads no stored message references yet, by upload time (collected after a while).
+CREATE TABLE IF NOT EXISTS unreferenced_media (
+    created_at INTEGER NOT NULL,
+    media_id TEXT NOT NULL,
+    PRIMARY KEY (created_at, media_id)
 ) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS broadcast_counts (
