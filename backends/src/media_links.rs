@@ -137,7 +137,13 @@ impl MediaLinks {
         }
     }
 
-    async fn url(&self, media_id: &str, variant: MediaVariant, base: &str, expires: Millis) -> Result<String, BackendError> {
+    async fn url(
+        &self,
+        media_id: &str,
+        variant: MediaVariant,
+        base: &str,
+        expires: Millis,
+    ) -> Result<String, BackendError> {
         let key = Media::blob_key(media_id, variant);
         if let Some(url) = self.blobs.presigned_get(&key, SIGNED_URL_TTL).await? {
             return Ok(url);
@@ -155,7 +161,8 @@ impl MediaLinks {
         let mut thumbnails = Vec::with_capacity(media.thumbnails.len());
         for thumbnail in &media.thumbnails {
             let url = self.url(&media.id, thumbnail.variant, base, expires).await?;
-            thumbnails.push((thumbnail.variant, ThumbnailView { url, width: thumbnail.width, height: thumbnail.height }));
+            thumbnails
+                .push((thumbnail.variant, ThumbnailView { url, width: thumbnail.width, height: thumbnail.height }));
         }
         let take = |variant| thumbnails.iter().find(|(v, _)| *v == variant).map(|(_, view)| view.clone());
         let thumbnails = match (take(MediaVariant::Small), take(MediaVariant::Medium), take(MediaVariant::Large)) {
@@ -220,6 +227,9 @@ mod tests {
         let other = UrlSigner::new(Arc::from(&b"another key of thirty-two bytes!"[..]));
         assert_eq!(other.verify("m1", MediaVariant::Original, expires, &signature, now), invalid);
         let later = Millis(expires * 1000);
-        assert_eq!(signer.verify("m1", MediaVariant::Original, expires, &signature, later), Err(SignatureError::Expired));
+        assert_eq!(
+            signer.verify("m1", MediaVariant::Original, expires, &signature, later),
+            Err(SignatureError::Expired)
+        );
     }
 }

@@ -222,9 +222,15 @@ async fn req_2_1_req_2_3_req_2_4_accepted_types_are_stored_with_thumbnails_for_i
                 for ((thumb_width, thumb_height), bound) in sizes.iter().zip([150u64, 300, 600]) {
                     assert!(*thumb_width <= bound && *thumb_height <= bound, "{filename}: {sizes:?}");
                     let (width, height) = (u64::from(*width), u64::from(*height));
-                    assert!(*thumb_width == width.min(bound) || *thumb_height == height.min(bound), "{filename}: {sizes:?}");
+                    assert!(
+                        *thumb_width == width.min(bound) || *thumb_height == height.min(bound),
+                        "{filename}: {sizes:?}"
+                    );
                     // Aspect ratio kept (to the rounding of one pixel).
-                    assert!((thumb_width * height).abs_diff(thumb_height * width) <= width.max(height), "{filename}: {sizes:?}");
+                    assert!(
+                        (thumb_width * height).abs_diff(thumb_height * width) <= width.max(height),
+                        "{filename}: {sizes:?}"
+                    );
                 }
                 let small = fetch(&server, media["thumbnails"]["small"]["url"].as_str().unwrap(), &[]).await;
                 assert_eq!(small.status, StatusCode::OK);
@@ -234,8 +240,13 @@ async fn req_2_1_req_2_3_req_2_4_accepted_types_are_stored_with_thumbnails_for_i
         }
         ids.push(media["id"].as_str().unwrap().to_owned());
     }
-    assert_eq!(thumbnail_sizes(&serde_json::from_slice(&upload(&server, &mobile, "p.png", "image/png", &png(1200, 800)).await.bytes).unwrap()),
-        [(150, 100), (300, 200), (600, 400)]);
+    assert_eq!(
+        thumbnail_sizes(
+            &serde_json::from_slice(&upload(&server, &mobile, "p.png", "image/png", &png(1200, 800)).await.bytes)
+                .unwrap()
+        ),
+        [(150, 100), (300, 200), (600, 400)]
+    );
     let again = uploaded(&server, &mobile, "doc.pdf", "application/pdf", &pdf()).await;
     assert!(!ids.contains(&again["id"].as_str().unwrap().to_owned()), "an upload is not deduplicated");
 }
@@ -271,12 +282,20 @@ async fn declared_types_must_be_allowed_and_match_the_bytes() {
         ("notes.png", "image/png", b"just some text, not an image".to_vec()),
         ("notes.txt", "text/plain", b"plain text".to_vec()),
         ("page.html", "text/html", b"<html></html>".to_vec()),
-        ("report.docx", "application/vnd.openxmlformats-officedocument.wordprocessingml.document", b"PK\x03\x04zip".to_vec()),
+        (
+            "report.docx",
+            "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+            b"PK\x03\x04zip".to_vec(),
+        ),
         ("photo.jpg", "image/jpeg", png(10, 10)),
     ];
     for (filename, content_type, bytes) in cases {
         let answer = upload(&server, &mobile, filename, content_type, &bytes).await;
-        assert_eq!((answer.status, answer.code()), (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"), "{filename}");
+        assert_eq!(
+            (answer.status, answer.code()),
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            "{filename}"
+        );
     }
     let no_type = upload_parts(&server, &mobile, &[("file", Some("x.png"), None, &png(4, 4))]).await;
     assert_eq!(no_type.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
@@ -290,13 +309,22 @@ async fn truncated_corrupt_and_bomb_images_are_refused_not_crashed_on() {
     let whole = png(300, 300);
     let cases: [(&str, Vec<u8>); 4] = [
         ("truncated", whole[..whole.len() / 2].to_vec()),
-        ("corrupt", { let mut bytes = whole.clone(); bytes[40..200].fill(0xAB); bytes }),
+        ("corrupt", {
+            let mut bytes = whole.clone();
+            bytes[40..200].fill(0xAB);
+            bytes
+        }),
         ("wider than any side allowed", png_claiming(100_000, 100_000)),
         ("more pixels than the decoder may allocate", png_claiming(11_000, 11_000)),
     ];
     for (what, bytes) in cases {
         let answer = upload(&server, &mobile, "bomb.png", "image/png", &bytes).await;
-        assert_eq!((answer.status, answer.code()), (StatusCode::BAD_REQUEST, "invalid_request"), "{what}: {}", answer.json);
+        assert_eq!(
+            (answer.status, answer.code()),
+            (StatusCode::BAD_REQUEST, "invalid_request"),
+            "{what}: {}",
+            answer.json
+        );
     }
     assert!(stored_files(&server).is_empty());
     // The server still serves.
@@ -320,11 +348,17 @@ async fn malformed_empty_unauthorized_and_traversing_uploads() {
     .await;
     assert_eq!(two.status, StatusCode::BAD_REQUEST);
     let not_multipart = server.post_raw("/v1/media", &mobile, "application/json", "{}").await;
-    assert_eq!((not_multipart.status, not_multipart.code()), (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"));
-    let broken = server.post_raw("/v1/media", &mobile, &format!("multipart/form-data; boundary={BOUNDARY}"), "--nope").await;
+    assert_eq!(
+        (not_multipart.status, not_multipart.code()),
+        (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+    );
+    let broken =
+        server.post_raw("/v1/media", &mobile, &format!("multipart/form-data; boundary={BOUNDARY}"), "--nope").await;
     assert_eq!(broken.status, StatusCode::BAD_REQUEST);
     let anonymous = Server::answer(
-        server.client.post(format!("{}/v1/media", server.base))
+        server
+            .client
+            .post(format!("{}/v1/media", server.base))
             .header("content-type", format!("multipart/form-data; boundary={BOUNDARY}"))
             .body(multipart(&[("file", Some("a.png"), Some("image/png"), &image)])),
     )
@@ -418,7 +452,9 @@ async fn req_2_5_media_objects_are_readable_by_the_uploader_and_participants_onl
     assert_eq!(server.get(&path, &mobile).await.status, StatusCode::FORBIDDEN);
     assert_eq!(server.get("/v1/media/unknown-id", &business).await.status, StatusCode::NOT_FOUND);
 
-    let sent = server.post("/v1/messages", &business, json!({"recipient_id": "m1", "content": "look", "media_ids": [id]})).await;
+    let sent = server
+        .post("/v1/messages", &business, json!({"recipient_id": "m1", "content": "look", "media_ids": [id]}))
+        .await;
     assert_eq!(sent.status, StatusCode::ACCEPTED, "{}", sent.json);
     assert_eq!(sent.json["media"][0]["id"], id);
     assert_eq!(server.get(&path, &mobile).await.status, StatusCode::OK);
@@ -437,18 +473,25 @@ async fn req_2_7_sends_carry_media_objects_and_refuse_unknown_or_foreign_ids() {
     let foreign = uploaded(&server, &other, "q.png", "image/png", &png(10, 10)).await;
     let foreign_id = foreign["id"].as_str().unwrap();
 
-    let unknown = server.post("/v1/messages", &business, json!({"recipient_id": "m1", "content": "x", "media_ids": ["nope"]})).await;
+    let unknown = server
+        .post("/v1/messages", &business, json!({"recipient_id": "m1", "content": "x", "media_ids": ["nope"]}))
+        .await;
     assert_eq!((unknown.status, unknown.code()), (StatusCode::BAD_REQUEST, "invalid_request"));
     assert_eq!(unknown.json["error"]["details"]["unknown_ids"], json!(["nope"]));
-    let not_mine =
-        server.post("/v1/messages", &business, json!({"recipient_id": "m1", "content": "x", "media_ids": [foreign_id]})).await;
+    let not_mine = server
+        .post("/v1/messages", &business, json!({"recipient_id": "m1", "content": "x", "media_ids": [foreign_id]}))
+        .await;
     assert_eq!(not_mine.status, StatusCode::BAD_REQUEST);
     assert_eq!(not_mine.json["error"]["details"]["refused_ids"], json!([foreign_id]));
     let too_many: Vec<String> = (0..11).map(|i| format!("m{i}")).collect();
-    let refused = server.post("/v1/messages", &business, json!({"recipient_id": "m1", "content": "x", "media_ids": too_many})).await;
+    let refused = server
+        .post("/v1/messages", &business, json!({"recipient_id": "m1", "content": "x", "media_ids": too_many}))
+        .await;
     assert_eq!(refused.status, StatusCode::BAD_REQUEST);
 
-    let sent = server.post("/v1/messages", &business, json!({"recipient_id": "m1", "content": "hi", "media_ids": [id, id]})).await;
+    let sent = server
+        .post("/v1/messages", &business, json!({"recipient_id": "m1", "content": "hi", "media_ids": [id, id]}))
+        .await;
     assert_eq!(sent.status, StatusCode::ACCEPTED, "{}", sent.json);
     assert_eq!(sent.json["media"].as_array().unwrap().len(), 1, "duplicate ids count once");
     let message_id = sent.json["id"].as_str().unwrap();
@@ -465,7 +508,8 @@ async fn req_2_7_sends_carry_media_objects_and_refuse_unknown_or_foreign_ids() {
     assert_eq!(history[0]["media"][0]["id"], id.as_str());
 
     // The recipient may pass on what it received; chat carries media too.
-    let chat = server.post("/v1/chat/messages", &mobile, json!({"to": "b1", "content": "back", "media_ids": [id]})).await;
+    let chat =
+        server.post("/v1/chat/messages", &mobile, json!({"to": "b1", "content": "back", "media_ids": [id]})).await;
     assert_eq!(chat.status, StatusCode::ACCEPTED, "{}", chat.json);
     assert_eq!(chat.json["media"][0]["id"], id.as_str());
     let conversation = chat.json["conversation_id"].as_str().unwrap();
@@ -475,16 +519,22 @@ async fn req_2_7_sends_carry_media_objects_and_refuse_unknown_or_foreign_ids() {
     assert_eq!(list.json["items"][0]["last_message"]["media"][0]["id"], id.as_str());
 
     let batch = server
-        .post("/v1/messages/batch", &business, json!({"messages": [
-            {"recipient_id": "m1", "content": "one", "media_ids": [id]},
-            {"recipient_id": "m1", "content": "two", "media_ids": ["unknown"]},
-        ]}))
+        .post(
+            "/v1/messages/batch",
+            &business,
+            json!({"messages": [
+                {"recipient_id": "m1", "content": "one", "media_ids": [id]},
+                {"recipient_id": "m1", "content": "two", "media_ids": ["unknown"]},
+            ]}),
+        )
         .await;
     assert_eq!(batch.status, StatusCode::MULTI_STATUS);
     assert_eq!(batch.json["items"][0]["status"], 202);
     assert_eq!(batch.json["items"][0]["message"]["media"][0]["id"], id.as_str());
     assert_eq!(batch.json["items"][1]["status"], 400);
-    let broadcast = server.post("/v1/broadcasts", &business, json!({"recipient_ids": ["m1"], "content": "all", "media_ids": ["unknown"]})).await;
+    let broadcast = server
+        .post("/v1/broadcasts", &business, json!({"recipient_ids": ["m1"], "content": "all", "media_ids": ["unknown"]}))
+        .await;
     assert_eq!(broadcast.status, StatusCode::BAD_REQUEST);
 }
 

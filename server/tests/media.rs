@@ -74,14 +74,18 @@ async fn image_reaches_online_and_offline_users(esh: &Harness) -> Value {
     let media_id = media["id"].as_str().unwrap();
 
     let mut socket = esh.connect(&online).await;
-    let live = esh.one_way_with(&business, json!({"recipient_id": "mona", "content": "new poster", "media_ids": [media_id]})).await;
+    let live = esh
+        .one_way_with(&business, json!({"recipient_id": "mona", "content": "new poster", "media_ids": [media_id]}))
+        .await;
     let frame = socket.next_of("message").await;
     assert_eq!(frame["message"]["id"], live["id"]);
     assert_eq!(frame["message"]["media"][0]["id"], media_id);
     assert_usable(esh, &frame["message"]["media"][0], &image).await;
     socket.ack(&[&id(&live)]).await;
 
-    let stored = esh.one_way_with(&business, json!({"recipient_id": "omar", "content": "new poster", "media_ids": [media_id]})).await;
+    let stored = esh
+        .one_way_with(&business, json!({"recipient_id": "omar", "content": "new poster", "media_ids": [media_id]}))
+        .await;
     esh.wait_routed().await;
     let mut later = esh.connect(&offline).await;
     let replayed = later.next_of("message").await;

@@ -52,7 +52,9 @@ impl S3BlobStore {
                 "endpoint" => builder.with_allow_http(value.starts_with("http://")).with_endpoint(value),
                 "region" => builder.with_region(value),
                 "path_style" => builder.with_virtual_hosted_style_request(value != "true"),
-                other => return Err(unsupported(format!("unknown parameter {other:?} (endpoint, region, path_style)"))),
+                other => {
+                    return Err(unsupported(format!("unknown parameter {other:?} (endpoint, region, path_style)")))
+                }
             };
         }
         let store = builder.build().map_err(|error| unsupported(error.to_string()))?;

@@ -131,8 +131,11 @@ async fn main() -> anyhow::Result<()> {
     let photo = multipart(&noisy_jpeg(2_000_000)?);
     let cpu_before = cli.server_pid.map(cpu_ticks).transpose()?;
     let start = Instant::now();
-    let uploads: Vec<anyhow::Result<Duration>> =
-        stream::iter(0..cli.photos).map(|_| client.upload(photo.clone())).buffer_unordered(cli.concurrency).collect().await;
+    let uploads: Vec<anyhow::Result<Duration>> = stream::iter(0..cli.photos)
+        .map(|_| client.upload(photo.clone()))
+        .buffer_unordered(cli.concurrency)
+        .collect()
+        .await;
     let elapsed = start.elapsed().as_secs_f64();
     let failed = uploads.iter().filter(|outcome| outcome.is_err()).count();
     if let Some(Err(error)) = uploads.iter().find(|outcome| outcome.is_err()) {

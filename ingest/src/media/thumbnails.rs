@@ -123,7 +123,8 @@ mod tests {
 
     #[test]
     fn an_image_gets_three_thumbnails_and_garbage_is_refused() {
-        let image = DynamicImage::ImageRgb8(image::RgbImage::from_fn(1200, 800, |x, y| image::Rgb([x as u8, y as u8, 7])));
+        let image =
+            DynamicImage::ImageRgb8(image::RgbImage::from_fn(1200, 800, |x, y| image::Rgb([x as u8, y as u8, 7])));
         let mut png = Vec::new();
         image.write_to(&mut Cursor::new(&mut png), ImageFormat::Png).unwrap();
         let made = thumbnails(&png).unwrap();

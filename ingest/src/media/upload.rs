@@ -55,7 +55,11 @@ fn missing_file() -> ApiError {
         (status = 413, body = ErrorBody),
         (status = 415, description = "not multipart, a type not allowed, or bytes of another type", body = ErrorBody)),
     security(("bearer" = [])))]
-pub(crate) async fn upload(State(ingest): State<Arc<Ingest>>, caller: Caller, request: Request) -> Result<Response, ApiError> {
+pub(crate) async fn upload(
+    State(ingest): State<Arc<Ingest>>,
+    caller: Caller,
+    request: Request,
+) -> Result<Response, ApiError> {
     let owner = caller.user().ok_or_else(|| ApiError::forbidden("the admin token cannot upload media"))?.id.clone();
     let base = ingest.media_links.base(super::request_host(request.headers()));
     let declared_length = request

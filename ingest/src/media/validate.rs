@@ -90,9 +90,8 @@ pub(crate) fn check_bytes(declared: &str, head: &[u8]) -> Result<(), ApiError> {
     let Some(sniffed) = infer::get(head).map(|found| canonical(found.mime_type())) else {
         return Err(unsupported(format!("the bytes are not recognisably {declared}"), declared));
     };
-    let same_container = SHARED_CONTAINERS.iter().any(|(a, b)| {
-        (declared == *a && sniffed == *b) || (declared == *b && sniffed == *a)
-    });
+    let same_container =
+        SHARED_CONTAINERS.iter().any(|(a, b)| (declared == *a && sniffed == *b) || (declared == *b && sniffed == *a));
     if sniffed == declared || same_container {
         return Ok(());
     }

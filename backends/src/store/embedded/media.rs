@@ -58,8 +58,8 @@ fn add_media(connection: &Connection, media: &Media, thumbnails: &str) -> Result
 /// longer unreferenced. Called for each message the store inserts.
 pub(super) fn record_media_use(connection: &Connection, message: &Message) -> Result<(), Failure> {
     for media_id in &message.media_ids {
-        let mut participant =
-            connection.prepare_cached("INSERT OR IGNORE INTO media_participants (media_id, user_id) VALUES (?1, ?2)")?;
+        let mut participant = connection
+            .prepare_cached("INSERT OR IGNORE INTO media_participants (media_id, user_id) VALUES (?1, ?2)")?;
         participant.execute(params![media_id, message.sender_id])?;
         participant.execute(params![media_id, message.recipient_id])?;
         connection
