@@ -21,9 +21,8 @@ const KEY: &[u8] = b"media-url-key-of-the-media-tests";
 const BOUNDARY: &str = "esh-test-boundary-7d1f";
 
 async fn start() -> Server {
-    let mut config = IngestConfig::default();
-    config.media_links = MediaLinkConfig { key: Arc::from(KEY), ..MediaLinkConfig::default() };
-    Server::start_with(config).await
+    let media_links = MediaLinkConfig { key: Arc::from(KEY), ..MediaLinkConfig::default() };
+    Server::start_with(IngestConfig { media_links, ..IngestConfig::default() }).await
 }
 
 /// One multipart part: name, filename, content type, bytes.
@@ -194,7 +193,9 @@ fn thumbnail_sizes(media: &Value) -> Vec<(u64, u64)> {
 async fn req_2_1_req_2_3_req_2_4_accepted_types_are_stored_with_thumbnails_for_images() {
     let server = start().await;
     let mobile = server.mobile("m1").await;
-    let files: Vec<(&str, &str, Vec<u8>, Option<(u32, u32)>)> = vec![
+    // Name, declared type, bytes, and the pixel size of an image.
+    type File = (&'static str, &'static str, Vec<u8>, Option<(u32, u32)>);
+    let files: Vec<File> = vec![
         ("photo.png", "image/png", png(1200, 800), Some((1200, 800))),
         ("photo.jpg", "image/jpg", jpeg(800, 1600), Some((800, 1600))),
         ("anim.gif", "image/gif", gif(90, 60), Some((90, 60))),
@@ -374,7 +375,7 @@ async fn malformed_empty_unauthorized_and_traversing_uploads() {
     }
     let blobs = server.dir.path().join("blobs").canonicalize().unwrap();
     for path in stored_files(&server) {
-        assert!(path.canonicalize().unwrap().starts_with(&blobs.join("media")), "{path:?}");
+        assert!(path.canonicalize().unwrap().starts_with(blobs.join("media")), "{path:?}");
     }
     assert!(!server.dir.path().join("etc").exists() && !server.dir.path().join("boot.png").exists());
 }
