@@ -12,6 +12,9 @@ pub enum BackendError {
     Timeout(String),
     #[error("corrupt data: {0}")]
     Corrupt(String),
+    /// The request can never succeed (a malformed key, say).
+    #[error("invalid: {0}")]
+    Invalid(String),
     #[error("unsupported backend url {url:?}: {reason}")]
     UnsupportedUrl { url: String, reason: String },
     #[error("io: {0}")]
@@ -34,7 +37,9 @@ impl BackendError {
             BackendError::NotFound(_) => ErrorKind::NotFound,
             BackendError::Conflict(_) => ErrorKind::Conflict,
             BackendError::Unavailable(_) | BackendError::Timeout(_) | BackendError::Io(_) => ErrorKind::Transient,
-            BackendError::Corrupt(_) | BackendError::UnsupportedUrl { .. } => ErrorKind::Permanent,
+            BackendError::Corrupt(_) | BackendError::Invalid(_) | BackendError::UnsupportedUrl { .. } => {
+                ErrorKind::Permanent
+            }
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Picks each backend from its URL (`ESH_LOG`, `ESH_STORE`, `ESH_CACHE`): unset means the
+//! Picks each backend from its URL (`ESH_LOG`, `ESH_STORE`, `ESH_CACHE`, `ESH_BLOBS`): unset means the
 //! embedded implementation under the data directory; an unknown or not-yet-supported
 //! scheme is a typed error at start-up, never a silent fallback.
 
@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::blob::{BlobStore, LocalBlobStore};
 use crate::bus::{DeliveryBus, EmbeddedDeliveryBus};
 use crate::cache::{
     EmbeddedIdempotencyKeys, EmbeddedPresence, EmbeddedRateLimiter, EmbeddedRecentMessages, IdempotencyKeys,
@@ -15,7 +16,7 @@ use crate::devices::DeviceRegistry;
 use crate::error::BackendError;
 use crate::freshness::Freshness;
 use crate::log::{EmbeddedLogOptions, EmbeddedMessageLog, MessageLog};
-use crate::store::{EmbeddedMessageStore, MessageStore};
+use crate::store::{EmbeddedMessageStore, MediaCatalog, MessageStore};
 
 /// Where each backend is; `None` selects the embedded one.
 #[derive(Debug, Clone, Default)]
@@ -23,6 +24,8 @@ pub struct BackendUrls {
     pub log: Option<String>,
     pub store: Option<String>,
     pub cache: Option<String>,
+    /// Media blobs: unset is a directory under `data_dir`; `s3://bucket?…` with feature `s3`.
+    pub blobs: Option<String>,
     /// Where embedded backends keep their files.
     pub data_dir: PathBuf,
     /// Partitions of each embedded log topic.
@@ -43,6 +46,10 @@ pub struct Backends {
     pub store: Arc<dyn MessageStore>,
     /// Devices registered for push notifications (the embedded store keeps them).
     pub devices: Arc<dyn DeviceRegistry>,
+    /// What was uploaded and who may read it (the store's media tables).
+    pub media: Arc<dyn MediaCatalog>,
+    /// Media files and thumbnails.
+    pub blobs: Arc<dyn BlobStore>,
     pub presence: Arc<dyn Presence>,
     pub recent: Arc<dyn RecentMessages>,
     pub rate_limiter: Arc<dyn RateLimiter>,
@@ -116,13 +123,15 @@ pub async fn resolve(urls: &BackendUrls) -> Result<Backends, BackendError> {
         #[cfg(not(feature = "kafka"))]
         _ => return Err(unsupported(&urls.log, "the embedded log (ESH_LOG unset); kafka:// needs the `kafka` feature")),
     };
-    let (store, devices): (Arc<dyn MessageStore>, Arc<dyn DeviceRegistry>) = match scheme(&urls.store)? {
+    let (store, devices, media): (Arc<dyn MessageStore>, Arc<dyn DeviceRegistry>, Arc<dyn MediaCatalog>) =
+        match scheme(&urls.store)? {
         "embedded" => {
             let store = Arc::new(EmbeddedMessageStore::open(&urls.data_dir.join("store.sqlite3"))?);
-            (store.clone(), store)
+            (store.clone(), store.clone(), store)
         }
         _ => return Err(unsupported(&urls.store, "the embedded store (ESH_STORE unset)")),
     };
+    let blobs = resolve_blobs(urls)?;
     match scheme(&urls.cache)? {
         "embedded" => {}
         _ => return Err(unsupported(&urls.cache, "the in-process cache (ESH_CACHE unset)")),
@@ -131,6 +140,8 @@ pub async fn resolve(urls: &BackendUrls) -> Result<Backends, BackendError> {
         log,
         store,
         devices,
+        media,
+        blobs,
         presence: Arc::new(EmbeddedPresence::new()),
         recent: Arc::new(EmbeddedRecentMessages::new()),
         rate_limiter: Arc::new(EmbeddedRateLimiter::new()),
@@ -138,6 +149,17 @@ pub async fn resolve(urls: &BackendUrls) -> Result<Backends, BackendError> {
         bus: Arc::new(EmbeddedDeliveryBus::new()),
         freshness: Arc::new(Freshness::default()),
     })
+}
+
+/// The blob store of `urls.blobs`.
+fn resolve_blobs(urls: &BackendUrls) -> Result<Arc<dyn BlobStore>, BackendError> {
+    match scheme(&urls.blobs)? {
+        "embedded" => Ok(Arc::new(LocalBlobStore::open(&urls.data_dir.join("blobs"))?)),
+        #[cfg(feature = "s3")]
+        "s3" => Ok(Arc::new(crate::blob::S3BlobStore::from_url(urls.blobs.as_deref().unwrap_or_default())?)),
+        _ if cfg!(feature = "s3") => Err(unsupported(&urls.blobs, "s3:// and the local directory (ESH_BLOBS unset)")),
+        _ => Err(unsupported(&urls.blobs, "the local directory (ESH_BLOBS unset; s3:// needs feature s3)")),
+    }
 }
 
 #[cfg(test)]
@@ -154,6 +176,8 @@ mod tests {
         };
         assert!(matches!(resolve(&urls).await, Err(BackendError::UnsupportedUrl { .. })));
         let urls = BackendUrls { store: Some("no-scheme".into()), data_dir: dir.path().to_path_buf(), ..Default::default() };
+        assert!(matches!(resolve(&urls).await, Err(BackendError::UnsupportedUrl { .. })));
+        let urls = BackendUrls { blobs: Some("ftp://host/x".into()), data_dir: dir.path().to_path_buf(), ..Default::default() };
         assert!(matches!(resolve(&urls).await, Err(BackendError::UnsupportedUrl { .. })));
     }
 

@@ -327,3 +327,88 @@ pub struct Device {
     pub failures: u32,
     pub created_at: Millis,
 }
+
+/// One stored form of a media object: the uploaded file, or one of its thumbnails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaVariant {
+    Original,
+    Small,
+    Medium,
+    Large,
+}
+
+impl MediaVariant {
+    /// The thumbnail sizes, smallest first.
+    pub const THUMBNAILS: [MediaVariant; 3] = [MediaVariant::Small, MediaVariant::Medium, MediaVariant::Large];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaVariant::Original => "original",
+            MediaVariant::Small => "small",
+            MediaVariant::Medium => "medium",
+            MediaVariant::Large => "large",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<MediaVariant> {
+        [MediaVariant::Original, MediaVariant::Small, MediaVariant::Medium, MediaVariant::Large]
+            .into_iter()
+            .find(|variant| variant.as_str() == text)
+    }
+
+    /// The square a thumbnail fits in (API.md: 150, 300, 600); `None` for the original.
+    pub fn bound(self) -> Option<u32> {
+        match self {
+            MediaVariant::Original => None,
+            MediaVariant::Small => Some(150),
+            MediaVariant::Medium => Some(300),
+            MediaVariant::Large => Some(600),
+        }
+    }
+}
+
+/// A thumbnail of an image, stored beside it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Thumbnail {
+    pub variant: MediaVariant,
+    pub width: u32,
+    pub height: u32,
+    pub content_type: String,
+    pub size: u64,
+}
+
+/// An uploaded file (API.md "Media"). Its blobs are under `blob_key(id, variant)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Media {
+    pub id: String,
+    /// The user who uploaded it.
+    pub owner_id: String,
+    /// The file name as uploaded, reduced to its last path component.
+    pub filename: String,
+    /// The declared content type, checked against the bytes.
+    pub content_type: String,
+    pub size: u64,
+    pub created_at: Millis,
+    /// The three thumbnails of an image, smallest first; empty for other media.
+    pub thumbnails: Vec<Thumbnail>,
+}
+
+impl Media {
+    /// The key of a variant's blob in the blob store.
+    pub fn blob_key(id: &str, variant: MediaVariant) -> String {
+        format!("media/{id}/{}", variant.as_str())
+    }
+
+    /// The content type and size of a stored variant, if it exists.
+    pub fn variant(&self, variant: MediaVariant) -> Option<(&str, u64)> {
+        match variant {
+            MediaVariant::Original => Some((&self.content_type, self.size)),
+            _ => self
+                .thumbnails
+                .iter()
+                .find(|thumbnail| thumbnail.variant == variant)
+                .map(|thumbnail| (thumbnail.content_type.as_str(), thumbnail.size)),
+        }
+    }
+}

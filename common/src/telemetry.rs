@@ -11,6 +11,8 @@
 //! | `esh_ingest_requests_total` | counter | `route`, `code` | `ingest/src/metrics.rs` (middleware) |
 //! | `esh_ingest_request_duration_seconds` | histogram | `route` | `ingest/src/metrics.rs` (middleware) |
 //! | `esh_ingest_messages_accepted_total` | counter | `kind` (`one_way`, `chat`, `broadcast`) | ingest's send path |
+//! | `esh_ingest_media_uploaded_total` | counter | `kind` (`image`, `video`, `audio`, `application`) | [`media_uploaded`] |
+//! | `esh_ingest_media_collected_total` | counter | none | [`media_collected`] |
 //! | `esh_router_lag_records` | gauge | `priority` (`high`, `normal`, `low`) | [`set_router_lag`] |
 //! | `esh_store_projection_lag_records` | gauge | none | [`set_projection_lag`] |
 //! | `esh_log_consumer_lag_records` | gauge | `group`, `topic` (`topics::CONSUMER_GROUPS`) | [`set_consumer_lag`] |
@@ -30,6 +32,10 @@ pub const INGEST_REQUESTS: &str = "esh_ingest_requests_total";
 pub const INGEST_REQUEST_DURATION: &str = "esh_ingest_request_duration_seconds";
 /// Sends answered 202 (repeats not counted), by kind.
 pub const INGEST_MESSAGES_ACCEPTED: &str = "esh_ingest_messages_accepted_total";
+/// Media uploads stored, by the top level of their content type.
+pub const INGEST_MEDIA_UPLOADED: &str = "esh_ingest_media_uploaded_total";
+/// Unreferenced uploads removed by the collector.
+pub const INGEST_MEDIA_COLLECTED: &str = "esh_ingest_media_collected_total";
 /// Records of `esh.messages.{priority}` not yet committed by the `router` group.
 pub const ROUTER_LAG: &str = "esh_router_lag_records";
 /// Records of the log not yet projected into the store.
@@ -140,6 +146,16 @@ pub fn dead_lettered() {
 /// Counts an accepted send of this kind (`one_way`, `chat`, `broadcast`).
 pub fn message_accepted(kind: &'static str) {
     metrics::counter!(INGEST_MESSAGES_ACCEPTED, "kind" => kind).increment(1);
+}
+
+/// Counts a stored upload; `kind` is `image`, `video`, `audio` or `application`.
+pub fn media_uploaded(kind: &'static str) {
+    metrics::counter!(INGEST_MEDIA_UPLOADED, "kind" => kind).increment(1);
+}
+
+/// Counts uploads removed because no message referenced them in time.
+pub fn media_collected(count: u64) {
+    metrics::counter!(INGEST_MEDIA_COLLECTED).increment(count);
 }
 
 /// Counts and times one answered HTTP request.

@@ -16,8 +16,25 @@ pub struct MediaView {
     pub size: u64,
     pub url: String,
     pub expires_at: Millis,
+    /// `{small, medium, large}` for images, absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub thumbnails: Option<serde_json::Value>,
+    pub thumbnails: Option<Thumbnails>,
+}
+
+/// The thumbnails of an image, each fitting in 150×150, 300×300 and 600×600.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Thumbnails {
+    pub small: ThumbnailView,
+    pub medium: ThumbnailView,
+    pub large: ThumbnailView,
+}
+
+/// One thumbnail: a signed URL (valid as long as its media object's `url`) and its size in pixels.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct ThumbnailView {
+    pub url: String,
+    pub width: u32,
+    pub height: u32,
 }
 
 /// A message as clients see it.

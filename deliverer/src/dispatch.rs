@@ -5,8 +5,10 @@
 
 use std::sync::Arc;
 
+use esh_backends::media_links::MediaLinks;
 use esh_backends::NodeEvent;
-use esh_common::MessageRoute;
+use esh_common::view::MediaView;
+use esh_common::{Message, MessageRoute};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -20,6 +22,7 @@ const BATCHES_AT_ONCE: usize = 64;
 /// Runs until `shutdown` is cancelled or the bus closes.
 pub(crate) async fn run(
     mut events: mpsc::Receiver<Vec<NodeEvent>>,
+    media: MediaLinks,
     registry: Arc<Registry>,
     tracker: mpsc::Sender<Command>,
     shutdown: CancellationToken,
@@ -34,15 +37,20 @@ pub(crate) async fn run(
         if count == 0 {
             break;
         }
-        let (outgoing, routes): (Vec<Outgoing>, Vec<Option<MessageRoute>>) = received
-            .drain(..)
-            .flatten()
+        let events: Vec<NodeEvent> = received.drain(..).flatten().collect();
+        let messages = events.iter().filter_map(|event| match event {
+            NodeEvent::Message(message) => Some(message),
+            NodeEvent::Status { .. } => None,
+        });
+        let mut media = media_of(&media, messages).await.into_iter();
+        let (outgoing, routes): (Vec<Outgoing>, Vec<Option<MessageRoute>>) = events
+            .into_iter()
             .map(|event| {
                 let route = match &event {
                     NodeEvent::Message(message) => Some(message.route()),
                     NodeEvent::Status { .. } => None,
                 };
-                (to_frame(event), route)
+                (to_frame(event, &mut media), route)
             })
             .unzip();
         // Sockets skip the messages their replay already sent them.
@@ -62,10 +70,24 @@ pub(crate) async fn run(
     }
 }
 
-fn to_frame(event: NodeEvent) -> Outgoing {
+/// The media objects of `messages` (one list each, URLs signed for one hour). A catalog
+/// that fails leaves them out: the message itself still goes out.
+pub(crate) async fn media_of<'m>(media: &MediaLinks, messages: impl IntoIterator<Item = &'m Message>) -> Vec<Vec<MediaView>> {
+    let messages: Vec<&Message> = messages.into_iter().collect();
+    match media.resolve(messages.iter().copied(), &media.base(None)).await {
+        Ok(resolved) => resolved,
+        Err(error) => {
+            tracing::warn!(%error, "cannot resolve media objects; delivering without them");
+            vec![Vec::new(); messages.len()]
+        }
+    }
+}
+
+/// The frame of an event; message events take their media from `media`, in order.
+fn to_frame(event: NodeEvent, media: &mut impl Iterator<Item = Vec<MediaView>>) -> Outgoing {
     match event {
         NodeEvent::Message(message) => {
-            let frame = frames::message(&message);
+            let frame = frames::message(&message, media.next().unwrap_or_default());
             Outgoing { user: message.recipient_id, message_id: Some(message.id), frame }
         }
         NodeEvent::Status { user, message_id, status, at } => {

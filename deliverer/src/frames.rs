@@ -6,7 +6,7 @@ use std::borrow::Cow;
 
 use axum::extract::ws::Utf8Bytes;
 use esh_common::ingress::ChatRequest;
-use esh_common::view::MessageView;
+use esh_common::view::{MediaView, MessageView};
 use esh_common::{ApiError, Message, Millis, Priority, Status};
 use serde::{Deserialize, Serialize};
 
@@ -165,9 +165,9 @@ pub(crate) fn hello(user_id: &str, heartbeat_s: u64) -> Utf8Bytes {
     encode(&ServerFrame::Hello { user_id, heartbeat_s })
 }
 
-/// `{"type":"message","message":{...}}`; media objects are not resolved on the socket (`media: []`).
-pub(crate) fn message(message: &Message) -> Utf8Bytes {
-    encode(&ServerFrame::Message { message: MessageView::new(message, Vec::new()) })
+/// `{"type":"message","message":{...}}` with the message's media objects.
+pub(crate) fn message(message: &Message, media: Vec<MediaView>) -> Utf8Bytes {
+    encode(&ServerFrame::Message { message: MessageView::new(message, media) })
 }
 
 /// `{"type":"status","message_id","status","at"}`
@@ -176,8 +176,8 @@ pub(crate) fn status(message_id: &str, status: Status, at: Millis) -> Utf8Bytes 
 }
 
 /// `{"type":"accepted","ref"?,"message":{...}}`
-pub(crate) fn accepted(reference: Option<&str>, message: &Message) -> Utf8Bytes {
-    encode(&ServerFrame::Accepted { reference, message: MessageView::new(message, Vec::new()) })
+pub(crate) fn accepted(reference: Option<&str>, message: &Message, media: Vec<MediaView>) -> Utf8Bytes {
+    encode(&ServerFrame::Accepted { reference, message: MessageView::new(message, media) })
 }
 
 /// `{"type":"error","ref"?,"code","message","details"?}`
@@ -304,14 +304,25 @@ mod tests {
             error: None,
             broadcast_id: None,
         };
-        let frame: Value = serde_json::from_str(&message(&message_value)).unwrap();
+        let media = MediaView {
+            id: "x".into(),
+            filename: "a.png".into(),
+            content_type: "image/png".into(),
+            size: 3,
+            url: "http://h/v1/media/x/content/original?expires=1&signature=s".into(),
+            expires_at: Millis(1000),
+            thumbnails: None,
+        };
+        let frame: Value = serde_json::from_str(&message(&message_value, vec![media])).unwrap();
         assert_eq!(frame["type"], "message");
         assert_eq!(frame["message"]["id"], "01J00000000000000000000000");
         assert_eq!(frame["message"]["type"], "chat");
-        assert_eq!(frame["message"]["media"], json!([]));
+        assert_eq!(frame["message"]["media"][0]["id"], "x");
+        assert_eq!(frame["message"]["media"][0]["url"], "http://h/v1/media/x/content/original?expires=1&signature=s");
+        assert!(frame["message"]["media"][0].get("thumbnails").is_none());
         assert_eq!(frame["message"]["read_only"], false);
         assert_eq!(frame["message"]["status"], "sent");
-        let accepted: Value = serde_json::from_str(&accepted(None, &message_value)).unwrap();
+        let accepted: Value = serde_json::from_str(&accepted(None, &message_value, Vec::new())).unwrap();
         assert_eq!(accepted["type"], "accepted");
         assert!(accepted.get("ref").is_none());
     }

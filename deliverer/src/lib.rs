@@ -9,7 +9,9 @@
 //!   replay of undelivered messages, client frames, heartbeats) and a writer task that
 //!   writes its bounded outbound queue in batches (several frames, one flush).
 //! - `registry`: user → sockets of this node; frames are pushed without blocking.
-//! - `dispatch`: the bus consumer; serializes each frame once for all the user's sockets.
+//! - `dispatch`: the bus consumer; serializes each frame once for all the user's sockets,
+//!   with the messages' media objects (`MediaLinks`, one catalog read per bus batch that
+//!   carries media, none otherwise).
 //! - `tracker`: the node's single retry schedule (one `DelayQueue`): ack timeout, backoff
 //!   (`retry_schedule`, 1..32 s by default), dead letter after the last retry (7 attempts
 //!   by default; Req 4.1, 4.2).
@@ -31,6 +33,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
+use esh_backends::media_links::{MediaLinkConfig, MediaLinks};
 use esh_backends::resolver::Backends;
 use esh_backends::status_writer::StatusWriter;
 use esh_backends::BackendError;
@@ -81,6 +84,8 @@ pub struct DelivererConfig {
     pub read_buffer_bytes: usize,
     /// Most frames written to a socket before one flush.
     pub write_batch: usize,
+    /// How the media objects of messages get their signed URLs.
+    pub media_links: MediaLinkConfig,
 }
 
 impl Default for DelivererConfig {
@@ -102,6 +107,7 @@ impl Default for DelivererConfig {
             max_invalid_frames_per_s: 20,
             read_buffer_bytes: 8 * 1024,
             write_batch: 64,
+            media_links: MediaLinkConfig::default(),
         }
     }
 }
@@ -115,6 +121,8 @@ pub struct Deliverer {
     shutdown: CancellationToken,
     registry: Arc<Registry>,
     tracker: mpsc::Sender<Command>,
+    /// Media objects of the messages sent, with signed URLs.
+    media: MediaLinks,
     next_connection: AtomicU64,
     tasks: TaskTracker,
 }
@@ -144,7 +152,8 @@ impl Deliverer {
         );
         tasks.spawn(tracker.run(tracker_rx, shutdown.clone()));
         tasks.spawn(persist::run(persist_rx, backends.clone(), status_writer));
-        tasks.spawn(dispatch::run(events, registry.clone(), tracker_tx.clone(), shutdown.clone()));
+        let media = MediaLinks::new(backends.media.clone(), backends.blobs.clone(), &config.media_links);
+        tasks.spawn(dispatch::run(events, media.clone(), registry.clone(), tracker_tx.clone(), shutdown.clone()));
 
         Ok(Arc::new(Deliverer {
             backends,
@@ -154,6 +163,7 @@ impl Deliverer {
             shutdown,
             registry,
             tracker: tracker_tx,
+            media,
             next_connection: AtomicU64::new(1),
             tasks,
         }))

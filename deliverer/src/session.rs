@@ -187,8 +187,9 @@ pub(crate) async fn replay(
         }
         let page = deliverer.backends.store.undelivered(&user, after.as_deref(), page_size).await.map_err(ReplayError::Store)?;
         let mut deliveries = Vec::with_capacity(page.len());
+        let mut media = crate::dispatch::media_of(&deliverer.media, &page).await.into_iter();
         for message in &page {
-            let frame = frames::message(message);
+            let frame = frames::message(message, media.next().unwrap_or_default());
             outbound.send(frame.clone()).await.map_err(|_| ReplayError::Closed)?;
             sent.insert(message.id.clone());
             if newest.len() == keep {
@@ -345,7 +346,10 @@ impl Reader {
             ClientFrame::Ping => self.reply(frames::pong()).await,
             ClientFrame::Send { reference, request } => {
                 let answer = match self.deliverer.ingress.send_chat(&self.user, request).await {
-                    Ok(message) => frames::accepted(reference.as_deref(), &message),
+                    Ok(message) => {
+                        let media = crate::dispatch::media_of(&self.deliverer.media, [&message]).await;
+                        frames::accepted(reference.as_deref(), &message, media.into_iter().next().unwrap_or_default())
+                    }
                     Err(error) => frames::error(reference.as_deref(), &error),
                 };
                 self.reply(answer).await

@@ -348,7 +348,7 @@ async fn replay_sends_undelivered_in_order_then_held_live_frames_once() {
 
     // Routed while the socket replays: one it will replay anyway, one newer.
     let newer = node.stored("m1").await;
-    let live = |m: &Message| Outgoing { user: "m1".into(), message_id: Some(m.id.clone()), frame: crate::frames::message(m) };
+    let live = |m: &Message| Outgoing { user: "m1".into(), message_id: Some(m.id.clone()), frame: crate::frames::message(m, Vec::new()) };
     node.deliverer.registry.push_routed(&[live(&backlog[2]), live(&newer)]);
 
     // The socket remembers the replayed messages whose routed copy has not come yet.

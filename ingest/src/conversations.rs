@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use esh_backends::cache::{RECENT_MESSAGES, RECENT_TTL};
 use esh_common::view::MessageView;
@@ -32,7 +32,7 @@ use esh_common::{ApiError, Conversation, ConversationSummary, Message, Millis};
 use crate::auth::Caller;
 use crate::body::PathId;
 use crate::cursor::{invalid_cursor, split_page, Cursor, PageQuery, MAX_LIMIT};
-use crate::messages::{before_id, message_page};
+use crate::messages::before_id;
 use crate::views::{self, ConversationView, ErrorBody, Page, Peer};
 use crate::Ingest;
 
@@ -46,6 +46,7 @@ use crate::Ingest;
 pub(crate) async fn list(
     State(ingest): State<Arc<Ingest>>,
     caller: Caller,
+    headers: HeaderMap,
     query: PageQuery,
 ) -> Result<Response, ApiError> {
     let cursor = match &query.cursor {
@@ -93,6 +94,7 @@ pub(crate) async fn list(
     let peer_ids: Vec<String> = summaries.iter().map(|s| s.conversation.peer_of(&user.id).to_owned()).collect();
     let names: HashMap<String, String> =
         store.users(&peer_ids).await?.into_iter().map(|peer| (peer.id, peer.display_name)).collect();
+    let mut media = ingest.media_of(summaries.iter().filter_map(|s| s.last_message.as_ref()), &headers).await?.into_iter();
     let items: Vec<ConversationView<'_>> = summaries
         .iter()
         .map(|summary| {
@@ -103,7 +105,10 @@ pub(crate) async fn list(
                 business_id: &conversation.business_id,
                 mobile_id: &conversation.mobile_id,
                 peer: Peer { id: peer_id.to_owned(), display_name: names.get(peer_id).cloned().unwrap_or_default() },
-                last_message: summary.last_message.as_ref().map(|message| MessageView::new(message, Vec::new())),
+                last_message: summary
+                    .last_message
+                    .as_ref()
+                    .map(|message| MessageView::new(message, media.next().unwrap_or_default())),
                 unread_count: summary.unread_count,
                 updated_at: conversation.updated_at,
             }
@@ -160,6 +165,7 @@ impl Ingest {
 pub(crate) async fn messages(
     State(ingest): State<Arc<Ingest>>,
     caller: Caller,
+    headers: HeaderMap,
     PathId(id): PathId,
     query: PageQuery,
 ) -> Result<Response, ApiError> {
@@ -172,10 +178,10 @@ pub(crate) async fn messages(
     }
     if before.is_none() && query.limit <= RECENT_MESSAGES {
         let newest_first = ingest.recent_messages(&conversation, query.limit).await?;
-        return Ok(message_page(newest_first, query.limit));
+        return ingest.message_page(newest_first, query.limit, &headers).await;
     }
     let messages = ingest.backends.store.conversation_messages(&conversation.id, before, query.limit + 1).await?;
-    Ok(message_page(messages, query.limit))
+    ingest.message_page(messages, query.limit, &headers).await
 }
 
 impl Ingest {

@@ -1,9 +1,10 @@
 //! `GET /health/live` and `GET /health/ready`.
 //!
-//! Readiness checks the store, the log and the cache at once, each bounded by
-//! `CHECK_TIMEOUT`. The store and the log carry every send, so either failing is `down`
+//! Readiness checks the store, the log, the cache and the blob store at once, each bounded
+//! by `CHECK_TIMEOUT`. The store and the log carry every send, so either failing is `down`
 //! (503, take this instance out of rotation); the cache only speeds reads up and reads
-//! fall back to the store without it (Req 8.7), so it failing is `degraded` (200). The
+//! fall back to the store without it (Req 8.7), and without blobs only uploads and
+//! downloads fail while messages flow, so either failing is `degraded` (200). The
 //! `push` check asks the configured providers for credentials: failing is `degraded`
 //! (offline users still get their messages on connect); without credentials it says push is
 //! off (`ok: false`, no effect on `status`).
@@ -83,21 +84,22 @@ pub(crate) async fn ready(State(ingest): State<Arc<Ingest>>) -> Response {
             None => Check { ok: false, latency_ms: 0, error: Some(PUSH_OFF.into()) },
         }
     };
-    let (store, log, cache, push) = tokio::join!(
+    let (store, log, cache, blobs, push) = tokio::join!(
         check(backends.store.check()),
         check(backends.log.check()),
         check(backends.presence.check()),
+        check(backends.blobs.check()),
         push_check
     );
     let down = !store.ok || !log.ok;
     let status = if down {
         "down"
-    } else if !cache.ok || (push_probe.is_some() && !push.ok) {
+    } else if !cache.ok || !blobs.ok || (push_probe.is_some() && !push.ok) {
         "degraded"
     } else {
         "ok"
     };
-    let checks = BTreeMap::from([("store", store), ("log", log), ("cache", cache), ("push", push)]);
+    let checks = BTreeMap::from([("store", store), ("log", log), ("cache", cache), ("blobs", blobs), ("push", push)]);
     let code = if down { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
     views::json(code, &Readiness { status, checks })
 }

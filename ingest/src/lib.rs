@@ -12,6 +12,7 @@
 //! Where things are:
 //! - `send`: the one send path of one-way messages, chat (HTTP and the WebSocket `send`
 //!   frame through [`ChatIngress`]) and broadcasts: idempotency, rate limits, backlog.
+//! - `media`: uploads, media objects, signed downloads, the collection of unreferenced uploads.
 //! - `users`, `messages`, `conversations`, `broadcasts`, `admin`, `devices` (devices and
 //!   preferences): the other endpoints.
 //! - `auth` (the `Caller` extractor), `body` (the JSON body extractor), `cursor` (page
@@ -40,6 +41,7 @@ mod devices;
 mod directory;
 mod health;
 pub mod log_ingest;
+mod media;
 mod messages;
 mod metrics;
 mod openapi;
@@ -49,10 +51,13 @@ mod users;
 mod views;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
 use axum::Router;
+use esh_backends::media_links::{MediaLinkConfig, MediaLinks};
 use esh_backends::resolver::Backends;
 use esh_backends::status_writer::StatusWriter;
 use esh_common::auth::TokenKeys;
@@ -75,6 +80,13 @@ pub struct IngestConfig {
     pub max_broadcast_body_bytes: usize,
     /// Devices a mobile user may register (`ESH_MAX_DEVICES_PER_USER`, default 10).
     pub max_devices_per_user: usize,
+    /// How media URLs are signed and what they start with.
+    pub media_links: MediaLinkConfig,
+    /// How long an upload may wait for a message to reference it before it is removed
+    /// (`ESH_MEDIA_UNREFERENCED_TTL`, default 24 h).
+    pub media_unreferenced_ttl: Duration,
+    /// Images thumbnailed at once, on the blocking pool (default: the CPU count).
+    pub thumbnail_workers: usize,
 }
 
 impl Default for IngestConfig {
@@ -86,6 +98,9 @@ impl Default for IngestConfig {
             max_body_bytes: 64 * 1024,
             max_broadcast_body_bytes: 8 * 1024 * 1024,
             max_devices_per_user: 10,
+            media_links: MediaLinkConfig::default(),
+            media_unreferenced_ttl: Duration::from_secs(24 * 3600),
+            thumbnail_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
     }
 }
@@ -105,6 +120,10 @@ pub struct Ingest {
     activity: conversations::ActivityClock,
     /// The push providers' readiness, once the platform has configured them (`/health/ready`).
     push: std::sync::OnceLock<Arc<dyn ReadinessProbe>>,
+    /// Media objects with signed URLs.
+    media_links: MediaLinks,
+    /// The bounded pool that makes thumbnails.
+    thumbnailer: media::Thumbnailer,
     /// This instance, for work that must outlive the request that started it.
     me: std::sync::Weak<Ingest>,
 }
@@ -119,6 +138,8 @@ impl Ingest {
         config: IngestConfig,
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| Ingest {
+            media_links: MediaLinks::new(backends.media.clone(), backends.blobs.clone(), &config.media_links),
+            thumbnailer: media::Thumbnailer::new(config.thumbnail_workers),
             directory: directory::Directory::new(backends.store.clone()),
             verified: auth::VerifiedTokens::default(),
             backends,
@@ -162,6 +183,9 @@ impl Ingest {
             .route("/v1/devices", post(devices::register).get(devices::list))
             .route("/v1/devices/{token}", delete(devices::remove))
             .route("/v1/me/preferences", get(devices::preferences).put(devices::set_preferences))
+            .route("/v1/media", post(media::upload).layer(DefaultBodyLimit::max(media::MAX_REQUEST_BYTES as usize)))
+            .route("/v1/media/{id}", get(media::get))
+            .route("/v1/media/{id}/content/{variant}", get(media::content))
             .route("/v1/admin/dead-letters", get(admin::dead_letters))
             .route("/v1/admin/dead-letters/{message_id}/retry", post(admin::retry))
             .route("/health/live", get(health::live))

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use esh_backends::OneWayRole;
 use esh_common::records::StatusEvent;
@@ -24,15 +24,25 @@ impl Ingest {
     }
 }
 
-/// A page of messages from a store read of `limit + 1` items, newest first: the page is
-/// answered oldest first and its cursor leads to the items older than its oldest one.
-pub(crate) fn message_page(newest_first: Vec<Message>, limit: usize) -> Response {
-    let (mut messages, more) = split_page(newest_first, limit);
-    messages.reverse();
-    let next_cursor =
-        if more { messages.first().map(|oldest| Cursor::Before(oldest.id.clone()).encode()) } else { None };
-    let items: Vec<MessageView<'_>> = messages.iter().map(|message| MessageView::new(message, Vec::new())).collect();
-    views::json(StatusCode::OK, &Page { items, next_cursor })
+impl Ingest {
+    /// A page of messages from a store read of `limit + 1` items, newest first: the page is
+    /// answered oldest first, with media objects, and its cursor leads to the items older
+    /// than its oldest one.
+    pub(crate) async fn message_page(
+        &self,
+        newest_first: Vec<Message>,
+        limit: usize,
+        headers: &HeaderMap,
+    ) -> Result<Response, ApiError> {
+        let (mut messages, more) = split_page(newest_first, limit);
+        messages.reverse();
+        let next_cursor =
+            if more { messages.first().map(|oldest| Cursor::Before(oldest.id.clone()).encode()) } else { None };
+        let media = self.media_of(&messages, headers).await?;
+        let items: Vec<MessageView<'_>> =
+            messages.iter().zip(media).map(|(message, media)| MessageView::new(message, media)).collect();
+        Ok(views::json(StatusCode::OK, &Page { items, next_cursor }))
+    }
 }
 
 /// The `before` id of a message-page cursor; other cursors are 400.
@@ -52,13 +62,15 @@ pub(crate) fn before_id(query: &PageQuery) -> Result<Option<&str>, ApiError> {
 pub(crate) async fn get(
     State(ingest): State<Arc<Ingest>>,
     caller: Caller,
+    headers: HeaderMap,
     PathId(id): PathId,
 ) -> Result<Response, ApiError> {
     let message = ingest.load_message(&id).await?;
     if !(caller.is_admin() || caller.is(&message.sender_id) || caller.is(&message.recipient_id)) {
         return Err(ApiError::forbidden("only the sender and the recipient may read this message"));
     }
-    Ok(views::json(StatusCode::OK, &MessageView::new(&message, Vec::new())))
+    let media = ingest.media_of([&message], &headers).await?.pop().unwrap_or_default();
+    Ok(views::json(StatusCode::OK, &MessageView::new(&message, media)))
 }
 
 #[utoipa::path(post, path = "/v1/messages/{id}/delivered", tag = "messages",
@@ -133,6 +145,7 @@ pub(crate) async fn attempts(
 pub(crate) async fn one_way_history(
     State(ingest): State<Arc<Ingest>>,
     caller: Caller,
+    headers: HeaderMap,
     query: PageQuery,
 ) -> Result<Response, ApiError> {
     let before = before_id(&query)?;
@@ -143,5 +156,5 @@ pub(crate) async fn one_way_history(
     };
     ingest.backends.caught_up().await?;
     let messages = ingest.backends.store.one_way_messages(&user.id, role, before, query.limit + 1).await?;
-    Ok(message_page(messages, query.limit))
+    ingest.message_page(messages, query.limit, &headers).await
 }

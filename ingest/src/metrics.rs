@@ -5,6 +5,7 @@
 //! - `esh_ingest_requests_total{route,code}`
 //! - `esh_ingest_request_duration_seconds{route}` (histogram)
 //! - `esh_ingest_messages_accepted_total{kind}` (kind: one_way, chat, broadcast)
+//! - `esh_ingest_media_uploaded_total{kind}`, `esh_ingest_media_collected_total`
 //! - `esh_router_lag_records{priority}` and `esh_log_consumer_lag_records{group,topic}` of
 //!   every consumer group, refreshed by [`render`] from `MessageLog::lag`.
 
@@ -39,6 +40,24 @@ impl Metrics {
     /// Counts an accepted send of this kind.
     pub(crate) fn accepted(&self, kind: &'static str) {
         telemetry::message_accepted(kind);
+    }
+
+    /// Counts a stored upload by the top level of its content type.
+    pub(crate) fn media_uploaded(&self, top_level: &str) {
+        let kind = match top_level {
+            "image" => "image",
+            "video" => "video",
+            "audio" => "audio",
+            _ => "application",
+        };
+        telemetry::media_uploaded(kind);
+    }
+
+    /// Counts collected uploads.
+    pub(crate) fn media_collected(&self, count: u64) {
+        if count > 0 {
+            telemetry::media_collected(count);
+        }
     }
 }
 

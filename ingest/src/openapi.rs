@@ -11,7 +11,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, RefOr, Response as Answer, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use crate::{admin, broadcasts, conversations, devices, health, messages, metrics, schemas, send, users, views};
+use crate::{admin, broadcasts, conversations, devices, health, media, messages, metrics, schemas, send, users, views};
 
 /// Declares the bearer scheme the paths refer to.
 struct BearerAuth;
@@ -118,6 +118,7 @@ impl Modify for CommonAnswers {
         broadcasts::get, broadcasts::messages,
         messages::get, messages::delivered, messages::read, messages::attempts, messages::one_way_history,
         conversations::list, conversations::messages,
+        media::upload::upload, media::get, media::download::content,
         admin::dead_letters, admin::retry,
         devices::register, devices::list, devices::remove, devices::preferences, devices::set_preferences,
         health::live, health::ready, metrics::render, document,

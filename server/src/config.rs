@@ -112,9 +112,24 @@ pub struct Config {
     #[arg(long = "cache", env = "ESH_CACHE")]
     pub cache_url: Option<String>,
 
-    /// Blob store URL for media (`s3://…`); leave unset: this build supports only the embedded default.
+    /// Blob store URL for media: `s3://bucket?endpoint=…&region=…&path_style=true`
+    /// (credentials from the AWS variables); a directory under the data directory when unset.
     #[arg(long = "blobs", env = "ESH_BLOBS")]
     pub blobs_url: Option<String>,
+
+    /// Base of the absolute URLs in answers (signed media URLs), e.g. `https://api.example.com`;
+    /// when unset, the request's host (and where the listener is bound for WebSocket frames).
+    #[arg(long, env = "ESH_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// HMAC key of the media URLs `esh` signs (instances behind one URL share it); when
+    /// unset, one is generated at first start and stored in `<data dir>/media_url_key` (mode 0600).
+    #[arg(long, env = "ESH_MEDIA_URL_KEY", hide_env_values = true)]
+    pub media_url_key: Option<String>,
+
+    /// How long an upload may wait for a message to reference it before it is deleted.
+    #[arg(long, env = "ESH_MEDIA_UNREFERENCED_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub media_unreferenced_ttl: Duration,
 
     /// Partitions of each topic the log creates (embedded, or Kafka when the topic is missing).
     #[arg(long, env = "ESH_LOG_PARTITIONS", default_value_t = 8)]
@@ -270,6 +285,9 @@ impl Config {
             store_url: None,
             cache_url: None,
             blobs_url: None,
+            public_url: None,
+            media_url_key: None,
+            media_unreferenced_ttl: Duration::from_secs(24 * 3600),
             log_partitions: 8,
             log_replication: 1,
             kafka_properties: Vec::new(),

@@ -17,6 +17,7 @@ use std::time::Duration;
 use axum::routing::get;
 use esh_backends::resolver::{resolve, BackendUrls, Backends};
 use esh_backends::status_writer::StatusWriter;
+use esh_backends::media_links::MediaLinkConfig;
 use esh_backends::BackendError;
 use esh_common::auth::{ExternalKeys, TokenKeys};
 use esh_common::ingress::ChatIngress;
@@ -32,7 +33,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::config::{Config, Stage};
 use crate::push;
-use crate::secrets::{self, ADMIN_TOKEN_FILE, JWT_SECRET_FILE};
+use crate::secrets::{self, ADMIN_TOKEN_FILE, JWT_SECRET_FILE, MEDIA_URL_KEY_FILE};
 
 /// Status changes queued for the status writer before callers wait.
 const STATUS_QUEUE: usize = 1024;
@@ -91,6 +92,8 @@ enum Task {
     Router,
     Store,
     Push,
+    /// The collection of uploads no message references.
+    Media,
 }
 
 impl Task {
@@ -101,6 +104,7 @@ impl Task {
             Task::Router => "router",
             Task::Store => "store",
             Task::Push => "push",
+            Task::Media => "media",
         }
     }
 }
@@ -154,6 +158,7 @@ impl Platform {
             log: config.log_url.clone(),
             store: config.store_url.clone(),
             cache: config.cache_url.clone(),
+            blobs: config.blobs_url.clone(),
             data_dir: config.data_dir.clone(),
             log_partitions: config.log_partitions,
             log_retention: Some(config.log_retention),
@@ -169,6 +174,13 @@ impl Platform {
             .map_err(|source| PlatformError::Secret { what: "the jwt secret", source })?;
         let keys = TokenKeys::hs256(jwt.value.as_bytes()).with_external(external_keys);
         let senders = push::senders(&config.push)?;
+        let media_key = secrets::load_or_generate(&config.data_dir, MEDIA_URL_KEY_FILE, config.media_url_key.as_deref())
+            .map_err(|source| PlatformError::Secret { what: "the media url key", source })?;
+        let media_links = MediaLinkConfig {
+            key: media_key.value.as_bytes().into(),
+            public_url: config.public_url.clone(),
+            local_url: format!("http://{addr}"),
+        };
         let (status_writer, status_task) =
             StatusWriter::start(backends.log.clone(), STATUS_QUEUE);
         let status_writer_for_push = status_writer.clone();
@@ -183,6 +195,8 @@ impl Platform {
                 broadcast_recipients_per_hour: config.broadcast_recipients_per_hour,
                 backlog_limit: config.backlog_limit,
                 max_devices_per_user: config.max_devices_per_user,
+                media_links: media_links.clone(),
+                media_unreferenced_ttl: config.media_unreferenced_ttl,
                 ..IngestConfig::default()
             },
         );
@@ -221,6 +235,7 @@ impl Platform {
                 heartbeat: config.heartbeat,
                 ack_timeout: config.ack_timeout,
                 retry_schedule: config.retry_schedule.clone(),
+                media_links: media_links.clone(),
                 ..DelivererConfig::default()
             };
             let started = Deliverer::start(
@@ -293,6 +308,12 @@ impl Platform {
             let log_ingest = LogIngestConfig { integrators: config.integrators.clone(), ..LogIngestConfig::default() };
             platform.spawn(Task::LogIngest, async move {
                 esh_ingest::log_ingest::run(consumer_ingest, log_ingest, token).await.map_err(|e| e.to_string())
+            });
+            let token = platform.stages.http.clone();
+            let collector = ingest.clone();
+            platform.spawn(Task::Media, async move {
+                collector.collect_unreferenced_media(token).await;
+                Ok(())
             });
         }
 
@@ -412,6 +433,7 @@ impl Platform {
         self.stages.http.cancel();
         self.join(Task::Http, &mut failure).await;
         self.join(Task::LogIngest, &mut failure).await;
+        self.join(Task::Media, &mut failure).await;
 
         // 2. The router finishes its batch and commits its offsets.
         self.stages.router.cancel();
@@ -501,10 +523,8 @@ fn validate(config: &Config) -> Result<(), PlatformError> {
     if config.log_partitions == 0 {
         return Err(PlatformError::Config("ESH_LOG_PARTITIONS must be at least 1".into()));
     }
-    if let Some(url) = &config.blobs_url {
-        return Err(PlatformError::Config(format!(
-            "unsupported ESH_BLOBS url {url:?}: this build keeps blobs under the data directory (leave ESH_BLOBS unset)"
-        )));
+    if config.media_unreferenced_ttl < Duration::from_secs(1) {
+        return Err(PlatformError::Config("ESH_MEDIA_UNREFERENCED_TTL must be at least 1s".into()));
     }
     if config.ack_timeout.is_zero() {
         return Err(PlatformError::Config("ESH_ACK_TIMEOUT must be positive".into()));

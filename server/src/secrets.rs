@@ -1,4 +1,4 @@
-//! The admin token and the HS256 secret: taken from the configuration when given, otherwise
+//! The admin token, the HS256 secret and the media URL key: taken from the configuration when given, otherwise
 //! generated at first start and kept in the data directory (files readable by the owner
 //! only), so that a restart keeps every issued token valid.
 
@@ -13,6 +13,8 @@ use rand::RngCore;
 pub const ADMIN_TOKEN_FILE: &str = "admin_token";
 /// File of the generated HS256 secret, inside the data directory.
 pub const JWT_SECRET_FILE: &str = "jwt_secret";
+/// File of the generated HMAC key of signed media URLs, inside the data directory.
+pub const MEDIA_URL_KEY_FILE: &str = "media_url_key";
 
 /// A secret and whether this start created it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -65,7 +65,7 @@ async fn unsupported_backend_urls_fail_the_start() {
     assert!(!dir.path().join("admin_token").exists(), "a failed start generates no admin token it cannot show");
     let mut config = Config::local(dir.path());
     config.blobs_url = Some("ftp://somewhere".into());
-    assert!(matches!(Platform::start(config).await, Err(PlatformError::Config(_))));
+    assert!(matches!(Platform::start(config).await, Err(PlatformError::Backend(_))));
 }
 
 /// The listener serves the API and the WebSocket together; a taken port fails the start.

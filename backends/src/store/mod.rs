@@ -5,8 +5,10 @@
 //! Nothing here assumes SQL: every read is a key plus a range, every write is keyed.
 
 mod embedded;
+mod media;
 
 pub use embedded::EmbeddedMessageStore;
+pub use media::MediaCatalog;
 
 use async_trait::async_trait;
 use esh_common::{

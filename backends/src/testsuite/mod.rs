@@ -5,6 +5,7 @@
 //! implementations run them in this crate's tests; the Kafka log runs the log suite on
 //! librdkafka's mock cluster and on a real broker (`tansu`).
 
+pub mod blob;
 pub mod bus;
 pub mod cache;
 pub mod devices;

@@ -139,7 +139,7 @@ impl Ingest {
         outcomes
     }
 
-    /// The rules of `POST /v1/messages` for one item: 409 (key), 404 and 403 (recipient).
+    /// The rules of `POST /v1/messages` for one item: 409 (key), 400 (media), 404 and 403 (recipient).
     async fn judge(
         &self,
         sender: &User,
@@ -155,13 +155,16 @@ impl Ingest {
                 return Ok(Judged::Replay(answer));
             }
         }
-        let checked = recipients
-            .get(&input.recipients[0])
-            .ok_or_else(|| ApiError::not_found("unknown recipient"))
-            .and_then(|recipient| {
-                check_one_way_recipient(recipient)?;
-                prepare_message(sender, recipient, None, input, key.as_deref().map(|k| (k, fingerprint.as_str())), at)
-            });
+        let media = if input.media_ids.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.check_media(sender, &input.media_ids).await
+        };
+        let checked = media.and_then(|media| {
+            let recipient = recipients.get(&input.recipients[0]).ok_or_else(|| ApiError::not_found("unknown recipient"))?;
+            check_one_way_recipient(recipient)?;
+            prepare_message(sender, recipient, None, input, media, key.as_deref().map(|k| (k, fingerprint.as_str())), at)
+        });
         match checked {
             Ok(prepared) => Ok(Judged::Ready(Ready {
                 index,

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use esh_backends::{Record, StoredAnswer};
 use esh_common::records::{encode, IdempotencyRecord, MessageEnvelope};
-use esh_common::view::MessageView;
+use esh_common::view::{MediaView, MessageView};
 use esh_common::{ids, topics, ApiError, Broadcast, Message, MessageType, Millis, Status, User};
 
 use super::request::SendInput;
@@ -41,9 +41,9 @@ pub(crate) struct Prepared {
     pub(crate) accepted: Accepted,
 }
 
-/// The `202` answer of a new message: the message itself, status `sent`.
-fn message_answer(message: &Message) -> Result<String, ApiError> {
-    serde_json::to_string(&MessageView::new(message, Vec::new()))
+/// The `202` answer of a new message: the message itself, status `sent`, with its media objects.
+fn message_answer(message: &Message, media: Vec<MediaView>) -> Result<String, ApiError> {
+    serde_json::to_string(&MessageView::new(message, media))
         .map_err(|e| ApiError::internal(format!("cannot encode message: {e}")))
 }
 
@@ -59,12 +59,14 @@ fn remembered(key: Option<(&str, &str)>, body: &str, at: Millis) -> Option<Idemp
 }
 
 /// One new message from `sender` to `recipient` (in `conversation_id` for chat), status
-/// `sent`, created at `at`. `key` is the scoped idempotency key and the body's fingerprint.
+/// `sent`, created at `at`, carrying `media` (the checked objects of `input.media_ids`). `key`
+/// is the scoped idempotency key and the body's fingerprint.
 pub(crate) fn prepare_message(
     sender: &User,
     recipient: &User,
     conversation_id: Option<String>,
     input: &SendInput,
+    media: Vec<MediaView>,
     key: Option<(&str, &str)>,
     at: Millis,
 ) -> Result<Prepared, ApiError> {
@@ -83,7 +85,7 @@ pub(crate) fn prepare_message(
         error: None,
         broadcast_id: None,
     };
-    let body = message_answer(&message)?;
+    let body = message_answer(&message, media)?;
     let idempotency = remembered(key, &body, at);
     let record = Record {
         key: message.partition_key(),

@@ -3,7 +3,7 @@
 //! `POST /v1/broadcasts`.
 //!
 //! Order of checks (API.md "Precise rules"): 401 (the `Caller` extractor), 429 (rate
-//! limit), 400 (body), 403 (permission), 404 (recipient), 409 (idempotency conflict), then
+//! limit), 400 (body, then media ids: only sends with media read the catalog), 403 (permission), 404 (recipient), 409 (idempotency conflict), then
 //! 503 when the backlog is too deep. A request refused after its rate-limit permit was
 //! counted gets the permit back; a repeat of an answered request (same sender, same
 //! idempotency key, same body) gets the identical answer and counts nothing.
@@ -112,6 +112,12 @@ impl Ingest {
         if input.kind == SendKind::Broadcast {
             self.count_recipients(permits, &sender.id, input.recipients.len() as u64).await?;
         }
+        // Only sends with media read the media catalog.
+        let media = if input.media_ids.is_empty() {
+            Vec::new()
+        } else {
+            self.check_media(sender, &input.media_ids).await?
+        };
         // Chat activity in flight, for conversation-list walks (see `conversations`).
         let stamp = self.activity.stamp();
         let prepared: Prepared = match input.kind {
@@ -120,7 +126,7 @@ impl Ingest {
                 let recipient = self.recipient(&input.recipients[0]).await?;
                 check_one_way_recipient(&recipient)?;
                 self.check_backlog(input.priority).await?;
-                prepare_message(sender, &recipient, None, input, key, stamp.at)?
+                prepare_message(sender, &recipient, None, input, media, key, stamp.at)?
             }
             SendKind::Chat => {
                 check_chat_sender(sender)?;
@@ -128,7 +134,7 @@ impl Ingest {
                 let (business, mobile) = chat_pair(sender, &recipient)?;
                 self.check_backlog(input.priority).await?;
                 let conversation_id = ids::conversation_id(&business.id, &mobile.id);
-                prepare_message(sender, &recipient, Some(conversation_id), input, key, stamp.at)?
+                prepare_message(sender, &recipient, Some(conversation_id), input, media, key, stamp.at)?
             }
             SendKind::Broadcast => {
                 check_one_way_sender(sender)?;

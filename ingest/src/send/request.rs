@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 use crate::body::JsonBody;
+use crate::media::MAX_MEDIA_PER_MESSAGE;
 use crate::IngestConfig;
 
 /// Longest content, in Unicode scalar values.
@@ -35,8 +36,9 @@ pub(crate) struct OneWayRequest {
     pub(crate) content: String,
     /// Default `normal`.
     pub(crate) priority: Option<Priority>,
-    /// Media uploaded before (none are known yet: a non-empty list is 400).
-    #[schema(max_items = 0)]
+    /// Up to 10 media objects uploaded before by the sender (`POST /v1/media`), or of a
+    /// message the sender took part in; others are 400.
+    #[schema(max_items = 10)]
     pub(crate) media_ids: Option<Vec<String>>,
     /// Same as the `Idempotency-Key` header (the header wins; both and different is 400); 1..256 bytes.
     #[schema(min_length = 1, max_length = 256)]
@@ -71,7 +73,7 @@ pub(crate) struct ChatMessageRequest {
     /// Default `normal`.
     pub(crate) priority: Option<Priority>,
     /// As in `POST /v1/messages`.
-    #[schema(max_items = 0)]
+    #[schema(max_items = 10)]
     pub(crate) media_ids: Option<Vec<String>>,
     /// As in `POST /v1/messages`; 1..256 bytes.
     #[schema(min_length = 1, max_length = 256)]
@@ -92,7 +94,7 @@ pub(crate) struct BroadcastRequest {
     /// Default `normal`.
     pub(crate) priority: Option<Priority>,
     /// As in `POST /v1/messages`.
-    #[schema(max_items = 0)]
+    #[schema(max_items = 10)]
     pub(crate) media_ids: Option<Vec<String>>,
     /// As in `POST /v1/messages`; 1..256 bytes.
     #[schema(min_length = 1, max_length = 256)]
@@ -179,13 +181,12 @@ impl SendInput {
                 .with_details(json!({ "field": "content" })));
         }
         let mut media_ids = media_ids.unwrap_or_default();
-        if !media_ids.is_empty() {
-            // No media id is known until media uploads exist.
-            media_ids.truncate(100);
-            return Err(ApiError::invalid("unknown media ids")
-                .with_details(json!({ "field": "media_ids", "unknown_ids": media_ids })));
-        }
         media_ids.sort();
+        media_ids.dedup();
+        if media_ids.len() > MAX_MEDIA_PER_MESSAGE {
+            return Err(ApiError::invalid(format!("a message carries at most {MAX_MEDIA_PER_MESSAGE} media"))
+                .with_details(json!({ "field": "media_ids" })));
+        }
         if kind == SendKind::Broadcast {
             check_broadcast_recipients(&recipients)?;
         }

@@ -25,7 +25,7 @@ pub struct Server {
     pub keys: TokenKeys,
     pub status_writer: StatusWriter,
     pub ingest: Arc<Ingest>,
-    _dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
 }
 
 /// An answer: status, headers, body as JSON (Null when empty or not JSON) and raw bytes.
@@ -52,7 +52,10 @@ impl Server {
         Self::start_with(IngestConfig::default()).await
     }
 
-    pub async fn start_with(config: IngestConfig) -> Server {
+    pub async fn start_with(mut config: IngestConfig) -> Server {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        config.media_links.local_url = base.clone();
         let dir = tempfile::tempdir().expect("tempdir");
         let urls = BackendUrls { data_dir: dir.path().to_path_buf(), log_partitions: 4, ..Default::default() };
         let backends = resolve(&urls).await.expect("embedded backends");
@@ -62,11 +65,9 @@ impl Server {
         tokio::spawn(esh_router::project_store(backends.clone(), config_router, CancellationToken::new()));
         let keys = TokenKeys::hs256(SECRET);
         let ingest = Ingest::new(backends.clone(), keys.clone(), ADMIN.to_owned(), status_writer.clone(), config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
         let app = ingest.routes();
         tokio::spawn(async move { axum::serve(listener, app).await });
-        Server { base, client: reqwest::Client::new(), backends, keys, status_writer, ingest, _dir: dir }
+        Server { base, client: reqwest::Client::new(), backends, keys, status_writer, ingest, dir }
     }
 
     /// Sends a request with an optional bearer token and JSON body.
@@ -221,4 +222,24 @@ pub fn forged_token(user: &str, kind: UserKind) -> String {
 /// The ids of a list of messages.
 pub fn ids(items: &[Value]) -> Vec<String> {
     items.iter().map(|item| item["id"].as_str().expect("id").to_owned()).collect()
+}
+
+/// A one-way message from `sender` to `recipient`, status `sent`, as the store holds it.
+pub fn message(sender: &str, recipient: &str) -> esh_common::Message {
+    let now = esh_common::Millis::now();
+    esh_common::Message {
+        id: esh_common::ids::new_id(),
+        kind: esh_common::MessageType::OneWay,
+        sender_id: sender.into(),
+        recipient_id: recipient.into(),
+        conversation_id: None,
+        content: "hello".into(),
+        media_ids: Vec::new(),
+        priority: esh_common::Priority::Normal,
+        status: esh_common::Status::Sent,
+        status_changed_at: now,
+        created_at: now,
+        error: None,
+        broadcast_id: None,
+    }
 }

@@ -9,10 +9,12 @@
 //!   on the blocking thread pool; WAL lets them run beside the writer.
 //! - `writes` / `reads`: the operations; `codec`: columns ↔ model, checked on the way out.
 //! - `devices`: the device registry (`DeviceRegistry`) on the same file and writer.
+//! - `media`: the `MediaCatalog` of uploads, on the same file and writer.
 
 mod codec;
 mod devices;
 mod engine;
+mod media;
 mod reads;
 mod schema;
 mod writes;

@@ -175,6 +175,32 @@ CREATE TABLE IF NOT EXISTS device_tokens (
     user_id TEXT NOT NULL
 ) WITHOUT ROWID;
 
+-- Uploaded media by id; `thumbnails` is a JSON array.
+CREATE TABLE IF NOT EXISTS media (
+    id TEXT NOT NULL PRIMARY KEY,
+    owner_id TEXT NOT NULL,
+    filename TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    thumbnails TEXT NOT NULL
+) WITHOUT ROWID;
+
+-- Who may read a media object besides its uploader: the participants of the stored
+-- messages that reference it.
+CREATE TABLE IF NOT EXISTS media_participants (
+    media_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    PRIMARY KEY (media_id, user_id)
+) WITHOUT ROWID;
+
+-- Uploads no stored message references yet, by upload time (collected after a while).
+CREATE TABLE IF NOT EXISTS unreferenced_media (
+    created_at INTEGER NOT NULL,
+    media_id TEXT NOT NULL,
+    PRIMARY KEY (created_at, media_id)
+) WITHOUT ROWID;
+
 CREATE TABLE IF NOT EXISTS broadcast_counts (
     broadcast_id TEXT NOT NULL,
     status TEXT NOT NULL,

@@ -130,6 +130,9 @@ fn insert_message(connection: &Connection, message: &Message) -> Result<bool, Fa
     if inserted == 0 {
         return Ok(false);
     }
+    if !message.media_ids.is_empty() {
+        super::media::record_media_use(connection, message)?;
+    }
     match &message.conversation_id {
         Some(conversation_id) => {
             connection
