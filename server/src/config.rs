@@ -295,6 +295,7 @@ impl Config {
             node_id: None,
             stages: Stage::ALL.to_vec(),
             shutdown_grace: Duration::from_secs(10),
+            integrators: Integrators::default(),
             max_devices_per_user: 10,
             push: PushSettings::default(),
         }
