@@ -48,6 +48,8 @@ pub enum CodecError {
     Avro(String),
     #[error("{0} bytes after the avro datum")]
     TrailingBytes(usize),
+    #[error("the avro datum ends early")]
+    Truncated,
     #[error("value does not have the shape of the schema: expected {0}")]
     Shape(&'static str),
 }
@@ -105,13 +107,36 @@ pub fn decode<T: WireRecord>(bytes: &[u8]) -> Result<T, CodecError> {
     T::from_avro(value)
 }
 
-/// One datum of `writer`, resolved to `reader` when given.
+/// One datum of `writer`, resolved to `reader` when given. A datum cut short is refused:
+/// apache-avro reads a union index from an exhausted reader as branch 0 (null), so
+/// without this check a record cut before its trailing optional fields would decode as a
+/// different record.
 pub(crate) fn read_datum(
     writer: &apache_avro::Schema,
     reader: Option<&apache_avro::Schema>,
     datum: &mut &[u8],
 ) -> Result<Value, CodecError> {
-    apache_avro::from_avro_datum(writer, datum, reader).map_err(|e| CodecError::Avro(e.to_string()))
+    let mut watched = EndWatch { rest: datum, hit_end: false };
+    let value = apache_avro::from_avro_datum(writer, &mut watched, reader);
+    if watched.hit_end {
+        return Err(CodecError::Truncated);
+    }
+    value.map_err(|e| CodecError::Avro(e.to_string()))
+}
+
+/// A reader over the datum that remembers whether a read asked for bytes past its end.
+struct EndWatch<'a, 'b> {
+    rest: &'a mut &'b [u8],
+    hit_end: bool,
+}
+
+impl std::io::Read for EndWatch<'_, '_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if !buf.is_empty() && self.rest.len() < buf.len() {
+            self.hit_end = true;
+        }
+        self.rest.read(buf)
+    }
 }
 
 #[cfg(test)]
