@@ -97,7 +97,7 @@ pub(crate) async fn list(State(ingest): State<Arc<Ingest>>, caller: Caller) -> R
 }
 
 #[utoipa::path(delete, path = "/v1/devices/{token}", tag = "devices",
-    params(("token" = String, Path, description = "the device token, URL-encoded")),
+    params(("token" = String, Path, description = "the device token, URL-encoded: 1..4096 visible ASCII characters", pattern = "^[!-~]{1,4096}$")),
     responses((status = 204, description = "removed"), (status = 403, description = "mobile users only", body = ErrorBody),
         (status = 404, description = "the caller holds no such token", body = ErrorBody)),
     security(("bearer" = [])))]

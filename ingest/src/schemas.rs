@@ -90,7 +90,7 @@ pub(crate) async fn versions(PathId(subject): PathId) -> Result<Response, ApiErr
 
 #[utoipa::path(get, path = "/v1/schemas/subjects/{subject}/versions/{version}", tag = "schemas",
     params(("subject" = String, Path, description = "`<topic>-value`"),
-        ("version" = String, Path, description = "a version number, or `latest`")),
+        ("version" = String, Path, description = "a version number, or `latest`", pattern = "^([1-9][0-9]{0,8}|latest)$")),
     responses((status = 200, description = "that version of the subject", body = SubjectVersionView),
         (status = 400, description = "the version is neither a number nor `latest`", body = ErrorBody),
         (status = 404, description = "unknown subject or version", body = ErrorBody)))]
