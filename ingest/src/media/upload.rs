@@ -37,7 +37,11 @@ fn multipart_error(error: MultipartError) -> ApiError {
     ApiError::invalid(format!("malformed multipart body: {}", error.body_text()))
 }
 
-fn rejection(rejection: MultipartRejection) -> ApiError {
+/// Not multipart at all is `415`; multipart without a boundary is a malformed body, `400`.
+fn rejection(declared_multipart: bool, rejection: MultipartRejection) -> ApiError {
+    if declared_multipart {
+        return ApiError::invalid(format!("malformed multipart body: {}", rejection.body_text()));
+    }
     ApiError::new(ErrorCode::UnsupportedMediaType, format!("expected multipart/form-data: {}", rejection.body_text()))
 }
 
@@ -50,7 +54,7 @@ fn missing_file() -> ApiError {
         content type: image/* (10 MiB), video/* (50 MiB), audio/* (10 MiB), application/pdf or application/msword \
         (5 MiB); the declared type must match the bytes"),
     responses((status = 201, description = "stored; images with their thumbnails", body = esh_common::view::MediaView),
-        (status = 400, description = "no part file, two of them, an empty file, an image that cannot be decoded", body = ErrorBody),
+        (status = 400, description = "a multipart body without a boundary, no part file, two of them, an empty file, an image that cannot be decoded", body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, description = "the admin token uploads nothing", body = ErrorBody),
         (status = 413, body = ErrorBody),
         (status = 415, description = "not multipart, a type not allowed, or bytes of another type", body = ErrorBody)),
@@ -70,7 +74,13 @@ pub(crate) async fn upload(
     if declared_length.is_some_and(|length| length > MAX_REQUEST_BYTES) {
         return Err(too_large(MediaKind::LARGEST));
     }
-    let mut multipart = Multipart::from_request(request, &ingest).await.map_err(rejection)?;
+    let declared_multipart = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim_start().to_ascii_lowercase().starts_with("multipart/form-data"));
+    let mut multipart =
+        Multipart::from_request(request, &ingest).await.map_err(|refused| rejection(declared_multipart, refused))?;
     let mut stored: Option<Media> = None;
     let outcome = async {
         while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
