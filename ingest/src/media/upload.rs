@@ -37,7 +37,7 @@ fn multipart_error(error: MultipartError) -> ApiError {
     ApiError::invalid(format!("malformed multipart body: {}", error.body_text()))
 }
 
-/// Not multipart at all is `415`; multipart without a boundary is a malformed body, `400`.
+/// Another content type is `415`; no body, or multipart without a boundary, is a malformed body, `400`.
 fn rejection(declared_multipart: bool, rejection: MultipartRejection) -> ApiError {
     if declared_multipart {
         return ApiError::invalid(format!("malformed multipart body: {}", rejection.body_text()));
@@ -74,11 +74,12 @@ pub(crate) async fn upload(
     if declared_length.is_some_and(|length| length > MAX_REQUEST_BYTES) {
         return Err(too_large(MediaKind::LARGEST));
     }
+    // No body at all (no content type) has no `file` part: malformed, like a boundary-less one.
     let declared_multipart = request
         .headers()
         .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.trim_start().to_ascii_lowercase().starts_with("multipart/form-data"));
+        .map(|value| value.to_str().unwrap_or_default())
+        .is_none_or(|value| value.trim_start().to_ascii_lowercase().starts_with("multipart/form-data"));
     let mut multipart =
         Multipart::from_request(request, &ingest).await.map_err(|refused| rejection(declared_multipart, refused))?;
     let mut stored: Option<Media> = None;
