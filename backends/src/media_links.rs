@@ -187,7 +187,12 @@ impl MediaLinks {
         messages: impl IntoIterator<Item = &'m Message>,
         base: &str,
     ) -> Result<Vec<Vec<MediaView>>, BackendError> {
-        let lists: Vec<&'m [String]> = messages.into_iter().map(|message| message.media_ids.as_slice()).collect();
+        let lists: Vec<&[String]> = messages.into_iter().map(|message| message.media_ids.as_slice()).collect();
+        self.resolve_ids(&lists, base).await
+    }
+
+    /// `resolve` for lists of media ids (a push request carries its message's ids, not the message).
+    pub async fn resolve_ids(&self, lists: &[&[String]], base: &str) -> Result<Vec<Vec<MediaView>>, BackendError> {
         let mut ids: Vec<String> = lists.iter().flat_map(|ids| ids.iter().cloned()).collect();
         if ids.is_empty() {
             return Ok(vec![Vec::new(); lists.len()]);
@@ -200,11 +205,6 @@ impl MediaLinks {
             views.insert(media.id, view);
         }
         Ok(lists.iter().map(|ids| ids.iter().filter_map(|id| views.get(id).cloned()).collect()).collect())
-    }
-
-    /// The media objects of one message (see `resolve`): what a push preview shows.
-    pub async fn of_message(&self, message: &Message, base: &str) -> Result<Vec<MediaView>, BackendError> {
-        Ok(self.resolve([message], base).await?.pop().unwrap_or_default())
     }
 }
 

@@ -32,6 +32,10 @@ figure() {
     # The same with 100 messages a request (POST /v1/messages/batch): 8 requests in flight
     # keep 800 messages in flight. Not in the default set.
     max-one-way-batch) run max-one-way-batch one-way --clients 1000 --senders 20 --rate 0 --inflight 8 --batch 100 --duration 20 ;;
+    # The same two with an image in every message (each sender uploads one first). Not in
+    # the default set.
+    max-one-way-media) run max-one-way-media one-way --clients 1000 --senders 20 --rate 0 --inflight 64 --media --duration 20 ;;
+    fixed-one-way-media) run fixed-one-way-media one-way --clients 1000 --senders 20 --rate 2000 --media --duration 30 ;;
     max-chat) run max-chat chat --pairs 500 --rate 0 --window 2 --duration 20 ;;
     fixed-one-way) run fixed-one-way one-way --clients 1000 --senders 20 --rate 2000 --duration 30 ;;
     fixed-chat) run fixed-chat chat --pairs 500 --rate 2000 --duration 30 ;;

@@ -44,3 +44,18 @@ pub fn broadcast(business: &str, n: usize) -> Broadcast {
         created_at: Millis::now(),
     }
 }
+
+/// The content type of [`multipart`] bodies.
+pub const MULTIPART_CONTENT_TYPE: &str = "multipart/form-data; boundary=esh-bench";
+
+/// A `POST /v1/media` body: `bytes` as its one `file` part.
+pub fn multipart(filename: &str, content_type: &str, bytes: &[u8]) -> Vec<u8> {
+    let mut body = format!(
+        "--esh-bench\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n\
+         Content-Type: {content_type}\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(b"\r\n--esh-bench--\r\n");
+    body
+}

@@ -178,6 +178,28 @@ pub struct ConversationSummary {
     pub unread_count: u64,
 }
 
+impl ConversationSummary {
+    /// Where this line stands in the list.
+    pub fn position(&self) -> ActivityPosition {
+        ActivityPosition {
+            updated_at: self.conversation.updated_at,
+            last_message_id: self.last_message.as_ref().map(|message| message.id.clone()).unwrap_or_default(),
+            conversation_id: self.conversation.id.clone(),
+        }
+    }
+}
+
+/// A place in a conversation list, which is ordered by this key descending: last activity,
+/// then, within one millisecond, the last message id (ids are time-ordered, so the most recent
+/// message wins the tie), then the conversation id. An empty conversation has no last message
+/// id (empty here).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActivityPosition {
+    pub updated_at: Millis,
+    pub last_message_id: String,
+    pub conversation_id: String,
+}
+
 /// A requested status change, applied only if it moves the status forward.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusChange {

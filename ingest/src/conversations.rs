@@ -62,16 +62,13 @@ pub(crate) async fn list(
     let (summaries, next_cursor) = match cursor {
         None | Some(Cursor::Activity { .. }) => {
             let (since, after) = match cursor {
-                Some(Cursor::Activity { since, updated_at, id }) => (since, Some((updated_at, id))),
+                Some(Cursor::Activity { since, after }) => (since, Some(after)),
                 _ => (ingest.activity.since(), None),
             };
             let first_page = after.is_none();
             let (page, more) = split_page(store.conversations(&user.id, after, limit + 1).await?, limit);
             let next = match page.last() {
-                Some(last) if more => {
-                    let conversation = &last.conversation;
-                    Some(Cursor::Activity { since, updated_at: conversation.updated_at, id: conversation.id.clone() })
-                }
+                Some(last) if more => Some(Cursor::Activity { since, after: last.position() }),
                 // The walk is through pass 1: pass 2 if anything moved meanwhile.
                 _ if !first_page && !ingest.moved_since(&user.id, since, None, 1).await?.is_empty() => {
                     Some(Cursor::Moved { since, after_id: None })
@@ -139,7 +136,7 @@ impl Ingest {
                     reached_older = true;
                     break;
                 }
-                position = Some((conversation.updated_at, conversation.id.clone()));
+                position = Some(summary.position());
                 if after_id.is_none_or(|after| conversation.id.as_str() > after) {
                     moved.push(summary);
                 }

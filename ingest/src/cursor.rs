@@ -6,7 +6,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use esh_common::{ids, ApiError, Millis};
+use esh_common::{ids, ActivityPosition, ApiError, Millis};
 use serde_json::json;
 
 /// Items of a page when `limit` is absent.
@@ -29,9 +29,9 @@ pub(crate) fn page_limit(raw: Option<&str>) -> Result<usize, ApiError> {
 pub(crate) enum Cursor {
     /// Message pages: items with an id below this one (older).
     Before(String),
-    /// Conversation list, first pass: items after (updated_at, id) in descending order, of
-    /// a walk that started at `since`.
-    Activity { since: Millis, updated_at: Millis, id: String },
+    /// Conversation list, first pass: items after `after` in descending order, of a walk
+    /// that started at `since`.
+    Activity { since: Millis, after: ActivityPosition },
     /// Conversation list, second pass: conversations active since `since`, by id after `after_id`.
     Moved { since: Millis, after_id: Option<String> },
     /// Dead letters: items after (failed_at, message id) in descending order.
@@ -47,7 +47,10 @@ impl Cursor {
     pub(crate) fn encode(&self) -> String {
         let text = match self {
             Cursor::Before(id) => format!("{VERSION}|m|{id}"),
-            Cursor::Activity { since, updated_at, id } => format!("{VERSION}|c|{}|{}|{id}", since.0, updated_at.0),
+            Cursor::Activity { since, after } => format!(
+                "{VERSION}|c|{}|{}|{}|{}",
+                since.0, after.updated_at.0, after.last_message_id, after.conversation_id
+            ),
             Cursor::Moved { since, after_id } => {
                 format!("{VERSION}|C|{}|{}", since.0, after_id.as_deref().unwrap_or_default())
             }
@@ -76,9 +79,13 @@ impl Cursor {
         let conversation_id = |s: &str| ids::is_conversation_id(s).then(|| s.to_owned());
         match (kind, rest.as_slice()) {
             ("m", [message]) => Some(Cursor::Before(id(message)?)),
-            ("c", [since, updated_at, conversation]) => {
-                let id = conversation_id(conversation)?;
-                Some(Cursor::Activity { since: millis(since)?, updated_at: millis(updated_at)?, id })
+            ("c", [since, updated_at, last_message, conversation]) => {
+                let after = ActivityPosition {
+                    updated_at: millis(updated_at)?,
+                    last_message_id: if last_message.is_empty() { String::new() } else { id(last_message)? },
+                    conversation_id: conversation_id(conversation)?,
+                };
+                Some(Cursor::Activity { since: millis(since)?, after })
             }
             ("C", [since, after]) => Some(Cursor::Moved {
                 since: millis(since)?,
@@ -149,7 +156,22 @@ mod tests {
         let conversation = ids::conversation_id("b", "m");
         let cursors = [
             Cursor::Before(id.clone()),
-            Cursor::Activity { since: Millis(5), updated_at: Millis(3), id: conversation.clone() },
+            Cursor::Activity {
+                since: Millis(5),
+                after: ActivityPosition {
+                    updated_at: Millis(3),
+                    last_message_id: id.clone(),
+                    conversation_id: conversation.clone(),
+                },
+            },
+            Cursor::Activity {
+                since: Millis(5),
+                after: ActivityPosition {
+                    updated_at: Millis(3),
+                    last_message_id: String::new(),
+                    conversation_id: conversation.clone(),
+                },
+            },
             Cursor::Moved { since: Millis(5), after_id: None },
             Cursor::Moved { since: Millis(5), after_id: Some(conversation.clone()) },
             Cursor::DeadLetter { failed_at: Millis(7), message_id: id.clone() },

@@ -118,6 +118,8 @@ pub struct Ingest {
     /// Tokens already verified.
     verified: auth::VerifiedTokens,
     activity: conversations::ActivityClock,
+    /// The backlog of the message topics, read once for concurrent sends.
+    backlog: send::limits::Backlog,
     /// The push providers' readiness, once the platform has configured them (`/health/ready`).
     push: std::sync::OnceLock<Arc<dyn ReadinessProbe>>,
     /// Media objects with signed URLs.
@@ -149,6 +151,7 @@ impl Ingest {
             config,
             metrics: metrics::Metrics::default(),
             activity: conversations::ActivityClock::default(),
+            backlog: send::limits::Backlog::default(),
             push: std::sync::OnceLock::new(),
             me: me.clone(),
         })

@@ -100,14 +100,18 @@ impl ApnsPushSender {
         Ok(value)
     }
 
-    /// The JSON payload: `aps` with the alert, and the ids beside it. In privacy mode the
-    /// alert is a localization key and `mutable-content` lets the app's extension fill it.
+    /// The JSON payload: `aps` with the alert, and the ids beside it (with `image_url`, which
+    /// the app's notification service extension attaches). In privacy mode the alert is a
+    /// localization key and `mutable-content` lets the app's extension fill it.
     fn payload(notification: &PushNotification) -> Value {
         let mut payload = notification.ids();
         let aps = match &notification.display {
             Some(display) => {
                 if display.media_count > 0 {
                     payload.insert("media_count".into(), display.media_count.into());
+                }
+                if let Some(image) = &display.image_url {
+                    payload.insert("image_url".into(), image.clone().into());
                 }
                 json!({
                     "alert": { "title": display.sender_name, "body": display.preview },
@@ -136,6 +140,8 @@ impl ApnsPushSender {
             .header("apns-topic", &self.config.topic)
             .header("apns-push-type", "alert")
             .header("apns-priority", priority)
+            // A notification sent again (a retry after a restart) replaces the first one.
+            .header("apns-collapse-id", &notification.message_id)
             .json(payload)
             .send()
             .await

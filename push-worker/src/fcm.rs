@@ -173,10 +173,17 @@ impl FcmPushSender {
         let mut data = notification.ids();
         let mut message = json!({
             "token": device.token,
-            "android": { "priority": if notification.priority == Priority::Low { "NORMAL" } else { "HIGH" } },
+            "android": {
+                "priority": if notification.priority == Priority::Low { "NORMAL" } else { "HIGH" },
+                // A notification sent again (a retry after a restart) replaces the first one.
+                "collapse_key": notification.message_id,
+            },
         });
         if let Some(display) = &notification.display {
             message["notification"] = json!({ "title": display.sender_name, "body": display.preview });
+            if let Some(image) = &display.image_url {
+                message["notification"]["image"] = image.clone().into();
+            }
             if display.media_count > 0 {
                 data.insert("media_count".into(), display.media_count.to_string().into());
             }

@@ -33,6 +33,7 @@ pub use stage::{run, PushConfig, Senders};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use esh_common::view::MediaView;
 use esh_common::{Device, Priority};
 pub use esh_common::records::{PushRequest, PREVIEW_CHARS};
 
@@ -65,16 +66,21 @@ pub struct Display {
     pub preview: String,
     /// Attachments of the message (shown as a count; the app loads them).
     pub media_count: usize,
+    /// A signed URL (valid one hour) of the first image attachment's medium thumbnail
+    /// (300×300), which the providers show in the notification.
+    pub image_url: Option<String>,
 }
 
 impl PushNotification {
-    /// The notification of `request`; `privacy` keeps only the ids.
-    pub fn of(request: &PushRequest, privacy: bool) -> Self {
+    /// The notification of `request`, whose attachments are `media` (their signed views);
+    /// `privacy` keeps only the ids.
+    pub fn of(request: &PushRequest, media: &[MediaView], privacy: bool) -> Self {
         let display = (!privacy).then(|| Display {
             sender_name: request.sender_name.clone(),
             // The router already cut it; a record from elsewhere is held to the same rule.
             preview: esh_common::records::preview(&request.preview),
             media_count: request.media_ids.len(),
+            image_url: media.iter().find_map(|view| view.thumbnails.as_ref()).map(|t| t.medium.url.clone()),
         });
         PushNotification {
             message_id: request.message_id.clone(),
@@ -162,6 +168,7 @@ fn unreachable(error: &reqwest::Error) -> PushOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use esh_common::view::{ThumbnailView, Thumbnails};
     use esh_common::Millis;
 
     fn request(content: &str) -> PushRequest {
@@ -178,19 +185,46 @@ mod tests {
         }
     }
 
+    fn image(id: &str) -> MediaView {
+        let thumbnail =
+            |size: &str| ThumbnailView { url: format!("https://cdn.test/{id}/{size}?sig=1"), width: 1, height: 1 };
+        MediaView {
+            id: id.into(),
+            filename: format!("{id}.png"),
+            content_type: "image/png".into(),
+            size: 10,
+            url: format!("https://cdn.test/{id}/original?sig=1"),
+            expires_at: Millis(3_600_000),
+            thumbnails: Some(Thumbnails {
+                small: thumbnail("small"),
+                medium: thumbnail("medium"),
+                large: thumbnail("large"),
+            }),
+        }
+    }
+
     #[test]
     fn notifications_carry_sender_preview_and_conversation_req_3_3() {
-        let notification = PushNotification::of(&request(&"ü".repeat(150)), false);
+        let notification = PushNotification::of(&request(&"ü".repeat(150)), &[], false);
         let display = notification.display.expect("shown");
         assert_eq!(display.sender_name, "Acme");
         assert_eq!(display.preview, "ü".repeat(PREVIEW_CHARS));
         assert_eq!(display.media_count, 1);
+        assert_eq!(display.image_url, None);
         assert_eq!(notification.conversation_id.as_deref(), Some("c1"));
     }
 
     #[test]
+    fn notifications_show_the_first_image_attachment_as_its_medium_thumbnail() {
+        let pdf = MediaView { content_type: "application/pdf".into(), thumbnails: None, ..image("doc") };
+        let notification = PushNotification::of(&request("look"), &[pdf, image("p1"), image("p2")], false);
+        let display = notification.display.expect("shown");
+        assert_eq!(display.image_url.as_deref(), Some("https://cdn.test/p1/medium?sig=1"));
+    }
+
+    #[test]
     fn privacy_mode_keeps_only_the_ids() {
-        let notification = PushNotification::of(&request("secret"), true);
+        let notification = PushNotification::of(&request("secret"), &[image("p1")], true);
         assert_eq!(notification.display, None);
         let ids = serde_json::Value::Object(notification.ids());
         assert_eq!(ids, serde_json::json!({"message_id": "01J00000000000000000000000", "conversation_id": "c1"}));

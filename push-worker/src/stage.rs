@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use esh_backends::media_links::{MediaLinkConfig, MediaLinks};
 use esh_backends::resolver::Backends;
 use esh_backends::status_writer::StatusWriter;
 use esh_backends::{BackendError, Consumed, DeviceOutcome, ErrorKind, LogConsumer};
@@ -40,6 +41,8 @@ pub struct PushConfig {
     pub batch_size: usize,
     /// How long one poll waits for records.
     pub poll_wait: Duration,
+    /// How the media URLs in previews are signed (the same as in HTTP answers and frames).
+    pub media_links: MediaLinkConfig,
 }
 
 impl Default for PushConfig {
@@ -52,7 +55,19 @@ impl Default for PushConfig {
             max_retry_after: Duration::from_secs(60),
             batch_size: 100,
             poll_wait: Duration::from_millis(50),
+            media_links: MediaLinkConfig::default(),
         }
+    }
+}
+
+impl PushConfig {
+    /// How long to wait before attempt `attempt` after a retryable answer that asked for
+    /// `asked` (a `Retry-After`, else zero): the schedule's backoff, or longer if the
+    /// provider asked for longer (up to `max_retry_after`); `None` once the schedule has
+    /// run out.
+    fn wait_before(&self, attempt: u32, asked: Duration) -> Option<Duration> {
+        let backoff = self.retry_schedule.backoff_before(attempt)?;
+        Some(backoff.max(asked.min(self.max_retry_after)))
     }
 }
 
@@ -96,6 +111,7 @@ impl ReadinessProbe for Senders {
 /// Everything the stage's tasks share.
 struct Stage {
     backends: Backends,
+    media: MediaLinks,
     senders: Senders,
     status_writer: StatusWriter,
     config: PushConfig,
@@ -114,6 +130,7 @@ pub async fn run(
 ) -> Result<(), BackendError> {
     let stage = Arc::new(Stage {
         in_flight: Semaphore::new(config.concurrency.max(1)),
+        media: MediaLinks::new(backends.media.clone(), backends.blobs.clone(), &config.media_links),
         backends,
         senders,
         status_writer,
@@ -220,10 +237,12 @@ impl Stage {
         shutdown: &CancellationToken,
     ) -> Result<bool, BackendError> {
         let Some(targets) = self.targets(&requests, shutdown).await? else { return Ok(false) };
+        let notifications = self.notifications(&requests).await;
         let mut sends = JoinSet::new();
         for (request, device) in targets {
             let Some(sender) = self.senders.for_platform(device.platform).cloned() else { continue };
-            sends.spawn(self.clone().notify_device(sender, request, device, shutdown.clone()));
+            let notification = notifications[&request.message_id].clone();
+            sends.spawn(self.clone().notify_device(sender, request, notification, device, shutdown.clone()));
         }
         let mut results = Vec::new();
         while let Some(joined) = sends.join_next().await {
@@ -271,15 +290,39 @@ impl Stage {
         Ok(Some(targets))
     }
 
+    /// The notification of each request, by message id, with its attachments' URLs signed
+    /// now. Signing needs the media catalog: if it cannot be read, the notifications go
+    /// without images rather than late.
+    async fn notifications(&self, requests: &[PushRequest]) -> HashMap<String, Arc<PushNotification>> {
+        let shown: &[PushRequest] = if self.config.privacy { &[] } else { requests };
+        let base = self.media.base(None);
+        let lists: Vec<&[String]> = shown.iter().map(|request| request.media_ids.as_slice()).collect();
+        let media = match self.media.resolve_ids(&lists, &base).await {
+            Ok(media) => media,
+            Err(error) => {
+                tracing::warn!(%error, "cannot sign the media of push previews; sending them without images");
+                Vec::new()
+            }
+        };
+        requests
+            .iter()
+            .enumerate()
+            .map(|(i, request)| {
+                let views = media.get(i).map(Vec::as_slice).unwrap_or_default();
+                (request.message_id.clone(), Arc::new(PushNotification::of(request, views, self.config.privacy)))
+            })
+            .collect()
+    }
+
     /// Sends to one device, retrying retryable answers on the schedule.
     async fn notify_device(
         self: Arc<Self>,
         sender: Arc<dyn PushSender>,
         request: Arc<PushRequest>,
+        notification: Arc<PushNotification>,
         device: Device,
         shutdown: CancellationToken,
     ) -> DeviceResult {
-        let notification = PushNotification::of(&request, self.config.privacy);
         let mut attempts = Vec::new();
         let mut attempt = 1;
         let end = loop {
@@ -304,10 +347,9 @@ impl Stage {
                 PushOutcome::Throttled { retry_after } => retry_after.unwrap_or_default(),
                 PushOutcome::Unavailable { .. } => Duration::ZERO,
             };
-            let Some(backoff) = self.config.retry_schedule.backoff_before(attempt + 1) else {
+            let Some(wait) = self.config.wait_before(attempt + 1, asked) else {
                 break End::Exhausted(outcome.error().unwrap_or_default());
             };
-            let wait = backoff.max(asked.min(self.config.max_retry_after));
             tokio::select! {
                 _ = shutdown.cancelled() => break End::Interrupted,
                 _ = tokio::time::sleep(wait) => {}
@@ -415,5 +457,29 @@ where
             _ = tokio::time::sleep(wait) => {}
         }
         wait = (wait * 2).min(LONGEST_WAIT);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_follow_the_schedule_and_honour_retry_after_up_to_its_cap() {
+        let secs = Duration::from_secs;
+        let config = PushConfig {
+            retry_schedule: RetrySchedule::new(vec![secs(1), secs(5)]).unwrap(),
+            max_retry_after: secs(60),
+            ..PushConfig::default()
+        };
+        // Attempt 2 and 3 wait the schedule's backoff; there is no attempt 4.
+        assert_eq!(config.wait_before(2, Duration::ZERO), Some(secs(1)));
+        assert_eq!(config.wait_before(3, Duration::ZERO), Some(secs(5)));
+        assert_eq!(config.wait_before(4, Duration::ZERO), None);
+        // A provider asking for longer is waited for, up to the cap; for less, the backoff holds.
+        assert_eq!(config.wait_before(2, secs(30)), Some(secs(30)));
+        assert_eq!(config.wait_before(2, secs(3600)), Some(secs(60)));
+        assert_eq!(config.wait_before(3, secs(2)), Some(secs(5)));
+        assert_eq!(config.wait_before(4, secs(30)), None, "Retry-After does not add attempts");
     }
 }

@@ -25,7 +25,7 @@ fn notification(privacy: bool) -> PushNotification {
         created_at: Millis(0),
         media_ids: Vec::new(),
     };
-    PushNotification::of(&request, privacy)
+    PushNotification::of(&request, &[], privacy)
 }
 
 /// Every scripted answer, in order, through one sender.

@@ -124,6 +124,11 @@ async fn every_active_device_gets_the_notification_req_3_2_3_4_3_7() {
         outcomes(&attempts),
         [(Channel::Push, "accepted".into()), (Channel::Push, "accepted".into()), (Channel::Push, "throttled".into())]
     );
+    // The retry waited for Retry-After (1 s asked, held to `max_retry_after`, 50 ms), not
+    // only the schedule's 10 ms.
+    let throttled = attempts.iter().find(|a| a.outcome == "throttled").unwrap();
+    let retried = attempts.iter().find(|a| a.attempt == 2).unwrap();
+    assert!(retried.at.0 - throttled.at.0 >= 50, "{attempts:?}");
     assert_eq!(esh.providers.problems(), Vec::<String>::new());
     assert_eq!(esh.providers.received_for("android-1").len(), 1);
     assert_eq!(esh.providers.received_for("ios-1").len(), 2);

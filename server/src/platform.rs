@@ -282,6 +282,7 @@ impl Platform {
                     privacy: config.push.privacy,
                     concurrency: config.push.concurrency,
                     retry_schedule: config.retry_schedule.clone(),
+                    media_links: media_links.clone(),
                     ..PushConfig::default()
                 };
                 let writer = status_writer_for_push;

@@ -5,60 +5,19 @@
 
 mod common;
 
-use std::io::Cursor;
-
-use common::{id, Harness};
-use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
+use common::{id, jpeg, Harness};
 use serde_json::{json, Value};
-
-const BOUNDARY: &str = "esh-media-boundary";
-
-fn jpeg(width: u32, height: u32) -> Vec<u8> {
-    let image = RgbImage::from_fn(width, height, |x, y| Rgb([(x % 251) as u8, (y % 241) as u8, 60]));
-    let mut bytes = Vec::new();
-    DynamicImage::ImageRgb8(image).write_to(&mut Cursor::new(&mut bytes), ImageFormat::Jpeg).unwrap();
-    bytes
-}
-
-/// Uploads `bytes` as one `file` part; returns the 201 media object.
-async fn upload(esh: &Harness, token: &str, filename: &str, content_type: &str, bytes: &[u8]) -> Value {
-    let mut body = format!(
-        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n\
-         Content-Type: {content_type}\r\n\r\n"
-    )
-    .into_bytes();
-    body.extend_from_slice(bytes);
-    body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
-    let response = esh
-        .http
-        .post(format!("{}/v1/media", esh.base))
-        .bearer_auth(token)
-        .header("content-type", format!("multipart/form-data; boundary={BOUNDARY}"))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-    response.json().await.unwrap()
-}
-
-/// The bytes behind a signed URL (no bearer token).
-async fn download(esh: &Harness, url: &str) -> Vec<u8> {
-    let response = esh.http.get(url).send().await.unwrap();
-    assert_eq!(response.status(), 200, "{url}");
-    response.bytes().await.unwrap().to_vec()
-}
 
 /// Checks the media object a recipient got: the image, its three thumbnails, URLs that work.
 async fn assert_usable(esh: &Harness, media: &Value, original: &[u8]) {
     assert_eq!(media["content_type"], "image/jpeg");
     assert_eq!(media["size"], original.len());
-    assert!(download(esh, media["url"].as_str().unwrap()).await == original, "the download differs from the upload");
+    assert!(esh.download(media["url"].as_str().unwrap()).await == original, "the download differs from the upload");
     for (size, bound) in [("small", 150), ("medium", 300), ("large", 600)] {
         let thumbnail = &media["thumbnails"][size];
         assert_eq!(thumbnail["width"], bound, "{media}");
         assert_eq!(thumbnail["height"], bound / 2, "{media}");
-        let bytes = download(esh, thumbnail["url"].as_str().unwrap()).await;
+        let bytes = esh.download(thumbnail["url"].as_str().unwrap()).await;
         let decoded = image::load_from_memory(&bytes).unwrap();
         assert_eq!((decoded.width(), decoded.height()), (bound, bound / 2));
     }
@@ -70,7 +29,7 @@ async fn image_reaches_online_and_offline_users(esh: &Harness) -> Value {
     let online = esh.mobile("mona").await;
     let offline = esh.mobile("omar").await;
     let image = jpeg(1600, 800);
-    let media = upload(esh, &business, "poster.jpg", "image/jpeg", &image).await;
+    let media = esh.upload(&business, "poster.jpg", "image/jpeg", &image).await;
     let media_id = media["id"].as_str().unwrap();
 
     let mut socket = esh.connect(&online).await;

@@ -7,7 +7,7 @@ mod providers;
 
 use std::time::Instant;
 
-use common::{Harness, WAIT};
+use common::{jpeg, Harness, WAIT};
 use providers::Providers;
 use serde_json::{json, Value};
 
@@ -29,11 +29,10 @@ fn credentials(providers: &Providers, dir: &std::path::Path) -> (std::path::Path
     (account, key)
 }
 
-#[tokio::test]
-async fn an_offline_mobile_user_gets_a_push_on_every_device_and_the_message_stays_sent_until_acked() {
-    let providers = Providers::start().await;
-    let keys = tempfile::tempdir().unwrap();
-    let (account, key) = credentials(&providers, keys.path());
+/// A platform whose push stage sends to `providers`, with business `shop` and mobile user
+/// `phone` (offline) holding an Android and an iOS device; the tokens of both.
+async fn platform_with_devices(providers: &Providers, keys: &std::path::Path) -> (Harness, String, String) {
+    let (account, key) = credentials(providers, keys);
     let base = providers.base.clone();
     let esh = Harness::start_with(move |config| {
         config.push.fcm_service_account = Some(account);
@@ -51,20 +50,33 @@ async fn an_offline_mobile_user_gets_a_push_on_every_device_and_the_message_stay
         let registered = esh.post(&mobile, "/v1/devices", json!({"platform": platform, "token": token})).await;
         assert_eq!(registered.status, 201, "{}", registered.body);
     }
+    (esh, business, mobile)
+}
+
+/// The attempts in the timeline of message `id` once there are `count` of them.
+async fn attempts(esh: &Harness, token: &str, id: &str, count: usize) -> Vec<Value> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let answer = esh.get(token, &format!("/v1/messages/{id}/attempts")).await;
+        let items = answer.body["items"].as_array().cloned().unwrap_or_default();
+        if items.len() >= count || Instant::now() > deadline {
+            return items;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_offline_mobile_user_gets_a_push_on_every_device_and_the_message_stays_sent_until_acked() {
+    let providers = Providers::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let (esh, business, mobile) = platform_with_devices(&providers, keys.path()).await;
 
     let message = esh.one_way(&business, "phone", "Your parcel is at the door").await;
     let id = message["id"].as_str().unwrap();
 
     // The timeline shows both pushes, accepted by their providers.
-    let deadline = Instant::now() + WAIT;
-    let attempts: Vec<Value> = loop {
-        let answer = esh.get(&business, &format!("/v1/messages/{id}/attempts")).await;
-        let items = answer.body["items"].as_array().cloned().unwrap_or_default();
-        if items.len() >= 2 || Instant::now() > deadline {
-            break items;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    let attempts = attempts(&esh, &business, id, 2).await;
     assert_eq!(attempts.len(), 2, "{attempts:?}");
     assert!(attempts.iter().all(|a| a["channel"] == "push" && a["outcome"] == "accepted"), "{attempts:?}");
     assert_eq!(providers.problems(), Vec::<String>::new());
@@ -72,8 +84,10 @@ async fn an_offline_mobile_user_gets_a_push_on_every_device_and_the_message_stay
     assert_eq!(fcm["notification"]["title"], "shop display");
     assert_eq!(fcm["notification"]["body"], "Your parcel is at the door");
     assert_eq!(fcm["data"]["message_id"], id);
-    let apns = &providers.received_for("apns-device")[0].body;
-    assert_eq!(apns["aps"]["alert"]["title"], "shop display");
+    assert_eq!(fcm["android"]["collapse_key"], id, "a notification sent again replaces the first");
+    let apns = &providers.received_for("apns-device")[0];
+    assert_eq!(apns.body["aps"]["alert"]["title"], "shop display");
+    assert_eq!(apns.headers["apns-collapse-id"], id, "a notification sent again replaces the first");
 
     // Accepted by the providers is not delivered: only the device's ack is.
     assert_eq!(esh.message(&business, id).await["status"], "sent");
@@ -82,4 +96,30 @@ async fn an_offline_mobile_user_gets_a_push_on_every_device_and_the_message_stay
 
     let ready = esh.get(&business, "/health/ready").await;
     assert_eq!(ready.body["checks"]["push"]["ok"], true, "{}", ready.body);
+}
+
+
+#[tokio::test]
+async fn a_push_for_a_message_with_an_image_shows_its_thumbnail_through_a_signed_url() {
+    // Req 2.6, 3.3: the preview carries the image's medium thumbnail, a signed URL that works.
+    let providers = Providers::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let (esh, business, _mobile) = platform_with_devices(&providers, keys.path()).await;
+    let media = esh.upload(&business, "sofa.jpg", "image/jpeg", &jpeg(1200, 600)).await;
+    let message = esh
+        .one_way_with(&business, json!({"recipient_id": "phone", "content": "New in", "media_ids": [media["id"]]}))
+        .await;
+    let id = message["id"].as_str().unwrap();
+    assert_eq!(attempts(&esh, &business, id, 2).await.len(), 2);
+
+    let fcm = &providers.received_for("fcm-device")[0].body["message"];
+    let apns = &providers.received_for("apns-device")[0].body;
+    assert_eq!(fcm["data"]["media_count"], "1");
+    assert_eq!(apns["media_count"], 1);
+    assert_eq!(apns["aps"]["mutable-content"], 1);
+    for url in [&fcm["notification"]["image"], &apns["image_url"]] {
+        let url = url.as_str().unwrap_or_else(|| panic!("no image in {fcm} / {apns}"));
+        let thumbnail = image::load_from_memory(&esh.download(url).await).unwrap();
+        assert_eq!((thumbnail.width(), thumbnail.height()), (300, 150));
+    }
 }

@@ -12,8 +12,8 @@ pub use media::MediaCatalog;
 
 use async_trait::async_trait;
 use esh_common::{
-    Attempt, Broadcast, BroadcastRecipient, Conversation, ConversationSummary, DeadLetter, Message, Millis,
-    StatusApplied, StatusChange, StatusCounts, User,
+    ActivityPosition, Attempt, Broadcast, BroadcastRecipient, Conversation, ConversationSummary, DeadLetter, Message,
+    Millis, StatusApplied, StatusChange, StatusCounts, User,
 };
 
 use crate::error::BackendError;
@@ -79,12 +79,13 @@ pub trait MessageStore: Send + Sync + 'static {
     ) -> Result<Conversation, BackendError>;
     /// The conversation with this id.
     async fn conversation(&self, id: &str) -> Result<Option<Conversation>, BackendError>;
-    /// `user`'s conversations ordered by (updated_at, id) descending, starting strictly
-    /// after `after` (the last item of the previous page), with last message and unread count.
+    /// `user`'s conversations ordered by their `ActivityPosition` descending, starting
+    /// strictly after `after` (the last item of the previous page), with last message and
+    /// unread count.
     async fn conversations(
         &self,
         user: &str,
-        after: Option<(Millis, String)>,
+        after: Option<ActivityPosition>,
         limit: usize,
     ) -> Result<Vec<ConversationSummary>, BackendError>;
 

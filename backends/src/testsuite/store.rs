@@ -126,6 +126,7 @@ macro_rules! store_suite {
             history_pages_newest_first,
             one_way_history_for_recipient_and_sender,
             conversation_list_order_and_unread,
+            conversations_active_in_one_millisecond_list_newest_message_first,
             apply_status_moves_forward_only,
             undelivered_follows_status,
             dead_letters_follow_failures,
@@ -415,7 +416,7 @@ where
     assert!(store.one_way_messages(&business.id, OneWayRole::Recipient, None, 50).await.expect("none").is_empty());
 }
 
-/// Req 1.13/1.14, API.md "Pages": the list is ordered by (updated_at, id) descending,
+/// Req 1.13/1.14, API.md "Pages": the list is ordered by `ActivityPosition` descending,
 /// walks with the cursor of the last item, shows the last message, and counts messages
 /// addressed to the viewer that are not read (each read counts once).
 pub async fn conversation_list_order_and_unread<F, Fut>(factory: F)
@@ -461,13 +462,13 @@ where
 
     // The walk with one item per page meets every conversation once, in the same order.
     let mut walked = Vec::new();
-    let mut after: Option<(Millis, String)> = None;
+    let mut after = None;
     loop {
         let page = store.conversations(&business.id, after.clone(), 1).await.expect("page");
         let Some(item) = page.first() else { break };
         assert_eq!(page.len(), 1);
         walked.push(item.conversation.id.clone());
-        after = Some((item.conversation.updated_at, item.conversation.id.clone()));
+        after = Some(item.position());
     }
     assert_eq!(walked, expected.map(str::to_owned).to_vec());
 
@@ -515,6 +516,43 @@ where
     assert_eq!(unread(store.as_ref(), &conversations[1].mobile_id, &conversations[1].id).await, 2);
     let history = store.conversation_messages(&conversations[1].id, None, 10).await.expect("history");
     assert_eq!(ids_of(&history), vec![to_c1.id.clone(), late.id.clone()]);
+}
+
+/// Req 1.14: "most recently active first" holds within one millisecond too: conversations
+/// whose last messages share a timestamp list the newest message (ids are time-ordered)
+/// first, whatever their conversation ids, and the walk keeps that order.
+pub async fn conversations_active_in_one_millisecond_list_newest_message_first<F, Fut>(factory: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn MessageStore>>,
+{
+    let store = factory().await;
+    let at = Millis::now();
+    let business = new_user(UserKind::Business);
+    store.create_user(&business).await.expect("create business");
+    let mut messages = Vec::new();
+    for _ in 0..6 {
+        let mobile = new_user(UserKind::Mobile);
+        store.create_user(&mobile).await.expect("create mobile");
+        let conversation =
+            store.conversation_for_pair(&business.id, &mobile.id, &ids::new_id(), at).await.expect("conversation");
+        messages.push(chat(&conversation, &business.id, at));
+    }
+    store.insert_messages(&messages).await.expect("insert");
+    let expected: Vec<String> =
+        messages.iter().rev().map(|message| message.conversation_id.clone().expect("chat")).collect();
+    let list = store.conversations(&business.id, None, 50).await.expect("list");
+    let order: Vec<String> = list.iter().map(|summary| summary.conversation.id.clone()).collect();
+    assert_eq!(order, expected, "newest message first within one millisecond");
+    let mut walked = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.conversations(&business.id, after.clone(), 2).await.expect("page");
+        let Some(last) = page.last() else { break };
+        after = Some(last.position());
+        walked.extend(page.iter().map(|summary| summary.conversation.id.clone()));
+    }
+    assert_eq!(walked, expected, "the walk keeps the order");
 }
 
 /// Req 9, Req 10.2: status only moves forward, each change bumps the version, changes

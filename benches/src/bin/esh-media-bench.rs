@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use esh_benches::{multipart, MULTIPART_CONTENT_TYPE};
 use futures::{stream, StreamExt};
 use hdrhistogram::Histogram;
 use image::{DynamicImage, RgbImage};
@@ -60,15 +61,6 @@ fn noisy_jpeg(target: usize) -> anyhow::Result<Vec<u8>> {
     }
 }
 
-fn multipart(bytes: &[u8]) -> Vec<u8> {
-    let mut body = b"--esh-bench\r\nContent-Disposition: form-data; name=\"file\"; filename=\"photo.jpg\"\r\n\
-Content-Type: image/jpeg\r\n\r\n"
-        .to_vec();
-    body.extend_from_slice(bytes);
-    body.extend_from_slice(b"\r\n--esh-bench--\r\n");
-    body
-}
-
 /// Clock ticks of CPU (user + system) the process has used.
 fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -92,7 +84,7 @@ impl Client {
             .http
             .post(format!("{}/v1/media", self.base))
             .bearer_auth(&self.token)
-            .header("content-type", "multipart/form-data; boundary=esh-bench")
+            .header("content-type", MULTIPART_CONTENT_TYPE)
             .body(body)
             .send()
             .await?;
@@ -128,7 +120,7 @@ async fn main() -> anyhow::Result<()> {
     let token = user_token(&http, &cli.base, &cli.admin_token).await?;
     let client = Client { http, base: cli.base.clone(), token };
 
-    let photo = multipart(&noisy_jpeg(2_000_000)?);
+    let photo = multipart("photo.jpg", "image/jpeg", &noisy_jpeg(2_000_000)?);
     let cpu_before = cli.server_pid.map(cpu_ticks).transpose()?;
     let start = Instant::now();
     let uploads: Vec<anyhow::Result<Duration>> = stream::iter(0..cli.photos)
@@ -156,7 +148,7 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
-    let large = multipart(&noisy_jpeg(9_900_000)?);
+    let large = multipart("photo.jpg", "image/jpeg", &noisy_jpeg(9_900_000)?);
     let mut latency = Histogram::<u64>::new(3)?;
     for _ in 0..cli.large {
         let took = client.upload(large.clone()).await?;

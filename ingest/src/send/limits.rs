@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use esh_backends::RateDecision;
+use esh_backends::resolver::Backends;
+use esh_backends::{BackendError, RateDecision};
 use esh_common::{topics, ApiError, ErrorCode, Priority};
 
 use crate::Ingest;
@@ -91,20 +92,52 @@ impl Ingest {
     /// keeps flowing longest. The backlog is the larger of the router's and the store
     /// projection's: either falling behind means messages are waiting.
     pub(crate) async fn check_backlog(&self, priority: Priority) -> Result<(), ApiError> {
-        let mut routing = 0u64;
-        let mut projecting = 0u64;
-        for topic in topics::MESSAGES_BY_PRIORITY {
-            routing += self.backends.log.lag(topics::ROUTER_GROUP, topic).await?;
-            projecting += self.backends.log.lag(topics::STORE_GROUP, topic).await?;
-        }
+        let backlog = self.backlog.read(&self.backends).await?;
         let limit = match priority {
             Priority::High => self.config.backlog_limit.saturating_mul(2),
             Priority::Normal | Priority::Low => self.config.backlog_limit,
         };
-        if routing.max(projecting) > limit {
+        if backlog > limit {
             return Err(ApiError::new(ErrorCode::Overloaded, "too many messages waiting; retry later")
                 .with_retry_after(OVERLOADED_RETRY_AFTER));
         }
         Ok(())
+    }
+}
+
+/// Reads the backlog for every send without a read per send: the lags of a Kafka log are
+/// broker round trips, so concurrent sends share one reading. A send that finds a reading
+/// in progress waits for it and takes a newer one if that one completed meanwhile, so no
+/// send sees a backlog older than the reading in flight when it arrived.
+#[derive(Default)]
+pub(crate) struct Backlog {
+    /// Held while reading; the number of readings completed.
+    reading: tokio::sync::Mutex<u64>,
+    /// The last reading and its number.
+    latest: std::sync::Mutex<(u64, u64)>,
+}
+
+impl Backlog {
+    async fn read(&self, backends: &Backends) -> Result<u64, BackendError> {
+        let arrived = self.latest.lock().unwrap_or_else(|poison| poison.into_inner()).0;
+        let mut readings = self.reading.lock().await;
+        // The first reading completed after arrival may have started before it; the second
+        // started after it.
+        let latest = *self.latest.lock().unwrap_or_else(|poison| poison.into_inner());
+        if latest.0 >= arrived + 2 {
+            return Ok(latest.1);
+        }
+        let log = &backends.log;
+        let lags = topics::MESSAGES_BY_PRIORITY.iter().flat_map(|topic| {
+            [log.lag(topics::ROUTER_GROUP, topic), log.lag(topics::STORE_GROUP, topic)]
+        });
+        let lags = futures::future::try_join_all(lags).await?;
+        // Router and projection alternate in `lags`.
+        let routing: u64 = lags.iter().step_by(2).sum();
+        let projecting: u64 = lags.iter().skip(1).step_by(2).sum();
+        let backlog = routing.max(projecting);
+        *readings += 1;
+        *self.latest.lock().unwrap_or_else(|poison| poison.into_inner()) = (*readings, backlog);
+        Ok(backlog)
     }
 }

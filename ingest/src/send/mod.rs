@@ -20,7 +20,7 @@ pub(crate) mod batch;
 mod commit;
 pub(crate) mod handlers;
 mod idempotency;
-mod limits;
+pub(crate) mod limits;
 mod policy;
 mod request;
 

@@ -199,6 +199,47 @@ impl Api {
     }
 }
 
+/// A JPEG of `width`×`height` pixels with some detail in it.
+pub fn jpeg(width: u32, height: u32) -> Vec<u8> {
+    use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
+    let image = RgbImage::from_fn(width, height, |x, y| Rgb([(x % 251) as u8, (y % 241) as u8, 60]));
+    let mut bytes = Vec::new();
+    DynamicImage::ImageRgb8(image).write_to(&mut std::io::Cursor::new(&mut bytes), ImageFormat::Jpeg).unwrap();
+    bytes
+}
+
+impl Api {
+    /// Uploads `bytes` as one `file` part; returns the 201 media object.
+    pub async fn upload(&self, token: &str, filename: &str, content_type: &str, bytes: &[u8]) -> Value {
+        const BOUNDARY: &str = "esh-media-boundary";
+        let mut body = format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n\
+             Content-Type: {content_type}\r\n\r\n"
+        )
+        .into_bytes();
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
+        let response = self
+            .http
+            .post(format!("{}/v1/media", self.base))
+            .bearer_auth(token)
+            .header("content-type", format!("multipart/form-data; boundary={BOUNDARY}"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        response.json().await.unwrap()
+    }
+
+    /// The bytes behind a signed URL (no bearer token).
+    pub async fn download(&self, url: &str) -> Vec<u8> {
+        let response = self.http.get(url).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{url}");
+        response.bytes().await.unwrap().to_vec()
+    }
+}
+
 /// A platform running in this process, with its own data directory.
 pub struct Harness {
     pub api: Api,

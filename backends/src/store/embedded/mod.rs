@@ -21,8 +21,8 @@ mod writes;
 
 use async_trait::async_trait;
 use esh_common::{
-    Attempt, Broadcast, BroadcastRecipient, Conversation, ConversationSummary, DeadLetter, Message, Millis,
-    StatusApplied, StatusChange, StatusCounts, User,
+    ActivityPosition, Attempt, Broadcast, BroadcastRecipient, Conversation, ConversationSummary, DeadLetter, Message,
+    Millis, StatusApplied, StatusChange, StatusCounts, User,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -120,7 +120,7 @@ impl MessageStore for EmbeddedMessageStore {
     async fn conversations(
         &self,
         user: &str,
-        after: Option<(Millis, String)>,
+        after: Option<ActivityPosition>,
         limit: usize,
     ) -> Result<Vec<ConversationSummary>, BackendError> {
         let user = user.to_owned();

@@ -2,8 +2,8 @@
 //! run on a pooled read-only connection.
 
 use esh_common::{
-    ids, Attempt, Broadcast, BroadcastRecipient, Conversation, ConversationSummary, DeadLetter, Message, Millis,
-    Status, StatusCounts, User,
+    ids, ActivityPosition, Attempt, Broadcast, BroadcastRecipient, Conversation, ConversationSummary, DeadLetter, Message,
+    Millis, Status, StatusCounts, User,
 };
 use rusqlite::{params, Connection, OptionalExtension, Params, Row};
 
@@ -80,26 +80,28 @@ pub(super) fn pair_conversation(
 pub(super) fn conversations(
     connection: &Connection,
     user: &str,
-    after: Option<(Millis, String)>,
+    after: Option<ActivityPosition>,
     limit: usize,
 ) -> Result<Vec<ConversationSummary>, Failure> {
     let snapshot = connection.unchecked_transaction()?;
     let index_row = |row: &Row<'_>| -> Result<(String, Option<String>, i64), Failure> {
         Ok((row.get(0)?, row.get(1)?, row.get(2)?))
     };
+    // The order of `ActivityPosition`: an empty conversation's missing last message sorts as ''.
     let index = match &after {
-        Some((time, id)) => rows(
+        Some(after) => rows(
             &snapshot,
             "SELECT conversation_id, last_message_id, unread FROM user_conversations \
-             WHERE user_id = ?1 AND (updated_at, conversation_id) < (?2, ?3) \
-             ORDER BY updated_at DESC, conversation_id DESC LIMIT ?4",
-            params![user, time.0, id, sql_int(limit)],
+             WHERE user_id = ?1 AND (updated_at, coalesce(last_message_id, ''), conversation_id) < (?2, ?3, ?4) \
+             ORDER BY updated_at DESC, coalesce(last_message_id, '') DESC, conversation_id DESC LIMIT ?5",
+            params![user, after.updated_at.0, after.last_message_id, after.conversation_id, sql_int(limit)],
             index_row,
         )?,
         None => rows(
             &snapshot,
             "SELECT conversation_id, last_message_id, unread FROM user_conversations \
-             WHERE user_id = ?1 ORDER BY updated_at DESC, conversation_id DESC LIMIT ?2",
+             WHERE user_id = ?1 ORDER BY updated_at DESC, coalesce(last_message_id, '') DESC, conversation_id DESC \
+             LIMIT ?2",
             params![user, sql_int(limit)],
             index_row,
         )?,

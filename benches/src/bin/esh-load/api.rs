@@ -90,3 +90,22 @@ async fn account(ctx: &Ctx, spec: &UserSpec) -> anyhow::Result<Account> {
 pub(crate) fn ids<'a>(prefix: &'a str, tag: &'a str, n: usize) -> impl Iterator<Item = String> + 'a {
     (0..n).map(move |i| format!("{prefix}-{tag}{i}"))
 }
+
+#[derive(serde::Deserialize)]
+struct MediaAnswer {
+    id: String,
+}
+
+/// Uploads a small PNG (600×400, so the server makes its three thumbnails) as `account`;
+/// the media id, for messages to carry in `media_ids`.
+pub(crate) async fn upload_image(ctx: &Ctx, account: &Account) -> anyhow::Result<String> {
+    let image = image::RgbImage::from_fn(600, 400, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 90]));
+    let mut png = Vec::new();
+    image::DynamicImage::ImageRgb8(image).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+    let body = esh_benches::multipart("load.png", "image/png", &png);
+    let answer = ctx.http.post_as("/v1/media", &account.token, esh_benches::MULTIPART_CONTENT_TYPE, body).await?;
+    if answer.status.as_u16() != 201 {
+        bail!("uploading an image as {} answered {}: {}", account.id, answer.status, String::from_utf8_lossy(&answer.body));
+    }
+    Ok(answer.json::<MediaAnswer>()?.id)
+}

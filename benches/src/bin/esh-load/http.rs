@@ -111,18 +111,23 @@ impl HttpClient {
         Ok(sender)
     }
 
-    /// Sends one request with a bearer token and a JSON body; waits for the whole answer.
-    pub(crate) async fn call(&self, method: Method, path: &str, token: &str, body: Option<Vec<u8>>) -> anyhow::Result<Answer> {
+    /// Sends one request with a bearer token and a body of the given content type; waits
+    /// for the whole answer.
+    async fn call(&self, method: Method, path: &str, token: &str, body: Option<(&str, Vec<u8>)>) -> anyhow::Result<Answer> {
         let mut sender = self.checkout().await?;
         let mut request = Request::builder()
             .method(method)
             .uri(path)
             .header(HOST, self.host.clone())
             .header(AUTHORIZATION, format!("Bearer {token}"));
-        if body.is_some() {
-            request = request.header(CONTENT_TYPE, "application/json");
-        }
-        let request = request.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+        let body = match body {
+            Some((content_type, body)) => {
+                request = request.header(CONTENT_TYPE, content_type);
+                body
+            }
+            None => Vec::new(),
+        };
+        let request = request.body(Full::new(Bytes::from(body)))?;
         let response = sender.send_request(request).await.context("http request")?;
         let status = response.status();
         let body = response.into_body().collect().await.context("http body")?.to_bytes();
@@ -136,7 +141,13 @@ impl HttpClient {
         self.call(Method::GET, path, token, None).await
     }
 
+    /// A POST with a JSON body.
     pub(crate) async fn post(&self, path: &str, token: &str, body: Vec<u8>) -> anyhow::Result<Answer> {
-        self.call(Method::POST, path, token, Some(body)).await
+        self.call(Method::POST, path, token, Some(("application/json", body))).await
+    }
+
+    /// A POST with a body of another type (a multipart upload).
+    pub(crate) async fn post_as(&self, path: &str, token: &str, content_type: &str, body: Vec<u8>) -> anyhow::Result<Answer> {
+        self.call(Method::POST, path, token, Some((content_type, body))).await
     }
 }

@@ -26,6 +26,8 @@ pub(crate) enum Endpoint {
 pub(crate) struct Outgoing<'a> {
     pub(crate) recipient_id: &'a str,
     pub(crate) content: &'a str,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub(crate) media_ids: &'a [&'a str],
 }
 
 #[derive(Serialize)]
@@ -119,13 +121,26 @@ fn batch_outcomes(answer: &Answer, sent: usize) -> Vec<Outcome> {
 }
 
 /// Sends one request from `token` carrying a message to each `(recipient, seq)` of `to`
-/// (all scheduled at `sched_us`), and counts each message: sent, then accepted (answer
-/// latency from the request's start), refused by code, or failed.
-pub(crate) async fn post(ctx: Arc<Ctx>, endpoint: Endpoint, token: Arc<str>, to: Vec<(Arc<str>, u64)>, sched_us: u64, size: usize) {
+/// (all scheduled at `sched_us`, each with `media` attached if given), and counts each
+/// message: sent, then accepted (answer latency from the request's start), refused by
+/// code, or failed.
+pub(crate) async fn post(
+    ctx: Arc<Ctx>,
+    endpoint: Endpoint,
+    token: Arc<str>,
+    media: Option<Arc<str>>,
+    to: Vec<(Arc<str>, u64)>,
+    sched_us: u64,
+    size: usize,
+) {
     let sent_us = now_us();
     let texts: Vec<String> = to.iter().map(|(_, seq)| content::content(ctx.run, Stamp { seq: *seq, sched_us, sent_us }, size)).collect();
-    let messages: Vec<Outgoing<'_>> =
-        to.iter().zip(&texts).map(|((recipient, _), text)| Outgoing { recipient_id: recipient, content: text }).collect();
+    let media_ids: Vec<&str> = media.as_deref().into_iter().collect();
+    let messages: Vec<Outgoing<'_>> = to
+        .iter()
+        .zip(&texts)
+        .map(|((recipient, _), text)| Outgoing { recipient_id: recipient, content: text, media_ids: &media_ids })
+        .collect();
     for _ in &messages {
         ctx.stats.on_sent(sched_us, sent_us);
     }
@@ -171,8 +186,8 @@ mod tests {
 
     fn messages() -> Vec<Outgoing<'static>> {
         vec![
-            Outgoing { recipient_id: "ld1-m0", content: "eshload:1:0:a:b:xx" },
-            Outgoing { recipient_id: "ld1-m7", content: "eshload:1:1:a:b:xx" },
+            Outgoing { recipient_id: "ld1-m0", content: "eshload:1:0:a:b:xx", media_ids: &[] },
+            Outgoing { recipient_id: "ld1-m7", content: "eshload:1:1:a:b:xx", media_ids: &["01JD2Z8W4XK5N0M3Q7R9T1V6YB"] },
         ]
     }
 
@@ -184,7 +199,7 @@ mod tests {
             parsed,
             json!({"messages": [
                 {"recipient_id": "ld1-m0", "content": "eshload:1:0:a:b:xx"},
-                {"recipient_id": "ld1-m7", "content": "eshload:1:1:a:b:xx"},
+                {"recipient_id": "ld1-m7", "content": "eshload:1:1:a:b:xx", "media_ids": ["01JD2Z8W4XK5N0M3Q7R9T1V6YB"]},
             ]})
         );
         assert_eq!(Endpoint::Batch.path(), "/v1/messages/batch");

@@ -29,6 +29,10 @@ pub(crate) struct OneWayArgs {
     /// POST /v1/messages a message. --rate still counts messages, --inflight requests.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub(crate) batch: Option<u16>,
+    /// Every message carries an image (`media_ids`): each sender uploads one PNG before the
+    /// run (POST /v1/media), and recipients get its media object with signed URLs.
+    #[arg(long)]
+    pub(crate) media: bool,
     #[command(flatten)]
     #[serde(flatten)]
     pub(crate) traffic: TrafficArgs,
@@ -40,6 +44,12 @@ pub(crate) async fn one_way(ctx: &Arc<Ctx>, args: &OneWayArgs) -> anyhow::Result
     let senders = api::accounts(ctx, ids(&ctx.prefix, "b", args.senders.max(1)).map(UserSpec::business).collect(), "senders").await?;
     let mobiles = api::accounts(ctx, ids(&ctx.prefix, "m", args.clients.max(1)).map(UserSpec::mobile).collect(), "recipients").await?;
     let clients = ws::connect_all(ctx, &mobiles, None, &Behaviour::acking(args.traffic.ack_batch, args.traffic.size), "connecting").await?;
+    let mut media = Vec::new();
+    if args.media {
+        for sender in &senders {
+            media.push(Some(Arc::<str>::from(api::upload_image(ctx, sender).await?)));
+        }
+    }
 
     let (endpoint, per_request) = match args.batch {
         Some(n) => (Endpoint::Batch, usize::from(n)),
@@ -47,21 +57,24 @@ pub(crate) async fn one_way(ctx: &Arc<Ctx>, args: &OneWayArgs) -> anyhow::Result
     };
     // The schedule has a slot per request: --rate messages a second make rate / n requests.
     let t = &TrafficArgs { rate: args.traffic.rate / per_request as f64, ..args.traffic.clone() };
-    let tokens: Arc<Vec<Arc<str>>> = Arc::new(senders.iter().map(|a| Arc::from(a.token.as_str())).collect());
+    // Each sender's token and the media its messages carry.
+    let tokens: Arc<Vec<(Arc<str>, Option<Arc<str>>)>> = Arc::new(
+        senders.iter().enumerate().map(|(i, a)| (Arc::from(a.token.as_str()), media.get(i).cloned().flatten())).collect(),
+    );
     let recipients: Arc<Vec<Arc<str>>> = Arc::new(mobiles.iter().map(|a| a.id.clone()).collect());
     let requests = AtomicUsize::new(0);
     let size = t.size;
     let request_ctx = ctx.clone();
     let driver = Driver::Request(Arc::new(move |seq, sched_us| {
         // Senders in turn by request (not by seq, which advances by the batch size).
-        let token = tokens[requests.fetch_add(1, Relaxed) % tokens.len()].clone();
+        let (token, media) = tokens[requests.fetch_add(1, Relaxed) % tokens.len()].clone();
         // The slot's seq is the first message's; the others take the next ones.
         let to = std::iter::once(seq)
             .chain(std::iter::repeat_with(|| request_ctx.next_seq()))
             .take(per_request)
             .map(|seq| (recipients[rand::random::<usize>() % recipients.len()].clone(), seq))
             .collect();
-        messages::post(request_ctx.clone(), endpoint, token, to, sched_us, size).boxed()
+        messages::post(request_ctx.clone(), endpoint, token, media, to, sched_us, size).boxed()
     }));
     let (measured, send_s) = traffic::run(ctx, t, driver).await;
     ws::close_all(ctx, clients, Duration::from_secs(5)).await;
@@ -73,6 +86,9 @@ pub(crate) async fn one_way(ctx: &Arc<Ctx>, args: &OneWayArgs) -> anyhow::Result
     report.figure("server_cpu_us_per_delivered", measured.server.as_ref().and_then(|u| u.cpu_us_per_delivered));
     report.figure("generator_cpu_us_per_delivered", measured.generator.cpu_us_per_delivered);
     report.figure("messages_per_request", per_request);
+    if args.media {
+        report.notes.push("media: every message carries one image (600×400 PNG with its thumbnails)".to_owned());
+    }
     if let Some(n) = args.batch {
         report.notes.push(format!("batch: {n} messages a request (POST /v1/messages/batch), latency of each from its request's write"));
     }
