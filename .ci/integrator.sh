@@ -35,6 +35,8 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+# tansu 0.6.0 gives a produced batch of several records one offset: esh produces one record
+# a batch on it (backends/src/testsuite/kafka.rs, KafkaBroker::client_properties).
 kafka_port=$(free_port)
 broker="127.0.0.1:$kafka_port"
 tansu broker --listener-url "tcp://$broker" --advertised-listener-url "tcp://$broker" \
@@ -48,6 +50,7 @@ done
 admin_token="integrator-admin-$RANDOM$RANDOM"
 ESH_HTTP_ADDR=127.0.0.1:0 ESH_DATA_DIR="$work/data" ESH_ADMIN_TOKEN="$admin_token" \
     ESH_LOG="kafka://$broker" ESH_LOG_PARTITIONS=2 ESH_INTEGRATORS="shop-integration=shop" RUST_LOG=warn \
+    ESH_KAFKA_BATCH_NUM_MESSAGES=1 \
     "$esh" >"$work/stdout" 2>"$work/stderr" &
 pids+=($!)
 base=""

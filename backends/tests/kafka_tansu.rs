@@ -15,6 +15,7 @@ use esh_backends::{Consumed, MessageLog, Record};
 async fn open(broker: &KafkaBroker) -> Arc<dyn MessageLog> {
     let mut settings = KafkaSettings::from_url(&broker.url()).expect("url");
     settings.partitions = 4;
+    settings.properties.extend(broker.client_properties());
     Arc::new(KafkaMessageLog::open(settings).await.expect("open the kafka log"))
 }
 
@@ -25,34 +26,12 @@ async fn tansu_log() -> (KafkaBroker, Arc<dyn MessageLog>) {
     (broker, log)
 }
 
-// Five checks fail on tansu 0.6.0 and pass on librdkafka's mock cluster (`kafka_mock.rs`
-// runs every property): after batched produces, tansu's high watermarks, lags and group
-// positions disagree with Kafka's (`end_offsets` reads [1, 1, 1, 1] after 30 records).
-// They stay here, ignored, until the cause is known: `cargo test --test kafka_tansu -- --ignored`.
-
-esh_backends::log_suite!(@properties tansu_log();
-    records_of_one_key_keep_their_order,
-    records_of_different_keys_all_arrive,
-    higher_priority_topics_are_drained_first,
-    a_high_priority_flood_does_not_starve_low_priority,
-    uncommitted_records_are_redelivered_after_a_crash,
-    group_members_split_partitions,
-    every_group_sees_every_record,
-    poll_waits_for_an_append,
-    poll_returns_empty_after_its_wait,
-    poll_returns_at_most_max,
-    check_succeeds_on_a_working_log,
-);
-esh_backends::log_suite!(@known_gaps "tansu 0.6.0 reports high watermarks and group offsets per produced batch", tansu_log();
-    committed_records_are_not_redelivered,
-    lag_counts_appended_but_uncommitted_records,
-    end_offsets_follow_durable_appends,
-);
+// Every property, with one record a produced batch (`KafkaBroker::client_properties`).
+esh_backends::log_suite!(tansu_log());
 
 /// Req 4.6, 6.1: a consumer of a restarted log (a new process) gets again exactly what its
 /// group had not committed, in every partition, and nothing it had.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "tansu 0.6.0 reports high watermarks and group offsets per produced batch"]
 async fn req_4_6_uncommitted_records_come_again_after_a_restart_and_committed_ones_do_not() {
     let broker = KafkaBroker::start();
     let (topic, group) = (unique("restart"), unique("g"));
@@ -89,7 +68,6 @@ async fn req_4_6_uncommitted_records_come_again_after_a_restart_and_committed_on
 /// records it had read but not committed. The other takes over its partitions and every
 /// record is processed; each commit covers only records whose effects were recorded first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "tansu 0.6.0 reports high watermarks and group offsets per produced batch"]
 async fn req_6_1_a_member_stopped_mid_stream_loses_nothing() {
     let (_broker, log) = tansu_log().await;
     let (topic, group) = (unique("rebalance"), unique("g"));

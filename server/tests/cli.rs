@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -31,7 +30,7 @@ fn esh(url: &str, args: &[&str]) -> (bool, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn walkthrough_commands_work_against_a_running_platform() {
     let (_keep, dir) = data_dir();
-    let mut server = Process::start(&dir, &HashMap::new()).await;
+    let mut server = Process::start(&dir, &[]).await;
     let url = server.api.base.clone();
 
     let (ok, out) =

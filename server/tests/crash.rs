@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use common::durability::{
@@ -27,7 +27,7 @@ const ROUNDS: usize = 3;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_accepted_message_survives_kill_9_and_keys_keep_their_ids() {
     let (_keep, dir) = data_dir();
-    let mut esh = Process::start(&dir, &HashMap::new()).await;
+    let mut esh = Process::start(&dir, &[]).await;
     let (business, _) = setup_users(&esh.api).await;
     let ledger = Ledger::new();
     for round in 1..=ROUNDS {
@@ -38,7 +38,7 @@ async fn every_accepted_message_survives_kill_9_and_keys_keep_their_ids() {
         join(senders).await;
         let (accepted, server_errors, no_answers) = ledger.counts();
         eprintln!("round {round}: {accepted} accepted in all, {server_errors} 5xx, {no_answers} without an answer");
-        esh = Process::start(&dir, &HashMap::new()).await;
+        esh = Process::start(&dir, &[]).await;
     }
     retry_unanswered(&esh.api, &business, &ledger).await;
 
@@ -60,7 +60,7 @@ async fn every_accepted_message_survives_kill_9_and_keys_keep_their_ids() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_acked_message_stays_delivered_across_kill_9_and_its_sender_hears_of_it() {
     let (_keep, dir) = data_dir();
-    let mut esh = Process::start(&dir, &HashMap::new()).await;
+    let mut esh = Process::start(&dir, &[]).await;
     let business = esh.api.business("acme").await;
     let mobile = esh.api.mobile("mona").await;
     let mut sender_socket = esh.api.connect(&business).await;
@@ -84,7 +84,7 @@ async fn an_acked_message_stays_delivered_across_kill_9_and_its_sender_hears_of_
     }
     esh.kill_hard().await;
 
-    let esh = Process::start(&dir, &HashMap::new()).await;
+    let esh = Process::start(&dir, &[]).await;
     for id in &sent {
         assert_eq!(esh.api.message(&business, id).await["status"], "delivered", "{id} after kill -9");
     }

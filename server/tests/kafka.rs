@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use common::durability::{
@@ -15,8 +14,10 @@ use common::durability::{
 use common::{data_dir, Process};
 use esh_backends::testsuite::kafka::KafkaBroker;
 
-fn kafka_env(broker: &KafkaBroker) -> HashMap<&'static str, String> {
-    HashMap::from([("ESH_LOG", broker.url()), ("ESH_LOG_PARTITIONS", "4".to_owned())])
+fn kafka_env(broker: &KafkaBroker) -> Vec<(String, String)> {
+    let mut env = vec![("ESH_LOG".to_owned(), broker.url()), ("ESH_LOG_PARTITIONS".to_owned(), "4".to_owned())];
+    env.extend(broker.client_env());
+    env
 }
 
 /// Req 1.1, 1.2, 5.1 over Kafka: a one-way message to an online mobile user arrives on its

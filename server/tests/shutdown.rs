@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::durability::{
@@ -33,7 +32,7 @@ const ACCEPTED_BEFORE: usize = 150;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_during_sends_exits_zero_and_loses_nothing() {
     let (_keep, dir) = data_dir();
-    let mut esh = Process::start(&dir, &HashMap::new()).await;
+    let mut esh = Process::start(&dir, &[]).await;
     let (business, mobiles) = setup_users(&esh.api).await;
     // One recipient is online (and does not ack) while the shutdown happens.
     let mut online = esh.api.connect(&mobiles["m0"]).await;
@@ -80,7 +79,7 @@ async fn sigterm_during_sends_exits_zero_and_loses_nothing() {
         }
     }
 
-    let mut esh = Process::start(&dir, &HashMap::new()).await;
+    let mut esh = Process::start(&dir, &[]).await;
     let stored = sent_contents(&esh.api, &business).await;
     let worked_on: Vec<&&str> = cut.iter().filter(|content| stored.contains(**content)).collect();
     eprintln!("{} requests in flight at the signal got no answer, {} of them took effect", cut.len(), worked_on.len());

@@ -59,6 +59,20 @@ impl KafkaBroker {
     pub fn url(&self) -> String {
         format!("kafka://{}", self.address)
     }
+
+    /// The librdkafka properties clients of this broker need: tansu 0.6.0 gives a produced
+    /// batch of several records one offset (after 30 records in batches, every partition's
+    /// high watermark reads 1), so that committed positions run past its end and records
+    /// are redelivered or skipped; with one record a batch its offsets are Kafka's.
+    pub fn client_properties(&self) -> Vec<(String, String)> {
+        vec![("batch.num.messages".into(), "1".into())]
+    }
+
+    /// `client_properties` as the `ESH_KAFKA_*` variables of the `esh` binary.
+    pub fn client_env(&self) -> Vec<(String, String)> {
+        let variable = |property: &str| format!("ESH_KAFKA_{}", property.to_ascii_uppercase().replace('.', "_"));
+        self.client_properties().into_iter().map(|(property, value)| (variable(&property), value)).collect()
+    }
 }
 
 impl Drop for KafkaBroker {

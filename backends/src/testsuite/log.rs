@@ -103,22 +103,6 @@ macro_rules! log_suite {
             check_succeeds_on_a_working_log,
         );
     };
-    // Properties a backend is known to break, each run only with `--ignored`, so that the
-    // gap stays visible and checkable instead of silently dropped.
-    (@known_gaps $reason:literal, $open:expr; $($property:ident,)*) => {
-        mod log_suite_known_gaps {
-            #[allow(unused_imports)]
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                #[ignore = $reason]
-                async fn $property() {
-                    let (_keep, log) = $open.await;
-                    $crate::testsuite::log::$property(log).await;
-                }
-            )*
-        }
-    };
     (@properties $open:expr; $($property:ident,)*) => {
         mod log_suite {
             #[allow(unused_imports)]

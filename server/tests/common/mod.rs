@@ -468,7 +468,7 @@ pub const LISTENING_PREFIX: &str = "esh3ar listening on http://";
 impl Process {
     /// Starts `esh` on `data_dir` with `ESH_HTTP_ADDR=127.0.0.1:0` and returns once it has
     /// printed the address its listener is bound to (connections are queued from then on).
-    pub async fn start(data_dir: &Path, extra_env: &HashMap<&str, String>) -> Process {
+    pub async fn start(data_dir: &Path, extra_env: &[(String, String)]) -> Process {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_esh"));
         command
             .env_clear()
