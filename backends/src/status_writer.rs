@@ -1,13 +1,14 @@
-//! Receipts (ack, read), failures and dead-letter retries from every stage go through one
-//! writer that appends them to `esh.status.v1` in batches: one append for everything that
-//! queued up while the previous one was being made durable (group commit). That append is
-//! the commit point of a status change; callers are answered once it is durable. Failures
-//! also go to `esh.dead-letters.v1`, in the same turn.
+//! Receipts (ack, read), failures, dead-letter retries and delivery attempts (socket and
+//! push) from every stage go through one writer that appends them to `esh.status.v1` in
+//! batches: one append for everything that queued up while the previous one was being made
+//! durable (group commit). That append is the commit point of a status change and of an
+//! attempt; callers are answered once it is durable. Failures also go to
+//! `esh.dead-letters.v1`, in the same turn.
 //!
 //! Nothing here reads or writes the store: the store projection (`router/src/projection.rs`)
-//! applies the events, forward-only, and the sender notifier turns them into `status`
-//! frames. An event that does not move its message forward is harmless: every consumer
-//! ignores it.
+//! applies the events, forward-only, and writes the attempts into the messages' timelines;
+//! the sender notifier turns the events into `status` frames. An event that does not move
+//! its message forward is harmless: every consumer ignores it.
 
 use esh_common::records::{encode, CodecError, StatusEvent, StatusRecord};
 use esh_common::{topics, DeadLetter, Status};
@@ -18,7 +19,7 @@ use tokio::task::JoinHandle;
 use crate::error::BackendError;
 use crate::log::{MessageLog, Record};
 
-/// Most events appended in one turn (a single larger request is not split).
+/// Most records appended in one turn (a single larger request is not split).
 pub const MAX_BATCH: usize = 1000;
 
 type Reply = oneshot::Sender<Result<(), String>>;
@@ -26,7 +27,7 @@ type Reply = oneshot::Sender<Result<(), String>>;
 /// A handle to the writer task; cheap to clone.
 #[derive(Clone)]
 pub struct StatusWriter {
-    requests: mpsc::Sender<(Vec<StatusEvent>, Reply)>,
+    requests: mpsc::Sender<(Vec<StatusRecord>, Reply)>,
 }
 
 impl StatusWriter {
@@ -38,20 +39,22 @@ impl StatusWriter {
         (StatusWriter { requests }, task)
     }
 
-    /// Appends `events` and returns once they are durable in the log; on an error none of
-    /// this call's events may be assumed durable, and calling again is safe.
-    pub async fn apply(&self, events: Vec<StatusEvent>) -> Result<(), BackendError> {
-        if events.is_empty() {
+    /// Appends `records` (status events, delivery attempts) in the order given and returns
+    /// once they are durable in the log; on an error none of this call's records may be
+    /// assumed durable, and calling again is safe.
+    pub async fn apply<R: Into<StatusRecord>>(&self, records: impl IntoIterator<Item = R>) -> Result<(), BackendError> {
+        let records: Vec<StatusRecord> = records.into_iter().map(Into::into).collect();
+        if records.is_empty() {
             return Ok(());
         }
         let (reply, answer) = oneshot::channel();
         let closed = || BackendError::Unavailable("status writer stopped".into());
-        self.requests.send((events, reply)).await.map_err(|_| closed())?;
+        self.requests.send((records, reply)).await.map_err(|_| closed())?;
         answer.await.map_err(|_| closed())?.map_err(BackendError::Unavailable)
     }
 }
 
-async fn run(mut receiver: mpsc::Receiver<(Vec<StatusEvent>, Reply)>, log: Arc<dyn MessageLog>) {
+async fn run(mut receiver: mpsc::Receiver<(Vec<StatusRecord>, Reply)>, log: Arc<dyn MessageLog>) {
     while let Some(first) = receiver.recv().await {
         let mut size = first.0.len();
         let mut batch = vec![first];
@@ -60,28 +63,27 @@ async fn run(mut receiver: mpsc::Receiver<(Vec<StatusEvent>, Reply)>, log: Arc<d
             size += next.0.len();
             batch.push(next);
         }
-        let (requests, replies): (Vec<Vec<StatusEvent>>, Vec<Reply>) = batch.into_iter().unzip();
-        let outcome = append(log.as_ref(), requests.iter().flatten()).await.map_err(|error| error.to_string());
+        let (requests, replies): (Vec<Vec<StatusRecord>>, Vec<Reply>) = batch.into_iter().unzip();
+        let outcome = append(log.as_ref(), requests.into_iter().flatten()).await.map_err(|error| error.to_string());
         for reply in replies {
             let _ = reply.send(outcome.clone());
         }
     }
 }
 
-/// Appends the events to the status topic and their failures to the dead-letter topic,
-/// both at once (the embedded log makes them durable in one group commit).
-async fn append<'a>(log: &dyn MessageLog, events: impl Iterator<Item = &'a StatusEvent>) -> Result<(), BackendError> {
+/// Appends the records to the status topic and the failures among them to the dead-letter
+/// topic, both at once (the embedded log makes them durable in one group commit).
+async fn append(log: &dyn MessageLog, records: impl Iterator<Item = StatusRecord>) -> Result<(), BackendError> {
     let mut status = Vec::new();
     let mut dead = Vec::new();
-    for event in events {
-        if event.status == Status::Failed {
-            dead.push(dead_letter_record(event).map_err(unencodable)?);
+    for record in records {
+        if let StatusRecord::Status(event) = &record {
+            if event.status == Status::Failed {
+                dead.push(dead_letter_record(event).map_err(unencodable)?);
+            }
         }
-        let value = encode(StatusRecord::Status(event.clone())).map_err(unencodable)?;
-        status.push(Record {
-            key: event.message_id.clone(),
-            value,
-        });
+        let key = record.key().to_owned();
+        status.push(Record { key, value: encode(record).map_err(unencodable)? });
     }
     if dead.is_empty() {
         return log.append(topics::STATUS, status).await;

@@ -1,15 +1,15 @@
-//! `StatusWriter` on the real embedded log: every event is durable on `esh.status.v1`
-//! (keyed by message id, in order) before its caller is answered, failures also on
-//! `esh.dead-letters.v1`, concurrent callers share appends, and a log that refuses gives
-//! the caller an error (its events may be sent again: consumers ignore a repeat).
+//! `StatusWriter` on the real embedded log: every event and delivery attempt is durable on
+//! `esh.status.v1` (keyed by message id, in order) before its caller is answered, failures
+//! also on `esh.dead-letters.v1`, concurrent callers share appends, and a log that refuses
+//! gives the caller an error (its events may be sent again: consumers ignore a repeat).
 
 use async_trait::async_trait;
 use esh_backends::log::EmbeddedMessageLog;
 use esh_backends::status_writer::StatusWriter;
 use esh_backends::testsuite::fixtures;
 use esh_backends::{BackendError, Consumed, LogConsumer, MessageLog, Record};
-use esh_common::records::{StatusEvent, StatusRecord};
-use esh_common::{topics, DeadLetter, Message, Millis, Status};
+use esh_common::records::{DeliveryAttempt, StatusEvent, StatusRecord};
+use esh_common::{topics, Attempt, Channel, DeadLetter, Message, Millis, Status};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,6 +103,33 @@ async fn req_4_4_receipts_are_durable_status_records_keyed_by_message_in_order()
     assert!(found.iter().all(|r| r.key == message.id));
     assert_eq!(events[1], read);
     assert_eq!(events[1].route.sender_id, "biz", "the notifier needs no store read to find the sender");
+}
+
+/// Req 4.7: attempts are status records like any other: handed over with the events, made
+/// durable in the same append, in the order given, keyed by their message.
+#[tokio::test]
+async fn req_4_7_attempts_and_events_of_one_call_share_one_append_in_order() {
+    let setup = setup();
+    let message = message("m1");
+    let attempt = Attempt {
+        message_id: message.id.clone(),
+        attempt: 1,
+        at: Millis(4),
+        channel: Channel::Socket,
+        outcome: "delivered".into(),
+        error: None,
+    };
+    let route = message.route();
+    let delivery = DeliveryAttempt { attempt, sender_id: route.sender_id, recipient_id: route.recipient_id };
+    let event = StatusEvent::of(&message, Status::Delivered, Millis(5));
+    let written = [StatusRecord::Attempt(delivery), StatusRecord::Status(event)];
+    setup.writer.apply(written.clone()).await.unwrap();
+    assert_eq!(setup.log.status_appends.load(Ordering::SeqCst), 1);
+    let found = records(&setup.log, topics::STATUS, 2).await;
+    assert!(found.iter().all(|r| r.key == message.id));
+    let decoded: Vec<StatusRecord> =
+        found.iter().map(|r| esh_common::records::decode::<StatusRecord>(&r.value).unwrap()).collect();
+    assert_eq!(decoded, written);
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use esh_schemas as wire;
 pub use esh_schemas::{CodecError, IngestOutcome, OutcomeError};
 
 use crate::model::{
-    Broadcast, DeadLetter, Message, MessageRoute, MessageType, Priority, StatusChange,
+    Attempt, Broadcast, Channel, DeadLetter, Message, MessageRoute, MessageType, Priority, StatusChange,
 };
 use crate::status::Status;
 use crate::time::Millis;
@@ -102,12 +102,23 @@ impl StatusEvent {
     }
 }
 
-/// A record of `esh.status.v1`: a status change, or the outcome of a send consumed from
-/// `esh.ingest.v1`. Consumers of status changes skip outcomes.
+/// A delivery attempt on `esh.status.v1` (key: the message id): the timeline entry, with
+/// the message's sender and recipient so that a consumer of the topic can route it without
+/// reading the store. The store projection writes the entry into the message's timeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryAttempt {
+    pub attempt: Attempt,
+    pub sender_id: String,
+    pub recipient_id: String,
+}
+
+/// A record of `esh.status.v1`: a status change, the outcome of a send consumed from
+/// `esh.ingest.v1`, or a delivery attempt. Consumers skip the kinds they do not handle.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StatusRecord {
     Status(StatusEvent),
     Outcome(IngestOutcome),
+    Attempt(DeliveryAttempt),
 }
 
 impl StatusRecord {
@@ -115,7 +126,16 @@ impl StatusRecord {
     pub fn into_status(self) -> Option<StatusEvent> {
         match self {
             StatusRecord::Status(event) => Some(event),
-            StatusRecord::Outcome(_) => None,
+            StatusRecord::Outcome(_) | StatusRecord::Attempt(_) => None,
+        }
+    }
+
+    /// The record's key: the message id, or an outcome's request key.
+    pub fn key(&self) -> &str {
+        match self {
+            StatusRecord::Status(event) => &event.message_id,
+            StatusRecord::Outcome(outcome) => &outcome.key,
+            StatusRecord::Attempt(delivery) => &delivery.attempt.message_id,
         }
     }
 }
@@ -130,6 +150,12 @@ impl From<CodecError> for crate::error::ApiError {
 impl From<StatusEvent> for StatusRecord {
     fn from(event: StatusEvent) -> Self {
         StatusRecord::Status(event)
+    }
+}
+
+impl From<DeliveryAttempt> for StatusRecord {
+    fn from(delivery: DeliveryAttempt) -> Self {
+        StatusRecord::Attempt(delivery)
     }
 }
 
@@ -185,6 +211,18 @@ impl LogRecord for StatusRecord {
                 broadcast_id: event.route.broadcast_id,
             }),
             StatusRecord::Outcome(outcome) => wire::StatusRecord::Outcome(outcome),
+            StatusRecord::Attempt(DeliveryAttempt { attempt, sender_id, recipient_id }) => {
+                wire::StatusRecord::Attempt(wire::DeliveryAttempt {
+                    message_id: attempt.message_id,
+                    attempt: attempt.attempt,
+                    at: attempt.at.0,
+                    channel: attempt.channel.into(),
+                    outcome: attempt.outcome,
+                    error: attempt.error,
+                    sender_id,
+                    recipient_id,
+                })
+            }
         }
     }
 
@@ -204,6 +242,18 @@ impl LogRecord for StatusRecord {
                 },
             }),
             wire::StatusRecord::Outcome(outcome) => StatusRecord::Outcome(outcome),
+            wire::StatusRecord::Attempt(delivery) => StatusRecord::Attempt(DeliveryAttempt {
+                attempt: Attempt {
+                    message_id: delivery.message_id,
+                    attempt: delivery.attempt,
+                    at: Millis(delivery.at),
+                    channel: delivery.channel.into(),
+                    outcome: delivery.outcome,
+                    error: delivery.error,
+                },
+                sender_id: delivery.sender_id,
+                recipient_id: delivery.recipient_id,
+            }),
         })
     }
 }
@@ -427,6 +477,7 @@ macro_rules! same_symbols {
 same_symbols!(MessageType, wire::MessageKind, OneWay, Chat);
 same_symbols!(Priority, wire::Priority, High, Normal, Low);
 same_symbols!(Status, wire::Status, Pending, Sent, Delivered, Read, Failed);
+same_symbols!(Channel, wire::Channel, Socket, Push);
 
 #[cfg(test)]
 mod tests {
@@ -483,6 +534,16 @@ mod tests {
         }
 
         #[test]
+        fn delivery_attempts_round_trip(attempt in 1u32..100, push: bool, error in proptest::option::of("\\PC{0,50}")) {
+            let channel = if push { Channel::Push } else { Channel::Socket };
+            let outcome = "timeout".to_owned();
+            let attempt = Attempt { message_id: "m1".into(), attempt, at: Millis(7), channel, outcome, error };
+            let delivery = DeliveryAttempt { attempt, sender_id: "b".into(), recipient_id: "u".into() };
+            let record = StatusRecord::Attempt(delivery);
+            prop_assert_eq!(decode::<StatusRecord>(&encode(record.clone()).unwrap()).unwrap(), record);
+        }
+
+        #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = decode::<MessageEnvelope>(&bytes);
             let _ = decode::<StatusRecord>(&bytes);
@@ -519,6 +580,22 @@ mod tests {
             decode::<DeadLetter>(&encode(letter.clone()).unwrap()).unwrap(),
             letter
         );
+    }
+
+    /// An attempt is keyed by its message, like a status change, and is not one.
+    #[test]
+    fn a_delivery_attempt_is_keyed_by_its_message_and_is_no_status_change() {
+        let attempt = Attempt {
+            message_id: "m1".into(),
+            attempt: 1,
+            at: Millis(3),
+            channel: Channel::Socket,
+            outcome: "delivered".into(),
+            error: None,
+        };
+        let record = StatusRecord::from(DeliveryAttempt { attempt, sender_id: "b1".into(), recipient_id: "u1".into() });
+        assert_eq!(record.key(), "m1");
+        assert_eq!(record.into_status(), None);
     }
 
     /// Consumers of status changes see an ingest outcome as what it is, not as garbage.

@@ -15,8 +15,8 @@
 //! - `tracker`: the node's single retry schedule (one `DelayQueue`): ack timeout, backoff
 //!   (`retry_schedule`, 1..32 s by default), dead letter after the last retry (7 attempts
 //!   by default; Req 4.1, 4.2).
-//! - `persist`: attempts, receipts and failures written in batches (`record_attempts`,
-//!   `StatusWriter::apply`).
+//! - `persist`: attempts, receipts and failures appended to `esh.status.v1` in batches
+//!   (`StatusWriter::apply`); the store projection writes the attempts into the timeline.
 //! - `frames`: the client frame parser (untrusted input) and the server frames.
 //!
 //! A message goes bus → dispatch → socket queue → writer: two hops per socket, plus one

@@ -1,8 +1,9 @@
 //! Writes what the tracker gathered — delivery attempts, receipts and failures — in batches:
-//! one `record_attempts` and one `StatusWriter::apply` for everything that queued up while
-//! the previous batch was being written (PERFORMANCE.md: status changes are the bigger half
-//! of the write load). Receipts for messages the tracker could not vouch for are checked
-//! against the store first (one read per batch): only the recipient's receipts count.
+//! one `StatusWriter::apply` for everything that queued up while the previous batch was
+//! being written (PERFORMANCE.md: status changes are the bigger half of the write load).
+//! Attempts are status records like the rest: the store projection puts them in the
+//! timeline. Receipts for messages the tracker could not vouch for are checked against the
+//! store first (one read per batch): only the recipient's receipts count.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -11,15 +12,15 @@ use std::time::Duration;
 use esh_backends::status_writer::StatusWriter;
 use esh_backends::{BackendError, ErrorKind};
 use esh_backends::resolver::Backends;
-use esh_common::records::StatusEvent;
-use esh_common::{Attempt, Millis, Status};
+use esh_common::records::{DeliveryAttempt, StatusEvent, StatusRecord};
+use esh_common::{Millis, Status};
 use tokio::sync::mpsc;
 
 /// Effects to write.
 #[derive(Debug, Default)]
 pub(crate) struct Persist {
     /// Attempt outcomes for the messages' timelines.
-    pub(crate) attempts: Vec<Attempt>,
+    pub(crate) attempts: Vec<DeliveryAttempt>,
     /// Status changes known to be legitimate (receipts of the recipient, failures).
     pub(crate) changes: Vec<StatusEvent>,
     /// Receipts (user, message ids, status) that count only for messages addressed to the user.
@@ -55,29 +56,21 @@ pub(crate) async fn run(mut receiver: mpsc::Receiver<Persist>, backends: Backend
     }
 }
 
+/// One append for the batch: attempts first, then status changes (an ack settles its
+/// attempt, then moves the message).
 async fn write(batch: Persist, backends: &Backends, status_writer: &StatusWriter) {
-    let Persist { attempts, mut changes, unverified } = batch;
+    let Persist { attempts, changes, unverified } = batch;
+    let mut records: Vec<StatusRecord> = attempts.into_iter().map(StatusRecord::Attempt).collect();
+    records.extend(changes.into_iter().map(StatusRecord::Status));
     if !unverified.is_empty() {
-        changes.extend(verify(unverified, backends).await);
+        records.extend(verify(unverified, backends).await.into_iter().map(StatusRecord::Status));
     }
-    let store = backends.store.as_ref();
-    let attempts = &attempts;
-    let changes = &changes;
-    let record = async {
-        if !attempts.is_empty() {
-            if let Err(error) = with_retries(|| store.record_attempts(attempts)).await {
-                tracing::error!(%error, count = attempts.len(), "cannot record delivery attempts");
-            }
-        }
-    };
-    let apply = async {
-        if !changes.is_empty() {
-            if let Err(error) = with_retries(|| status_writer.apply(changes.clone())).await {
-                tracing::error!(%error, count = changes.len(), "cannot apply receipts and failures");
-            }
-        }
-    };
-    tokio::join!(record, apply);
+    if records.is_empty() {
+        return;
+    }
+    if let Err(error) = with_retries(|| status_writer.apply(records.clone())).await {
+        tracing::error!(%error, count = records.len(), "cannot append delivery attempts, receipts and failures");
+    }
 }
 
 /// The receipts among `unverified` whose message is addressed to the user who sent them.

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use esh_backends::MessageStore;
-use esh_common::records::StatusEvent;
+use esh_common::records::{DeliveryAttempt, StatusEvent};
 use esh_common::retry::RetrySchedule;
 use esh_common::{Attempt, Channel, MessageRoute, Millis, Status};
 use futures::FutureExt;
@@ -251,15 +251,7 @@ impl Tracker {
                 continue;
             }
             let Some(entry) = self.entries.get(&id) else { continue };
-            let previous = Attempt {
-                message_id: id.clone(),
-                attempt: entry.attempt,
-                at: entry.sent_at,
-                channel: Channel::Socket,
-                outcome: "timeout".into(),
-                error,
-            };
-            self.pending.attempts.push(previous);
+            self.pending.attempts.push(outcome_of(&id, entry, "timeout", error));
             let key = self.timers.insert(id.clone(), self.ack_timeout);
             if let Some(entry) = self.entries.get_mut(&id) {
                 entry.attempt += 1;
@@ -329,14 +321,7 @@ impl Tracker {
     }
 
     fn record(&mut self, id: &str, entry: &Entry, outcome: &str, error: Option<String>) {
-        self.pending.attempts.push(Attempt {
-            message_id: id.to_owned(),
-            attempt: entry.attempt,
-            at: entry.sent_at,
-            channel: Channel::Socket,
-            outcome: outcome.to_owned(),
-            error,
-        });
+        self.pending.attempts.push(outcome_of(id, entry, outcome, error));
     }
 
     /// Hands the gathered effects to the persister.
@@ -349,6 +334,20 @@ impl Tracker {
             tracing::warn!("persister stopped; delivery attempts and receipts are lost");
         }
     }
+}
+
+/// The timeline entry of the attempt `entry` last sent, ended with `outcome`.
+fn outcome_of(id: &str, entry: &Entry, outcome: &str, error: Option<String>) -> DeliveryAttempt {
+    let attempt = Attempt {
+        message_id: id.to_owned(),
+        attempt: entry.attempt,
+        at: entry.sent_at,
+        channel: Channel::Socket,
+        outcome: outcome.to_owned(),
+        error,
+    };
+    let route = &entry.route;
+    DeliveryAttempt { attempt, sender_id: route.sender_id.clone(), recipient_id: route.recipient_id.clone() }
 }
 
 /// `5s`, `1.5s`, `250ms`.

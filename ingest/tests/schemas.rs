@@ -10,7 +10,8 @@ use std::time::Duration;
 use apache_avro::types::Value as Avro;
 use apache_avro::Schema;
 use esh_backends::Consumed;
-use esh_common::topics;
+use esh_common::records::DeliveryAttempt;
+use esh_common::{topics, Attempt, Channel, Millis};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use support::*;
@@ -104,36 +105,26 @@ async fn subjects_list_one_value_subject_per_topic() {
 async fn versions_and_latest_answer_like_a_schema_registry() {
     let server = Server::start().await;
     let versions = get(&server, "/v1/schemas/subjects/esh.status.v1-value/versions").await;
-    assert_eq!(
-        (versions.status, versions.json.clone()),
-        (StatusCode::OK, json!([1]))
-    );
+    assert_eq!((versions.status, versions.json.clone()), (StatusCode::OK, json!([1, 2])));
 
-    let latest = get(
-        &server,
-        "/v1/schemas/subjects/esh.status.v1-value/versions/latest",
-    )
-    .await;
+    let latest = get(&server, "/v1/schemas/subjects/esh.status.v1-value/versions/latest").await;
     assert_eq!(latest.status, StatusCode::OK);
     assert_eq!(latest.json["subject"], "esh.status.v1-value");
-    assert_eq!(latest.json["version"], 1);
-    assert_eq!(latest.json["id"], 2);
-    // The schema is a JSON document in a string: the union of status events and outcomes.
-    let schema: serde_json::Value =
-        serde_json::from_str(latest.json["schema"].as_str().unwrap()).unwrap();
-    let names: Vec<&str> = schema
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["StatusEvent", "IngestOutcome"]);
-    let first = get(
-        &server,
-        "/v1/schemas/subjects/esh.status.v1-value/versions/1",
-    )
-    .await;
-    assert_eq!(first.json, latest.json);
+    assert_eq!(latest.json["version"], 2);
+    assert_eq!(latest.json["id"], 6);
+    // The schema is a JSON document in a string: the union of status events, outcomes and
+    // (since version 2) delivery attempts.
+    let names = |answer: &Answer| -> Vec<String> {
+        let schema: serde_json::Value = serde_json::from_str(answer.json["schema"].as_str().unwrap()).unwrap();
+        schema.as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(names(&latest), ["StatusEvent", "IngestOutcome", "DeliveryAttempt"]);
+    assert_eq!(get(&server, "/v1/schemas/subjects/esh.status.v1-value/versions/2").await.json, latest.json);
+    // Version 1 is still served, under its own id.
+    let first = get(&server, "/v1/schemas/subjects/esh.status.v1-value/versions/1").await;
+    assert_eq!((first.json["version"].clone(), first.json["id"].clone()), (json!(1), json!(2)));
+    assert_eq!(names(&first), ["StatusEvent", "IngestOutcome"]);
+    assert_eq!(get(&server, "/v1/schemas/ids/2").await.json["schema"], first.json["schema"]);
 
     // The same schema under each message topic's subject, with one id.
     for subject in [
@@ -324,6 +315,56 @@ async fn a_record_the_platform_wrote_decodes_with_the_schema_from_the_registry()
     assert_eq!(field(&event, "message_id"), &Avro::String(id));
     assert_eq!(field(&event, "status"), &Avro::Enum(2, "delivered".into()));
     assert_eq!(field(&event, "sender_id"), &Avro::String("b1".into()));
+}
+
+/// Req 4.7: delivery attempts are status records like any other: keyed by the message id,
+/// the third branch of the union, decoded with nothing but the registry's schema; the store
+/// projection puts them in the message's timeline.
+#[tokio::test]
+async fn a_delivery_attempt_decodes_with_the_schema_from_the_registry_and_reaches_the_timeline() {
+    let server = Server::start().await;
+    let business = server.business("b1").await;
+    server.mobile("m1").await;
+    let id = server.one_way(&business, "m1", "hi").await["id"].as_str().unwrap().to_owned();
+    // What the push stage appends for one device: a retryable answer, then an accepted one.
+    let attempt = |attempt: u32, outcome: &str, error: Option<&str>| DeliveryAttempt {
+        attempt: Attempt {
+            message_id: id.clone(),
+            attempt,
+            at: Millis(1_700_000_000_000 + i64::from(attempt)),
+            channel: Channel::Push,
+            outcome: outcome.into(),
+            error: error.map(str::to_owned),
+        },
+        sender_id: "b1".into(),
+        recipient_id: "m1".into(),
+    };
+    let attempts = [attempt(1, "unavailable", Some("android: provider timed out")), attempt(2, "accepted", None)];
+    server.status_writer.apply(attempts).await.unwrap();
+
+    let found = records(&server, topics::STATUS, 2).await;
+    assert_eq!(found.len(), 2);
+    assert!(found.iter().all(|r| r.key == id), "keyed by the message id");
+    let first = decode_as_integrator(&server, &found[0].value).await;
+    assert!(matches!(first, Avro::Union(2, _)), "a DeliveryAttempt, the union's third branch: {first:?}");
+    assert_eq!(field(&first, "message_id"), &Avro::String(id.clone()));
+    assert_eq!(field(&first, "attempt"), &Avro::Int(1));
+    assert_eq!(field(&first, "channel"), &Avro::Enum(1, "push".into()));
+    assert_eq!(field(&first, "outcome"), &Avro::String("unavailable".into()));
+    assert_eq!(field(&first, "error"), &Avro::String("android: provider timed out".into()));
+    assert_eq!(field(&first, "recipient_id"), &Avro::String("m1".into()));
+    assert_eq!(field(&first, "sender_id"), &Avro::String("b1".into()));
+
+    // The read waits for the projection to pass the log's end: appended, then listed.
+    let timeline = server.get(&format!("/v1/messages/{id}/attempts"), &business).await;
+    assert_eq!(
+        timeline.json["items"],
+        json!([
+            {"attempt": 1, "at": "2023-11-14T22:13:20.001Z", "channel": "push", "outcome": "unavailable",
+                "error": "android: provider timed out"},
+            {"attempt": 2, "at": "2023-11-14T22:13:20.002Z", "channel": "push", "outcome": "accepted"},
+        ])
+    );
 }
 
 /// Every status change of a message is on esh.status.v1, keyed by its id (so on one

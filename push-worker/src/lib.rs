@@ -4,8 +4,9 @@
 //! has no socket. [`stage::run`] is consumer group `push` on that topic: for each request it
 //! reads the recipient (mobile, notifications enabled — Req 3.6) and its active devices, and
 //! sends the notification to every one of them (Req 3.2, 3.4) through the [`PushSender`] of
-//! the device's platform, a bounded number at a time. Each attempt lands in the message's
-//! timeline (channel `push`, Req 3.7); a provider's answer moves the device's health
+//! the device's platform, a bounded number at a time. Each attempt is a status record on
+//! `esh.status.v1` that the store projection puts in the message's timeline (channel
+//! `push`, Req 3.7); a provider's answer moves the device's health
 //! (Req 3.5: unregistered → inactive at once, 3 failures in a row → inactive, a success
 //! resets the count). Retryable answers (5xx, throttling, timeouts) are retried with the
 //! socket delivery's schedule (`common/src/retry.rs`); when it runs out on every device of a

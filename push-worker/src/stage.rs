@@ -1,7 +1,8 @@
 //! The consumer of `esh.push.v1` (consumer group `push`): one polled batch at a time,
 //! every device of every request notified at once (at most `concurrency` sends in flight),
-//! then the batch's effects written — attempts to the timeline, device health, failures
-//! through the status writer — and only then its offsets committed.
+//! then the batch's effects written — device health, then the attempts and failures in one
+//! append through the status writer (the store projection puts the attempts in the
+//! timeline) — and only then its offsets committed.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -16,7 +17,7 @@ use esh_backends::{BackendError, Consumed, DeviceOutcome, ErrorKind, LogConsumer
 use esh_common::health::ReadinessProbe;
 use esh_common::retry::RetrySchedule;
 use esh_common::{topics, Attempt, Channel, Device, Millis, Platform, Status, UserKind};
-use esh_common::records::{PushRequest, StatusEvent};
+use esh_common::records::{DeliveryAttempt, PushRequest, StatusEvent, StatusRecord};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -359,18 +360,22 @@ impl Stage {
         DeviceResult { request, device, attempts, end }
     }
 
-    /// Writes the batch's attempts, device outcomes and dead letters; `false` on shutdown.
+    /// Writes the batch's device outcomes, then appends its attempts and dead letters;
+    /// `false` on shutdown.
     async fn write_effects(
         &self,
         results: Vec<DeviceResult>,
         shutdown: &CancellationToken,
     ) -> Result<bool, BackendError> {
-        let mut attempts = Vec::new();
+        let mut records = Vec::new();
         let mut outcomes = Vec::new();
         // Per message: whether every device ran out of retries, and the last error.
         let mut exhausted: HashMap<String, (Arc<PushRequest>, bool, String)> = HashMap::new();
         for result in results {
-            attempts.extend(result.attempts);
+            records.extend(result.attempts.into_iter().map(|attempt| {
+                let (sender_id, recipient_id) = (result.request.sender_id.clone(), result.request.recipient_id.clone());
+                StatusRecord::Attempt(DeliveryAttempt { attempt, sender_id, recipient_id })
+            }));
             let (outcome, error) = match result.end {
                 End::Settled(outcome) => (outcome, None),
                 End::Exhausted(error) => (DeviceOutcome::Failed, Some(error)),
@@ -393,22 +398,18 @@ impl Stage {
         else {
             return Ok(false);
         };
-        let store = &self.backends.store;
-        if durably("record push attempts", shutdown, || store.record_attempts(&attempts)).await?.is_none() {
-            return Ok(false);
-        }
         let deactivated = devices.iter().filter(|device| !device.active).count();
         metrics::counter!("esh_push_devices_deactivated_total").increment(deactivated as u64);
         let failed: Vec<(Arc<PushRequest>, String)> =
             exhausted.into_values().filter(|(_, all, _)| *all).map(|(request, _, error)| (request, error)).collect();
-        if failed.is_empty() {
-            return Ok(true);
+        if !failed.is_empty() {
+            let Some(events) = durably("read failed messages", shutdown, || self.dead_letters(&failed)).await? else {
+                return Ok(false);
+            };
+            records.extend(events.into_iter().map(StatusRecord::Status));
         }
-        let Some(events) = durably("read failed messages", shutdown, || self.dead_letters(&failed)).await? else {
-            return Ok(false);
-        };
         let writer = &self.status_writer;
-        Ok(durably("dead-letter messages", shutdown, || writer.apply(events.clone())).await?.is_some())
+        Ok(durably("append attempts and dead letters", shutdown, || writer.apply(records.clone())).await?.is_some())
     }
 
     /// The `failed` events of messages whose pushes ran out of retries on every device: the

@@ -1,6 +1,7 @@
 //! The push stage end to end on embedded backends and the local providers (tests/support):
 //! requests appended to `esh.push.v1` reach every active device of their recipient, with
-//! the attempts in the message's timeline and the devices' health kept.
+//! the attempts in the message's timeline (appended to `esh.status.v1`, written by the store
+//! projection running beside the stage) and the devices' health kept.
 
 mod support;
 
@@ -14,7 +15,8 @@ use esh_backends::{DeviceOutcome, Record};
 use esh_common::retry::RetrySchedule;
 use esh_common::{topics, Attempt, Channel, Device, Message, Millis, Platform, Status, User, UserKind};
 use esh_push_worker::{PushConfig, PushRequest, Senders, PREVIEW_CHARS};
-use esh_common::records::{StatusEvent, StatusRecord};
+use esh_common::records::StatusRecord;
+use esh_router::RouterConfig;
 use support::{Answer, Providers};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
@@ -53,6 +55,7 @@ async fn start(config: PushConfig) -> Harness {
     let senders = Senders { android: Some(Arc::new(providers.fcm())), ios: Some(Arc::new(providers.apns())) };
     let (writer, _) = StatusWriter::start(backends.log.clone(), 16);
     let stop = CancellationToken::new();
+    tokio::spawn(esh_router::project_store(backends.clone(), RouterConfig::default(), stop.clone()));
     tokio::spawn(esh_push_worker::run(backends.clone(), senders, writer, config, stop.clone()));
     Harness { backends, providers, stop, _dir: dir }
 }
@@ -245,18 +248,23 @@ async fn a_message_whose_pushes_run_out_of_retries_is_dead_lettered_like_a_socke
     esh.push(&message).await;
     esh.attempts(&message.id, 3).await;
 
+    // The attempts and the failure are status records of the message, in that order.
     let mut status = esh.backends.log.subscribe("test", &[topics::STATUS]).await.unwrap();
-    let mut events = Vec::new();
+    let mut found = Vec::new();
     for _ in 0..100 {
-        events.extend(status.poll(10, Duration::from_millis(50)).await.unwrap());
-        if !events.is_empty() {
+        found.extend(status.poll(10, Duration::from_millis(50)).await.unwrap());
+        if found.len() >= 4 {
             break;
         }
     }
-    let StatusRecord::Status(event) = esh_common::records::decode(&events.first().expect("a failure").value).unwrap() else {
-        panic!("a status event, not an ingest outcome");
+    assert!(found.iter().all(|record| record.key == message.id));
+    let records: Vec<StatusRecord> =
+        found.iter().map(|record| esh_common::records::decode(&record.value).unwrap()).collect();
+    let [StatusRecord::Attempt(_), StatusRecord::Attempt(_), StatusRecord::Attempt(_), StatusRecord::Status(event)] =
+        &records[..]
+    else {
+        panic!("three attempts then the failure: {records:?}");
     };
-    let event: StatusEvent = event;
     assert_eq!((event.message_id.as_str(), event.status, event.attempts), (message.id.as_str(), Status::Failed, 3));
-    assert!(event.error.unwrap().starts_with("push: "));
+    assert!(event.error.as_deref().unwrap().starts_with("push: "));
 }

@@ -12,7 +12,8 @@
 //!   ([`RouterConfig::push`]), a `PushRequest` on `esh.push.v1` for the push stage
 //!   (`hand_off_offline`).
 //! - the **store projection** (`projection`), consumer group `store` on the message topics
-//!   and `esh.status.v1`: it writes the store from the log in folded batches.
+//!   and `esh.status.v1`: it writes the store from the log in folded batches, delivery
+//!   attempts into the messages' timelines included.
 //! - the **status notifier**, consumer group `notifier` on `esh.status.v1`: every
 //!   `delivered`, `read` or `failed` change becomes a `status` event for the sender's nodes
 //!   (Req 9.6).
@@ -170,7 +171,8 @@ fn decoded<T: LogRecord>(record: &Consumed) -> Option<T> {
 }
 
 /// The status change a record of `esh.status.v1` holds; the topic's other records (the
-/// outcomes of Kafka-native sends) are none of these consumers' business and are skipped.
+/// outcomes of Kafka-native sends, delivery attempts) are none of the notifier's business
+/// and are skipped.
 fn status_change(record: &Consumed) -> Option<StatusEvent> {
     decoded::<StatusRecord>(record)?.into_status()
 }
@@ -560,9 +562,10 @@ mod tests {
         esh_common::records::encode(StatusRecord::Status(event)).unwrap()
     }
 
-    /// The outcomes of Kafka-native sends share the topic; the notifier skips them.
+    /// The outcomes of Kafka-native sends and the delivery attempts share the topic; the
+    /// notifier skips them.
     #[test]
-    fn ingest_outcomes_on_the_status_topic_reach_no_sender() {
+    fn ingest_outcomes_and_attempts_on_the_status_topic_reach_no_sender() {
         let outcome = esh_common::records::IngestOutcome {
             key: "k1".into(),
             sender_id: "b".into(),
@@ -570,8 +573,19 @@ mod tests {
             error: None,
             at: 1,
         };
+        let attempt = esh_common::Attempt {
+            message_id: "m1".into(),
+            attempt: 1,
+            at: esh_common::Millis(1),
+            channel: esh_common::Channel::Socket,
+            outcome: "delivered".into(),
+            error: None,
+        };
+        let attempt =
+            esh_common::records::DeliveryAttempt { attempt, sender_id: "b".into(), recipient_id: "u".into() };
         let records = [
             consumed(esh_common::records::encode(StatusRecord::Outcome(outcome)).unwrap()),
+            consumed(esh_common::records::encode(StatusRecord::Attempt(attempt)).unwrap()),
             consumed(encoded(event("m1", Status::Delivered))),
         ];
         let kept: Vec<Status> = sender_notices(&records, &mut StatusSeen::default())

@@ -1,12 +1,14 @@
 //! The store projection: consumer group `store` on `esh.messages.{high,normal,low}` and
-//! `esh.status.v1`. The log is the commit point of every send and status change; this
-//! consumer writes the store from it in large batches (ARCHITECTURE.md "Decisions").
+//! `esh.status.v1`. The log is the commit point of every send, status change and delivery
+//! attempt; this consumer writes the store from it in large batches (ARCHITECTURE.md
+//! "Decisions"), and is the only writer of the attempts' timelines.
 //!
 //! Each batch is folded before it is written ([`fold`]): a message whose `delivered` or
 //! `read` is in the same batch is written once, with its final status, and no undelivered
 //! entry is made for it. The folded batch and the log positions it reaches are written in
 //! one store transaction (`MessageStore::project`); records below the stored positions are
-//! skipped, so a batch redelivered after a crash applies nothing twice. Then the cached
+//! skipped, so a batch redelivered after a crash applies nothing twice (attempts included,
+//! which the store appends to the timeline however often it is given them). Then the cached
 //! conversations it touched are invalidated and `Freshness` learns the new positions, which
 //! releases the reads waiting for them (read-your-writes). The group's offsets are
 //! committed last; they only bound the log's retention and measure the projection's lag.
@@ -17,13 +19,11 @@ use std::time::Duration;
 use esh_backends::resolver::Backends;
 use esh_backends::{BackendError, Consumed, LogPosition, Projection};
 
-use esh_common::records::MessageEnvelope;
+use esh_common::records::{MessageEnvelope, StatusRecord};
 use esh_common::{topics, StatusChange};
 use tokio_util::sync::CancellationToken;
 
-use crate::{
-    decoded, finish_batch, poll, status_change, subscribe, Backoff, BatchWork, RouterConfig,
-};
+use crate::{decoded, finish_batch, poll, subscribe, Backoff, BatchWork, RouterConfig};
 
 /// The projection loop (also run alone by tests of stages that need the store to follow
 /// the log); returns on shutdown after committing the batch in hand.
@@ -124,8 +124,8 @@ async fn apply(backends: &Backends, records: &[Consumed]) -> Result<(), BackendE
     Ok(())
 }
 
-/// Folds a batch (in poll order: messages of higher priority first, then statuses) into
-/// what the store writes. `applied` holds the next offset to apply of each partition;
+/// Folds a batch (in poll order: messages of higher priority first, then statuses and
+/// attempts) into what the store writes. `applied` holds the next offset to apply of each partition;
 /// records below it are left out, but still count toward the positions written.
 pub(crate) fn fold(records: &[Consumed], applied: &HashMap<(&str, u32), u64>) -> Projection {
     let mut projection = Projection::default();
@@ -143,8 +143,13 @@ pub(crate) fn fold(records: &[Consumed], applied: &HashMap<(&str, u32), u64>) ->
             continue;
         }
         if record.topic == topics::STATUS {
-            let Some(event) = status_change(record) else {
-                continue;
+            let event = match decoded::<StatusRecord>(record) {
+                Some(StatusRecord::Status(event)) => event,
+                Some(StatusRecord::Attempt(delivery)) => {
+                    projection.attempts.push(delivery.attempt);
+                    continue;
+                }
+                Some(StatusRecord::Outcome(_)) | None => continue,
             };
             let change = event.change();
             match new_messages.get(&change.message_id) {
@@ -195,8 +200,8 @@ pub(crate) fn fold(records: &[Consumed], applied: &HashMap<(&str, u32), u64>) ->
 mod tests {
     use super::*;
     use esh_backends::testsuite::fixtures;
-    use esh_common::records::{encode, StatusEvent, StatusRecord};
-    use esh_common::{Message, Millis, Status};
+    use esh_common::records::{encode, DeliveryAttempt, StatusEvent, StatusRecord};
+    use esh_common::{Attempt, Channel, Message, Millis, Status};
 
     fn message(id: &str) -> Message {
         Message { id: id.into(), ..fixtures::one_way("b", "m") }
@@ -231,6 +236,19 @@ mod tests {
             )))
             .unwrap(),
         )
+    }
+
+    fn attempt(id: &str, number: u32, offset: u64) -> Consumed {
+        let attempt = Attempt {
+            message_id: id.into(),
+            attempt: number,
+            at: Millis(5),
+            channel: Channel::Socket,
+            outcome: "timeout".into(),
+            error: None,
+        };
+        let delivery = DeliveryAttempt { attempt, sender_id: "b".into(), recipient_id: "m".into() };
+        record(topics::STATUS, 1, offset, encode(StatusRecord::Attempt(delivery)).unwrap())
     }
 
     #[test]
@@ -274,6 +292,24 @@ mod tests {
         let ids: Vec<&str> = projection.messages.iter().map(|m| m.id.as_str()).collect();
         assert_eq!(ids, ["m3"], "a redelivered batch applies nothing twice");
         assert_eq!(projection.positions[0].next_offset, 3);
+    }
+
+    /// Req 4.7: attempts go to the timeline in log order, each once: those below the
+    /// applied positions were written with them.
+    #[test]
+    fn attempts_are_projected_in_log_order_and_never_twice() {
+        let timeline = |projection: &Projection| -> Vec<(String, u32)> {
+            projection.attempts.iter().map(|a| (a.message_id.clone(), a.attempt)).collect()
+        };
+        let records =
+            [attempt("m1", 1, 3), status("m1", Status::Delivered, 4), attempt("m1", 2, 5), attempt("m2", 1, 6)];
+        let projection = fold(&records, &HashMap::new());
+        assert_eq!(timeline(&projection), [("m1".into(), 1), ("m1".into(), 2), ("m2".into(), 1)]);
+        assert_eq!(projection.changes.len(), 1, "the status between them is a change as before");
+
+        let replayed = fold(&records, &HashMap::from([((topics::STATUS, 1), 5)]));
+        assert_eq!(timeline(&replayed), [("m1".into(), 2), ("m2".into(), 1)]);
+        assert!(replayed.changes.is_empty());
     }
 
     #[test]

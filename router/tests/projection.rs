@@ -1,6 +1,7 @@
 //! The store projection against the real embedded log and store: it catches up with what
 //! was appended while it was not running, folds, and applies nothing twice when the log
-//! redelivers records it had already written (its positions live in the store).
+//! redelivers records it had already written (its positions live in the store), delivery
+//! attempts included.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,8 +11,8 @@ use async_trait::async_trait;
 use esh_backends::resolver::{resolve, BackendUrls, Backends};
 use esh_backends::testsuite::fixtures;
 use esh_backends::{BackendError, Consumed, LogConsumer, MessageLog, Record};
-use esh_common::records::{MessageEnvelope, StatusEvent, StatusRecord};
-use esh_common::{ids, topics, Broadcast, Message, Millis, Priority, Status};
+use esh_common::records::{DeliveryAttempt, MessageEnvelope, StatusEvent, StatusRecord};
+use esh_common::{ids, topics, Attempt, Broadcast, Channel, Message, Millis, Priority, Status};
 use esh_router::RouterConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -82,6 +83,14 @@ async fn receipt(backends: &Backends, message: &Message, status: Status) -> Resu
         esh_common::records::encode(StatusRecord::Status(event))?,
     )
     .await
+}
+
+/// Appends what the deliverer or the push stage appends when an attempt ends.
+async fn attempted(backends: &Backends, message: &Message, attempt: Attempt) -> Result<()> {
+    let route = message.route();
+    let delivery = DeliveryAttempt { attempt, sender_id: route.sender_id, recipient_id: route.recipient_id };
+    let value = esh_common::records::encode(StatusRecord::Attempt(delivery))?;
+    append(backends, topics::STATUS, message.id.clone(), value).await
 }
 
 /// Runs the projection until it has applied everything appended so far, then stops it.
@@ -161,5 +170,40 @@ async fn the_projection_applies_nothing_twice_when_the_log_redelivers_req_10_3()
         }
     }
     assert_eq!(backends.store.message(&first.id).await?.context("stored")?.status, Status::Read);
+    Ok(())
+}
+
+/// Req 4.7: attempts on `esh.status.v1` reach the timeline in log order, and once however
+/// often the log redelivers them (the store appends whatever it is given: the positions
+/// written with them are what keeps a replayed batch out).
+#[tokio::test]
+async fn attempts_reach_the_timeline_once_however_often_the_log_redelivers_req_4_7() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut backends = backends(&dir).await?;
+    backends.log = Arc::new(NeverCommits(backends.log.clone()));
+    let message = fixtures::one_way("biz", "m1");
+    send(&backends, &message).await?;
+    let attempt = |attempt: u32, channel: Channel, outcome: &str, error: Option<&str>| Attempt {
+        message_id: message.id.clone(),
+        attempt,
+        at: Millis(1_000 * i64::from(attempt)),
+        channel,
+        outcome: outcome.into(),
+        error: error.map(str::to_owned),
+    };
+    let timeline = [
+        attempt(1, Channel::Push, "accepted", None),
+        attempt(1, Channel::Socket, "timeout", Some("not acknowledged within 5s")),
+        attempt(2, Channel::Socket, "delivered", None),
+    ];
+    for entry in &timeline {
+        attempted(&backends, &message, entry.clone()).await?;
+    }
+    receipt(&backends, &message, Status::Delivered).await?;
+    for _ in 0..3 {
+        project_once(&backends).await?;
+        assert_eq!(backends.store.attempts(&message.id).await?, timeline, "each attempt once, in log order");
+    }
+    assert_eq!(backends.store.message(&message.id).await?.context("stored")?.status, Status::Delivered);
     Ok(())
 }

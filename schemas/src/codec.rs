@@ -142,7 +142,8 @@ impl std::io::Read for EndWatch<'_, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{Status, StatusEvent, StatusRecord};
+    use crate::types::{Channel, DeliveryAttempt, Status, StatusEvent, StatusRecord};
+    use apache_avro::schema_compatibility::SchemaCompatibility;
     use apache_avro::Schema;
 
     /// An earlier form of the status topic's value: a `StatusEvent` alone, without the
@@ -162,10 +163,7 @@ mod tests {
     fn a_record_of_an_earlier_version_decodes_with_the_current_schema() {
         let earlier = Schema::parse_str(EARLIER_STATUS).unwrap();
         let current = schema(registry::STATUS_ID).unwrap();
-        assert!(
-            apache_avro::schema_compatibility::SchemaCompatibility::can_read(&earlier, current)
-                .is_ok()
-        );
+        assert!(SchemaCompatibility::can_read(&earlier, current).is_ok());
         let written = apache_avro::to_avro_datum(
             &earlier,
             crate::avro::record([
@@ -204,9 +202,59 @@ mod tests {
             r#"{"name": "recipient_id", "type": "string"}, {"name": "extra", "type": "string"}"#,
         ))
         .unwrap();
-        assert!(
-            apache_avro::schema_compatibility::SchemaCompatibility::can_read(&earlier, &stricter)
-                .is_err()
-        );
+        assert!(SchemaCompatibility::can_read(&earlier, &stricter).is_err());
+    }
+
+    fn event() -> StatusRecord {
+        StatusRecord::Status(StatusEvent {
+            message_id: "m1".into(),
+            status: Status::Read,
+            at: 7,
+            error: None,
+            attempts: 0,
+            sender_id: "b1".into(),
+            recipient_id: "u1".into(),
+            conversation_id: Some("c1".into()),
+            broadcast_id: None,
+        })
+    }
+
+    fn attempt() -> StatusRecord {
+        StatusRecord::Attempt(DeliveryAttempt {
+            message_id: "m1".into(),
+            attempt: 2,
+            at: 8,
+            channel: Channel::Push,
+            outcome: "unavailable".into(),
+            error: Some("android: provider timed out".into()),
+            sender_id: "b1".into(),
+            recipient_id: "u1".into(),
+        })
+    }
+
+    /// Version 2 of the status subject appended `DeliveryAttempt` to version 1's union: a
+    /// record written with version 1 (id 2) decodes as before.
+    #[test]
+    fn a_status_record_of_version_1_decodes_with_version_2() {
+        let (v1, v2) = (schema(registry::STATUS_V1_ID).unwrap(), schema(registry::STATUS_ID).unwrap());
+        assert!(SchemaCompatibility::can_read(v1, v2).is_ok());
+        let mut bytes = vec![MAGIC];
+        bytes.extend_from_slice(&registry::STATUS_V1_ID.to_be_bytes());
+        bytes.extend(apache_avro::to_avro_datum(v1, event().to_avro()).unwrap());
+        assert_eq!(decode::<StatusRecord>(&bytes).unwrap(), event());
+    }
+
+    /// What a consumer pinned to version 1 sees of version 2's records (docs/topics.md):
+    /// status events and outcomes resolve to its schema unchanged; an attempt has no branch
+    /// there, so resolving it is an error (Avro schema resolution), which it must skip.
+    #[test]
+    fn a_reader_pinned_to_version_1_reads_version_2_but_its_attempts() {
+        let (v1, v2) = (schema(registry::STATUS_V1_ID).unwrap(), schema(registry::STATUS_ID).unwrap());
+        assert!(SchemaCompatibility::can_read(v2, v1).is_err(), "version 1 cannot read every version 2 record");
+        let written = apache_avro::to_avro_datum(v2, event().to_avro()).unwrap();
+        let value = read_datum(v2, Some(v1), &mut written.as_slice()).unwrap();
+        assert_eq!(StatusRecord::from_avro(value).unwrap(), event());
+        let written = apache_avro::to_avro_datum(v2, attempt().to_avro()).unwrap();
+        assert!(read_datum(v2, Some(v1), &mut written.as_slice()).is_err());
     }
 }

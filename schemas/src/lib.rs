@@ -5,8 +5,8 @@
 //!
 //! Where things are:
 //! - `../avro/*.avsc`: the Avro contracts, one a subject family: `MessageEnvelope`
-//!   (`esh.messages.*`), the status topic's union of `StatusEvent` and `IngestOutcome`,
-//!   `PushRequest`, `DeadLetter` and `SendRequest` (`esh.ingest.v1`).
+//!   (`esh.messages.*`), the status topic's union of `StatusEvent`, `IngestOutcome` and
+//!   `DeliveryAttempt`, `PushRequest`, `DeadLetter` and `SendRequest` (`esh.ingest.v1`).
 //! - `types`: the Rust form of each record, and how it maps to an Avro value (`avro`).
 //! - `registry`: the one table of subjects, versions, schema ids and schema texts that the
 //!   codec and the schema-registry endpoints answer from.
@@ -16,9 +16,10 @@
 //! - `topics`: the topic names.
 //!
 //! Evolution rules (docs/topics.md): a new version of a subject only adds fields that have
-//! a default (readers of the new version read old records) and never removes, renames or
-//! retypes a field or an enum symbol; it gets the next version of its subject and a new
-//! schema id; ids and published schema texts never change.
+//! a default, or a branch at the end of a union (readers of the new version read old
+//! records), and never removes, renames or retypes a field, a branch or an enum symbol; it
+//! gets the next version of its subject and a new schema id; ids and published schema
+//! texts never change.
 
 mod avro;
 pub mod codec;

@@ -12,8 +12,10 @@ use apache_avro::Schema;
 
 /// `avro/message_envelope.avsc`: the value of the three message topics.
 pub const MESSAGE_ENVELOPE_V1: &str = include_str!("../avro/message_envelope.avsc");
-/// `avro/status.avsc`: the union `[StatusEvent, IngestOutcome]`, the value of `esh.status.v1`.
+/// `avro/status.avsc`: the union `[StatusEvent, IngestOutcome]`, the first value of `esh.status.v1`.
 pub const STATUS_V1: &str = include_str!("../avro/status.avsc");
+/// `avro/status_v2.avsc`: version 1's union with `DeliveryAttempt` appended.
+pub const STATUS_V2: &str = include_str!("../avro/status_v2.avsc");
 /// `avro/push_request.avsc`.
 pub const PUSH_REQUEST_V1: &str = include_str!("../avro/push_request.avsc");
 /// `avro/dead_letter.avsc`.
@@ -22,10 +24,13 @@ pub const DEAD_LETTER_V1: &str = include_str!("../avro/dead_letter.avsc");
 pub const SEND_REQUEST_V1: &str = include_str!("../avro/send_request.avsc");
 
 pub const MESSAGE_ENVELOPE_ID: u32 = 1;
-pub const STATUS_ID: u32 = 2;
+/// Version 1 of `esh.status.v1-value`; records written before version 2 name it.
+pub const STATUS_V1_ID: u32 = 2;
 pub const PUSH_REQUEST_ID: u32 = 3;
 pub const DEAD_LETTER_ID: u32 = 4;
 pub const SEND_REQUEST_ID: u32 = 5;
+/// The latest version of `esh.status.v1-value` (2), which status records are written with.
+pub const STATUS_ID: u32 = 6;
 
 /// One version of a subject, as a schema registry holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +68,7 @@ pub const REGISTRATIONS: &[Registration] = &[
     Registration {
         subject: "esh.status.v1-value",
         version: 1,
-        id: STATUS_ID,
+        id: STATUS_V1_ID,
         schema: STATUS_V1,
     },
     Registration {
@@ -83,6 +88,12 @@ pub const REGISTRATIONS: &[Registration] = &[
         version: 1,
         id: SEND_REQUEST_ID,
         schema: SEND_REQUEST_V1,
+    },
+    Registration {
+        subject: "esh.status.v1-value",
+        version: 2,
+        id: STATUS_ID,
+        schema: STATUS_V2,
     },
 ];
 

@@ -37,6 +37,10 @@ symbols!(MessageKind { OneWay = "one_way", Chat = "chat" });
 symbols!(Priority { High = "high", Normal = "normal", Low = "low" });
 symbols!(Status { Pending = "pending", Sent = "sent", Delivered = "delivered", Read = "read", Failed = "failed" });
 symbols!(
+    /// How a [`DeliveryAttempt`] reached for its recipient.
+    Channel { Socket = "socket", Push = "push" }
+);
+symbols!(
     /// Which endpoint a [`SendRequest`] stands for.
     SendKind { OneWay = "one_way", Chat = "chat", Broadcast = "broadcast" }
 );
@@ -335,12 +339,58 @@ impl IngestOutcome {
     }
 }
 
-/// The value of `esh.status.v1`: the union `[StatusEvent, IngestOutcome]`. Consumers take
-/// the branch they care about and skip the other.
+/// `esh.v1.DeliveryAttempt`: one delivery attempt of a message and its outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryAttempt {
+    pub message_id: String,
+    /// 1 for the first send; push attempts are numbered per device.
+    pub attempt: u32,
+    pub at: i64,
+    pub channel: Channel,
+    /// `delivered`, `timeout`, `disconnected` (socket); the provider's answer (push).
+    pub outcome: String,
+    pub error: Option<String>,
+    pub sender_id: String,
+    pub recipient_id: String,
+}
+
+impl DeliveryAttempt {
+    fn to_avro(&self) -> Value {
+        record([
+            ("message_id", string(&self.message_id)),
+            ("attempt", Value::Int(i32::try_from(self.attempt).unwrap_or(i32::MAX))),
+            ("at", timestamp(self.at)),
+            ("channel", self.channel.to_avro()),
+            ("outcome", string(&self.outcome)),
+            ("error", nullable(self.error.as_deref(), string)),
+            ("sender_id", string(&self.sender_id)),
+            ("recipient_id", string(&self.recipient_id)),
+        ])
+    }
+
+    fn from_avro(value: Value) -> Result<Self, CodecError> {
+        let mut f = Fields::of(value)?;
+        Ok(DeliveryAttempt {
+            message_id: f.string()?,
+            attempt: u32::try_from(f.int()?).map_err(|_| CodecError::Shape("attempt"))?,
+            at: f.timestamp()?,
+            channel: f.symbol()?,
+            outcome: f.string()?,
+            error: f.nullable_string()?,
+            sender_id: f.string()?,
+            recipient_id: f.string()?,
+        })
+    }
+}
+
+/// The value of `esh.status.v1`: the union `[StatusEvent, IngestOutcome, DeliveryAttempt]`
+/// (the last branch since version 2). Consumers take the branches they care about and skip
+/// the others.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StatusRecord {
     Status(StatusEvent),
     Outcome(IngestOutcome),
+    Attempt(DeliveryAttempt),
 }
 
 impl WireRecord for StatusRecord {
@@ -350,6 +400,7 @@ impl WireRecord for StatusRecord {
         match self {
             StatusRecord::Status(event) => branch(0, event.to_avro()),
             StatusRecord::Outcome(outcome) => branch(1, outcome.to_avro()),
+            StatusRecord::Attempt(attempt) => branch(2, attempt.to_avro()),
         }
     }
 
@@ -357,6 +408,7 @@ impl WireRecord for StatusRecord {
         match union(value)? {
             (0, event) => StatusEvent::from_avro(event).map(StatusRecord::Status),
             (1, outcome) => IngestOutcome::from_avro(outcome).map(StatusRecord::Outcome),
+            (2, attempt) => DeliveryAttempt::from_avro(attempt).map(StatusRecord::Attempt),
             _ => Err(CodecError::Shape("status record")),
         }
     }

@@ -89,10 +89,21 @@ prop_compose! {
     }
 }
 
+prop_compose! {
+    fn attempt()(
+        message_id in text(), attempt in 0..=i32::MAX as u32, at in any::<i64>(), push in any::<bool>(),
+        outcome in text(), error in option::of(text()), sender_id in text(), recipient_id in text(),
+    ) -> DeliveryAttempt {
+        let channel = if push { Channel::Push } else { Channel::Socket };
+        DeliveryAttempt { message_id, attempt, at, channel, outcome, error, sender_id, recipient_id }
+    }
+}
+
 fn status_record() -> impl Strategy<Value = StatusRecord> {
     prop_oneof![
         status_event().prop_map(StatusRecord::Status),
-        outcome().prop_map(StatusRecord::Outcome)
+        outcome().prop_map(StatusRecord::Outcome),
+        attempt().prop_map(StatusRecord::Attempt)
     ]
 }
 
@@ -161,7 +172,7 @@ proptest! {
 
     /// The same behind a valid header, so that the Avro decoder itself sees the garbage.
     #[test]
-    fn garbage_behind_a_valid_header_never_panics(id in 1u32..=5, body in vec(any::<u8>(), 0..512)) {
+    fn garbage_behind_a_valid_header_never_panics(id in 1u32..=6, body in vec(any::<u8>(), 0..512)) {
         let mut bytes = vec![MAGIC];
         bytes.extend_from_slice(&id.to_be_bytes());
         bytes.extend_from_slice(&body);
@@ -222,13 +233,13 @@ fn the_framing_is_checked_before_the_datum() {
         decode::<StatusRecord>(&bytes),
         Err(CodecError::WrongSchema {
             found: 4,
-            expected: 2
+            expected: 6
         })
     );
 }
 
 #[test]
-fn a_status_topic_record_is_either_branch_of_the_union() {
+fn a_status_topic_record_is_any_branch_of_the_union() {
     let outcome = StatusRecord::Outcome(IngestOutcome {
         key: "req-1".into(),
         sender_id: "b1".into(),
@@ -244,6 +255,21 @@ fn a_status_topic_record_is_either_branch_of_the_union() {
     // The union's branch index (zig-zag 1 → 2) comes first.
     assert_eq!(bytes[HEADER_BYTES], 2);
     assert_eq!(decode::<StatusRecord>(&bytes).unwrap(), outcome);
+
+    let attempt = StatusRecord::Attempt(DeliveryAttempt {
+        message_id: "m1".into(),
+        attempt: 1,
+        at: 6,
+        channel: Channel::Socket,
+        outcome: "delivered".into(),
+        error: None,
+        sender_id: "b1".into(),
+        recipient_id: "u1".into(),
+    });
+    let bytes = encode(&attempt).unwrap();
+    // The third branch, appended by version 2 (zig-zag 2 → 4).
+    assert_eq!(bytes[HEADER_BYTES], 4);
+    assert_eq!(decode::<StatusRecord>(&bytes).unwrap(), attempt);
 }
 
 #[test]
@@ -287,10 +313,11 @@ fn schema_ids_are_pinned() {
             ("esh.push.v1-value", 1, 3),
             ("esh.dead-letters.v1-value", 1, 4),
             ("esh.ingest.v1-value", 1, 5),
+            ("esh.status.v1-value", 2, 6),
         ]
     );
     assert_eq!(MessageEnvelope::SCHEMA_ID, 1);
-    assert_eq!(StatusRecord::SCHEMA_ID, 2);
+    assert_eq!(StatusRecord::SCHEMA_ID, 6);
     assert_eq!(PushRequest::SCHEMA_ID, 3);
     assert_eq!(DeadLetter::SCHEMA_ID, 4);
     assert_eq!(SendRequest::SCHEMA_ID, 5);

@@ -44,6 +44,8 @@ pub struct Projection {
     pub changes: Vec<StatusChange>,
     /// Answers of sends made under an idempotency key.
     pub idempotency: Vec<IdempotencyRecord>,
+    /// Delivery attempts for the messages' timelines, in log order.
+    pub attempts: Vec<Attempt>,
     /// The positions applied, one per partition the batch touched.
     pub positions: Vec<LogPosition>,
 }
@@ -124,7 +126,9 @@ pub trait MessageStore: Send + Sync + 'static {
     /// it; unread counts and broadcast counts follow. Returns the changes that took effect.
     async fn apply_status(&self, changes: &[StatusChange]) -> Result<Vec<StatusApplied>, BackendError>;
 
-    /// Appends delivery attempts to their messages' timelines (Req 4.7).
+    /// Appends delivery attempts to their messages' timelines (Req 4.7). Each call appends:
+    /// an attempt recorded twice is listed twice. In production only the projection writes
+    /// attempts, through [`MessageStore::project`], which applies each log record once.
     async fn record_attempts(&self, attempts: &[Attempt]) -> Result<(), BackendError>;
     /// The attempts of a message, oldest first.
     async fn attempts(&self, message_id: &str) -> Result<Vec<Attempt>, BackendError>;
@@ -155,7 +159,8 @@ pub trait MessageStore: Send + Sync + 'static {
     /// (Req 10.1, 10.3). Broadcasts and messages already stored are skipped; changes apply
     /// as `apply_status` does, and a change to a message not stored yet is kept and folded
     /// into the message when it arrives (a status record may be read before its message's
-    /// record: they are on different topics). Returns the changes that took effect.
+    /// record: they are on different topics); attempts are appended as `record_attempts`
+    /// does. Returns the changes that took effect.
     async fn project(&self, batch: &Projection) -> Result<Vec<StatusApplied>, BackendError>;
     /// The positions applied so far, one per partition ever applied.
     async fn projected_positions(&self) -> Result<Vec<LogPosition>, BackendError>;

@@ -139,6 +139,7 @@ macro_rules! store_suite {
             projection_applies_statuses_folded_into_a_stored_message,
             projection_creates_chat_conversations_and_broadcasts,
             projection_keeps_idempotency_answers,
+            projection_appends_attempts_to_their_timelines,
             check_succeeds,
         );
     };
@@ -1077,4 +1078,47 @@ where
     assert!(found.contains(&record));
     let later = store.idempotency_records(Millis(now.0 + 1)).await.expect("records");
     assert!(!later.contains(&record));
+}
+
+/// Req 4.7: the attempts of a batch join their messages' timelines, after those already
+/// there and in the batch's order, in the transaction that moves the positions.
+pub async fn projection_appends_attempts_to_their_timelines<F, Fut>(factory: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn MessageStore>>,
+{
+    let store = factory().await;
+    let topic = unique("topic");
+    let message_id = ids::new_id();
+    let attempt = |attempt: u32, channel: Channel, outcome: &str| Attempt {
+        message_id: message_id.clone(),
+        attempt,
+        at: Millis(1_000 + i64::from(attempt)),
+        channel,
+        outcome: outcome.to_owned(),
+        error: None,
+    };
+    let first = Projection {
+        attempts: vec![attempt(1, Channel::Socket, "timeout"), attempt(1, Channel::Push, "accepted")],
+        positions: vec![position(&topic, 0, 2)],
+        ..Projection::default()
+    };
+    store.project(&first).await.expect("project");
+    let second = Projection {
+        attempts: vec![attempt(2, Channel::Socket, "delivered")],
+        positions: vec![position(&topic, 0, 3)],
+        ..Projection::default()
+    };
+    store.project(&second).await.expect("project");
+    let timeline: Vec<(u32, Channel, String)> = store
+        .attempts(&message_id)
+        .await
+        .expect("attempts")
+        .into_iter()
+        .map(|a| (a.attempt, a.channel, a.outcome))
+        .collect();
+    let expected = [(1, Channel::Socket, "timeout"), (1, Channel::Push, "accepted"), (2, Channel::Socket, "delivered")];
+    assert_eq!(timeline, expected.map(|(attempt, channel, outcome)| (attempt, channel, outcome.to_owned())));
+    let stored = store.projected_positions().await.expect("positions");
+    assert!(stored.contains(&position(&topic, 0, 3)));
 }

@@ -230,6 +230,7 @@ impl MessageStore for EmbeddedMessageStore {
         let broadcasts: Vec<writes::BroadcastRow> = batch.broadcasts.iter().map(writes::BroadcastRow::new).collect();
         let weight = batch.messages.len()
             + batch.changes.len()
+            + batch.attempts.len()
             + batch.broadcasts.iter().map(|b| 1 + b.recipient_ids.len() / 1000).sum::<usize>();
         let batch = Projection { broadcasts: Vec::new(), ..batch.clone() };
         self.writer.write(weight, move |connection| writes::project(connection, &batch, &broadcasts)).await

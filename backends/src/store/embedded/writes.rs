@@ -502,6 +502,7 @@ pub(super) fn project(
         }
     }
     applied.extend(apply_status(connection, &batch.changes, true)?);
+    record_attempts(connection, &batch.attempts)?;
     let mut oldest_kept = i64::MAX;
     for record in &batch.idempotency {
         connection
