@@ -250,7 +250,9 @@ proptest! {
 
     /// The same behind a valid header, so that the Avro decoders themselves see the garbage.
     #[test]
-    fn garbage_behind_a_valid_header_decodes_as_apache_avro_decodes_it(id in 1u32..=5, body in vec(any::<u8>(), 0..512)) {
+    fn garbage_behind_a_valid_header_decodes_as_apache_avro_decodes_it(
+        id in 1u32..=5, body in vec(any::<u8>(), 0..512),
+    ) {
         all_decode_as_apache_avro(&[&[MAGIC][..], &id.to_be_bytes(), &body].concat())?;
     }
 
@@ -279,7 +281,8 @@ proptest! {
         let bytes = encode(&record).unwrap();
         let cut_at = cut.index(bytes.len());
         let expected = if cut_at < HEADER_BYTES { CodecError::TooShort(cut_at) } else { CodecError::Truncated };
-        prop_assert_eq!(decode::<MessageEnvelope>(&bytes[..cut_at]), Err(expected), "a record cut at {} of {} bytes", cut_at, bytes.len());
+        let cut_record = decode::<MessageEnvelope>(&bytes[..cut_at]);
+        prop_assert_eq!(cut_record, Err(expected), "a record cut at {} of {} bytes", cut_at, bytes.len());
         let mut padded = bytes.clone();
         padded.push(pad);
         prop_assert_eq!(decode::<MessageEnvelope>(&padded), Err(CodecError::TrailingBytes(1)));
