@@ -1,32 +1,13 @@
-//! Moving between the record types and `apache_avro` values. Decoding takes the value's
-//! strings and lists over rather than copying them (the decoder allocated them already),
-//! reading fields by position: the codec always hands over a value of the current schema,
-//! whose fields come in the order of its `.avsc`.
+//! Moving between the record types and `apache_avro` values: the value apache-avro writes
+//! for a record (`WireRecord::to_avro`, what the codec's own writer is checked against),
+//! and a value it decoded, read as a [`Source`] (a record of an earlier version, resolved
+//! to the current schema). Reading takes the value's strings and lists over rather than
+//! copying them, field by field in the order of the current `.avsc`.
 
 use apache_avro::types::Value;
 
 use crate::codec::CodecError;
-
-/// An Avro enum of the contracts: its symbols, in the order of the `.avsc`.
-pub(crate) trait Symbols: Sized + Copy + PartialEq + 'static {
-    const ALL: &'static [Self];
-    fn symbol(self) -> &'static str;
-
-    fn to_avro(self) -> Value {
-        let index = Self::ALL.iter().position(|s| *s == self).unwrap_or(0);
-        Value::Enum(index as u32, self.symbol().to_owned())
-    }
-
-    fn from_avro(value: Value) -> Result<Self, CodecError> {
-        match value {
-            Value::Enum(index, _) => Self::ALL
-                .get(index as usize)
-                .copied()
-                .ok_or(CodecError::Shape("enum symbol")),
-            _ => Err(CodecError::Shape("enum")),
-        }
-    }
-}
+use crate::datum::Source;
 
 /// A record value from `(name, value)` pairs in schema order.
 pub(crate) fn record<const N: usize>(fields: [(&'static str, Value); N]) -> Value {
@@ -68,40 +49,28 @@ pub(crate) fn timestamp(millis: i64) -> Value {
     Value::TimestampMillis(millis)
 }
 
-/// The selected branch of a union value, with its index.
-pub(crate) fn union(value: Value) -> Result<(u32, Value), CodecError> {
-    match value {
-        Value::Union(index, inner) => Ok((index, *inner)),
-        _ => Err(CodecError::Shape("union")),
+/// A value apache-avro decoded (and resolved to the current schema), read as a [`Source`].
+pub(crate) struct ValueReader(std::vec::IntoIter<(String, Value)>);
+
+impl ValueReader {
+    pub(crate) fn new(value: Value) -> ValueReader {
+        ValueReader(vec![(String::new(), value)].into_iter())
+    }
+
+    fn next(&mut self) -> Result<Value, CodecError> {
+        self.0.next().map(|(_, value)| value).ok_or(CodecError::Shape("missing field"))
     }
 }
 
-/// The fields of a record value, taken in schema order.
-pub(crate) struct Fields(std::vec::IntoIter<(String, Value)>);
-
-impl Fields {
-    pub(crate) fn of(value: Value) -> Result<Fields, CodecError> {
-        match value {
-            Value::Record(fields) => Ok(Fields(fields.into_iter())),
-            _ => Err(CodecError::Shape("record")),
-        }
-    }
-
-    pub(crate) fn next(&mut self) -> Result<Value, CodecError> {
-        self.0
-            .next()
-            .map(|(_, value)| value)
-            .ok_or(CodecError::Shape("missing field"))
-    }
-
-    pub(crate) fn string(&mut self) -> Result<String, CodecError> {
+impl Source for ValueReader {
+    fn string(&mut self) -> Result<String, CodecError> {
         match self.next()? {
             Value::String(text) => Ok(text),
             _ => Err(CodecError::Shape("string")),
         }
     }
 
-    pub(crate) fn strings(&mut self) -> Result<Vec<String>, CodecError> {
+    fn strings(&mut self) -> Result<Vec<String>, CodecError> {
         match self.next()? {
             Value::Array(items) => items
                 .into_iter()
@@ -114,39 +83,53 @@ impl Fields {
         }
     }
 
-    pub(crate) fn int(&mut self) -> Result<i32, CodecError> {
-        match self.next()? {
-            Value::Int(number) => Ok(number),
-            _ => Err(CodecError::Shape("int")),
-        }
-    }
-
-    pub(crate) fn timestamp(&mut self) -> Result<i64, CodecError> {
+    fn timestamp(&mut self) -> Result<i64, CodecError> {
         match self.next()? {
             Value::TimestampMillis(millis) | Value::Long(millis) => Ok(millis),
             _ => Err(CodecError::Shape("timestamp-millis")),
         }
     }
 
-    pub(crate) fn symbol<T: Symbols>(&mut self) -> Result<T, CodecError> {
-        T::from_avro(self.next()?)
-    }
-
-    /// A `["null", T]` field.
-    pub(crate) fn nullable<T>(
-        &mut self,
-        from_avro: impl FnOnce(Value) -> Result<T, CodecError>,
-    ) -> Result<Option<T>, CodecError> {
-        match union(self.next()?)? {
-            (0, Value::Null) => Ok(None),
-            (_, value) => from_avro(value).map(Some),
+    fn int_as<N: TryFrom<i32> + Default>(&mut self, what: &'static str) -> Result<N, CodecError> {
+        match self.next()? {
+            Value::Int(number) => N::try_from(number).map_err(|_| CodecError::Shape(what)),
+            _ => Err(CodecError::Shape("int")),
         }
     }
 
-    pub(crate) fn nullable_string(&mut self) -> Result<Option<String>, CodecError> {
-        self.nullable(|value| match value {
-            Value::String(text) => Ok(text),
-            _ => Err(CodecError::Shape("string")),
-        })
+    fn symbol_index(&mut self, symbols: usize) -> Result<usize, CodecError> {
+        match self.next()? {
+            Value::Enum(index, _) if (index as usize) < symbols => Ok(index as usize),
+            Value::Enum(..) => Err(CodecError::Shape("enum symbol")),
+            _ => Err(CodecError::Shape("enum")),
+        }
+    }
+
+    fn null(&mut self) -> Result<(), CodecError> {
+        match self.next()? {
+            Value::Null => Ok(()),
+            _ => Err(CodecError::Shape("null")),
+        }
+    }
+
+    fn record<T>(&mut self, read: impl FnOnce(&mut Self) -> Result<T, CodecError>) -> Result<T, CodecError> {
+        match self.next()? {
+            Value::Record(fields) => read(&mut ValueReader(fields.into_iter())),
+            _ => Err(CodecError::Shape("record")),
+        }
+    }
+
+    fn union<T>(
+        &mut self,
+        branches: usize,
+        read: impl FnOnce(&mut Self, usize) -> Result<T, CodecError>,
+    ) -> Result<T, CodecError> {
+        match self.next()? {
+            Value::Union(index, value) if (index as usize) < branches => {
+                read(&mut ValueReader::new(*value), index as usize)
+            }
+            Value::Union(..) => Err(CodecError::Shape("union branch")),
+            _ => Err(CodecError::Shape("union")),
+        }
     }
 }

@@ -3,13 +3,19 @@
 //! of the reader's subject is resolved to the current schema (Avro schema resolution:
 //! fields it lacks take their defaults).
 //!
-//! Decoding untrusted bytes never panics, bytes left after the datum are refused (a cut
-//! datum is refused too, but for one leniency of apache-avro: a union it finds at the very
-//! end of the input reads as null; the log's framing, not the codec, guards against cuts), and no length prefix in them makes the decoder
-//! reserve room for more than [`MAX_ALLOCATION_BYTES`] bytes or items.
+//! Records of the current schema, nearly all of them, are written and read directly from
+//! the record types (`datum.rs`): the same bytes as apache-avro writes, and the same
+//! records and errors as it reads. A record of an earlier version goes through apache-avro
+//! ([`decode_by_value`]): decoded into a `Value`, resolved, then read from the value.
+//!
+//! Decoding untrusted bytes never panics, bytes left after the datum are refused, a datum
+//! cut short is refused ([`CodecError::Truncated`]), and no length prefix in them makes
+//! the decoder reserve room for more than [`MAX_ALLOCATION_BYTES`] bytes or items.
 
 use apache_avro::types::Value;
 
+use crate::avro::ValueReader;
+use crate::datum::{Datum, Reader, Writer};
 use crate::registry;
 
 /// The name of this format, for stores of records that must tell it from another (the
@@ -24,14 +30,18 @@ pub const HEADER_BYTES: usize = 5;
 /// idempotency included). Set for the whole process before the first record is read.
 pub const MAX_ALLOCATION_BYTES: usize = 2 << 20;
 
-/// A record type of the contracts.
-pub trait WireRecord: Sized {
+/// A record type of the contracts (only this crate's types are: they are written and read
+/// through their fields, `datum.rs`).
+pub trait WireRecord: Datum {
     /// The schema id it is written with: the latest version of its subjects.
     const SCHEMA_ID: u32;
-    /// Its Avro value under that schema.
+    /// Its Avro value under that schema: what apache-avro writes for it, the reference the
+    /// codec's own writer is checked against.
     fn to_avro(&self) -> Value;
     /// The record from a value of that schema.
-    fn from_avro(value: Value) -> Result<Self, CodecError>;
+    fn from_avro(value: Value) -> Result<Self, CodecError> {
+        Self::read(&mut ValueReader::new(value))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,21 +64,26 @@ pub enum CodecError {
     Shape(&'static str),
 }
 
+/// The limit on what a length prefix may claim. apache-avro keeps the first limit it is
+/// given for the process, and the codec's own reader follows the same.
+fn allocation_limit() -> usize {
+    apache_avro::util::max_allocation_bytes(MAX_ALLOCATION_BYTES)
+}
+
 /// The schema `id`, parsed; the allocation limit is set before the first record is read.
 fn schema(id: u32) -> Result<&'static apache_avro::Schema, CodecError> {
-    apache_avro::util::max_allocation_bytes(MAX_ALLOCATION_BYTES);
+    allocation_limit();
     registry::parsed(id).ok_or(CodecError::UnknownSchema(id))
 }
 
 /// Encodes `record` in the wire format.
 pub fn encode<T: WireRecord>(record: &T) -> Result<Vec<u8>, CodecError> {
-    let datum = apache_avro::to_avro_datum(schema(T::SCHEMA_ID)?, record.to_avro())
-        .map_err(|e| CodecError::Avro(e.to_string()))?;
-    let mut bytes = Vec::with_capacity(HEADER_BYTES + datum.len());
+    let mut bytes = Vec::with_capacity(256);
     bytes.push(MAGIC);
     bytes.extend_from_slice(&T::SCHEMA_ID.to_be_bytes());
-    bytes.extend_from_slice(&datum);
-    Ok(bytes)
+    let mut out = Writer::after(bytes);
+    record.write(&mut out);
+    Ok(out.into_bytes())
 }
 
 /// The schema id a record was written with.
@@ -87,20 +102,38 @@ pub fn schema_id(bytes: &[u8]) -> Result<u32, CodecError> {
 
 /// Decodes a record written with `T`'s schema or an earlier version of its subject.
 pub fn decode<T: WireRecord>(bytes: &[u8]) -> Result<T, CodecError> {
-    let id = schema_id(bytes)?;
-    let reader = schema(T::SCHEMA_ID)?;
-    let writer = schema(id)?;
-    let mut datum = &bytes[HEADER_BYTES..];
-    let value = if id == T::SCHEMA_ID {
-        read_datum(writer, None, &mut datum)?
-    } else if registry::same_subject(id, T::SCHEMA_ID) {
-        read_datum(writer, Some(reader), &mut datum)?
+    let (id, datum) = datum_of::<T>(bytes)?;
+    if id == T::SCHEMA_ID {
+        Reader::read_all(datum, allocation_limit())
     } else {
-        return Err(CodecError::WrongSchema {
-            found: id,
-            expected: T::SCHEMA_ID,
-        });
-    };
+        read_value(id, datum)
+    }
+}
+
+/// Decodes as [`decode`] does, but always through apache-avro's `Value`: the path of
+/// records of earlier versions, and the reference the codec's own reader is checked against.
+pub fn decode_by_value<T: WireRecord>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (id, datum) = datum_of::<T>(bytes)?;
+    read_value(id, datum)
+}
+
+/// The writer's schema id and the datum of a record of `T`'s subject.
+fn datum_of<T: WireRecord>(bytes: &[u8]) -> Result<(u32, &[u8]), CodecError> {
+    let id = schema_id(bytes)?;
+    if registry::schema_text(id).is_none() {
+        return Err(CodecError::UnknownSchema(id));
+    }
+    if id != T::SCHEMA_ID && !registry::same_subject(id, T::SCHEMA_ID) {
+        return Err(CodecError::WrongSchema { found: id, expected: T::SCHEMA_ID });
+    }
+    Ok((id, &bytes[HEADER_BYTES..]))
+}
+
+/// `T` from a datum of schema `id` through apache-avro, resolved to `T`'s schema when `id`
+/// is an earlier version.
+fn read_value<T: WireRecord>(id: u32, mut datum: &[u8]) -> Result<T, CodecError> {
+    let reader = if id == T::SCHEMA_ID { None } else { Some(schema(T::SCHEMA_ID)?) };
+    let value = read_datum(schema(id)?, reader, &mut datum)?;
     if !datum.is_empty() {
         return Err(CodecError::TrailingBytes(datum.len()));
     }

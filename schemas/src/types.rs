@@ -1,10 +1,13 @@
-//! The records of the contracts (`avro/*.avsc`) as Rust types, and their Avro values.
-//! Times are milliseconds since the Unix epoch (`timestamp-millis`).
+//! The records of the contracts (`avro/*.avsc`) as Rust types: each with its fields in
+//! schema order for the codec (`impl Datum`: written, and read from bytes or from a
+//! resolved value) and its Avro value (`to_avro`, what apache-avro would write, the
+//! reference of the tests). Times are milliseconds since the Unix epoch (`timestamp-millis`).
 
 use apache_avro::types::Value;
 
-use crate::avro::{branch, nullable, record, string, strings, timestamp, union, Fields, Symbols};
+use crate::avro::{branch, nullable, record, string, strings, timestamp};
 use crate::codec::{CodecError, WireRecord};
+use crate::datum::{Datum, Source, Symbols, Writer};
 use crate::registry;
 
 macro_rules! symbols {
@@ -87,23 +90,42 @@ impl Message {
             ),
         ])
     }
+}
 
-    fn from_avro(value: Value) -> Result<Self, CodecError> {
-        let mut f = Fields::of(value)?;
-        Ok(Message {
-            id: f.string()?,
-            kind: f.symbol()?,
-            sender_id: f.string()?,
-            recipient_id: f.string()?,
-            conversation_id: f.nullable_string()?,
-            content: f.string()?,
-            media_ids: f.strings()?,
-            priority: f.symbol()?,
-            status: f.symbol()?,
-            status_changed_at: f.timestamp()?,
-            created_at: f.timestamp()?,
-            error: f.nullable_string()?,
-            broadcast_id: f.nullable_string()?,
+impl Datum for Message {
+    fn write(&self, out: &mut Writer) {
+        out.string(&self.id);
+        out.symbol(self.kind);
+        out.string(&self.sender_id);
+        out.string(&self.recipient_id);
+        out.nullable_string(self.conversation_id.as_deref());
+        out.string(&self.content);
+        out.strings(&self.media_ids);
+        out.symbol(self.priority);
+        out.symbol(self.status);
+        out.timestamp(self.status_changed_at);
+        out.timestamp(self.created_at);
+        out.nullable_string(self.error.as_deref());
+        out.nullable_string(self.broadcast_id.as_deref());
+    }
+
+    fn read<S: Source>(input: &mut S) -> Result<Self, CodecError> {
+        input.record(|f| {
+            Ok(Message {
+                id: f.string()?,
+                kind: f.symbol()?,
+                sender_id: f.string()?,
+                recipient_id: f.string()?,
+                conversation_id: f.nullable_string()?,
+                content: f.string()?,
+                media_ids: f.strings()?,
+                priority: f.symbol()?,
+                status: f.symbol()?,
+                status_changed_at: f.timestamp()?,
+                created_at: f.timestamp()?,
+                error: f.nullable_string()?,
+                broadcast_id: f.nullable_string()?,
+            })
         })
     }
 }
@@ -135,18 +157,32 @@ impl Broadcast {
             ("created_at", timestamp(self.created_at)),
         ])
     }
+}
 
-    fn from_avro(value: Value) -> Result<Self, CodecError> {
-        let mut f = Fields::of(value)?;
-        Ok(Broadcast {
-            id: f.string()?,
-            sender_id: f.string()?,
-            recipient_ids: f.strings()?,
-            content: f.string()?,
-            media_ids: f.strings()?,
-            priority: f.symbol()?,
-            first_message_id: f.string()?,
-            created_at: f.timestamp()?,
+impl Datum for Broadcast {
+    fn write(&self, out: &mut Writer) {
+        out.string(&self.id);
+        out.string(&self.sender_id);
+        out.strings(&self.recipient_ids);
+        out.string(&self.content);
+        out.strings(&self.media_ids);
+        out.symbol(self.priority);
+        out.string(&self.first_message_id);
+        out.timestamp(self.created_at);
+    }
+
+    fn read<S: Source>(input: &mut S) -> Result<Self, CodecError> {
+        input.record(|f| {
+            Ok(Broadcast {
+                id: f.string()?,
+                sender_id: f.string()?,
+                recipient_ids: f.strings()?,
+                content: f.string()?,
+                media_ids: f.strings()?,
+                priority: f.symbol()?,
+                first_message_id: f.string()?,
+                created_at: f.timestamp()?,
+            })
         })
     }
 }
@@ -174,15 +210,26 @@ impl IdempotencyRecord {
             ("at", timestamp(self.at)),
         ])
     }
+}
 
-    fn from_avro(value: Value) -> Result<Self, CodecError> {
-        let mut f = Fields::of(value)?;
-        Ok(IdempotencyRecord {
-            key: f.string()?,
-            fingerprint: f.string()?,
-            status: u16::try_from(f.int()?).map_err(|_| CodecError::Shape("http status"))?,
-            body: f.string()?,
-            at: f.timestamp()?,
+impl Datum for IdempotencyRecord {
+    fn write(&self, out: &mut Writer) {
+        out.string(&self.key);
+        out.string(&self.fingerprint);
+        out.int(i32::from(self.status));
+        out.string(&self.body);
+        out.timestamp(self.at);
+    }
+
+    fn read<S: Source>(input: &mut S) -> Result<Self, CodecError> {
+        input.record(|f| {
+            Ok(IdempotencyRecord {
+                key: f.string()?,
+                fingerprint: f.string()?,
+                status: f.int_as("http status")?,
+                body: f.string()?,
+                at: f.timestamp()?,
+            })
         })
     }
 }
@@ -217,17 +264,31 @@ impl WireRecord for MessageEnvelope {
             ),
         ])
     }
+}
 
-    fn from_avro(value: Value) -> Result<Self, CodecError> {
-        let mut f = Fields::of(value)?;
-        let payload = match union(f.next()?)? {
-            (0, message) => Payload::Message(Message::from_avro(message)?),
-            (1, broadcast) => Payload::Broadcast(Broadcast::from_avro(broadcast)?),
-            _ => return Err(CodecError::Shape("payload")),
-        };
-        Ok(MessageEnvelope {
-            payload,
-            idempotency: f.nullable(IdempotencyRecord::from_avro)?,
+impl Datum for MessageEnvelope {
+    fn write(&self, out: &mut Writer) {
+        match &self.payload {
+            Payload::Message(message) => {
+                out.branch(0);
+                message.write(out);
+            }
+            Payload::Broadcast(broadcast) => {
+                out.branch(1);
+                broadcast.write(out);
+            }
+        }
+        out.nullable(self.idempotency.as_ref(), |out, record| record.write(out));
+    }
+
+    fn read<S: Source>(input: &mut S) -> Result<Self, CodecError> {
+        input.record(|f| {
+            // `union` hands over branch 0 or 1 only.
+            let payload = f.union(2, |f, branch| match branch {
+                0 => Message::read(f).map(Payload::Message),
+                _ => Broadcast::read(f).map(Payload::Broadcast),
+            })?;
+            Ok(MessageEnvelope { payload, idempotency: f.nullable(IdempotencyRecord::read)? })
         })
     }
 }
@@ -270,19 +331,34 @@ impl StatusEvent {
             ),
         ])
     }
+}
 
-    fn from_avro(value: Value) -> Result<Self, CodecError> {
-        let mut f = Fields::of(value)?;
-        Ok(StatusEvent {
-            message_id: f.string()?,
-            status: f.symbol()?,
-            at: f.timestamp()?,
-            error: f.nullable_string()?,
-            attempts: u32::try_from(f.int()?).map_err(|_| CodecError::Shape("attempts"))?,
-            sender_id: f.string()?,
-            recipient_id: f.string()?,
-            conversation_id: f.nullable_string()?,
-            broadcast_id: f.nullable_string()?,
+impl Datum for StatusEvent {
+    fn write(&self, out: &mut Writer) {
+        out.string(&self.message_id);
+        out.symbol(self.status);
+        out.timestamp(self.at);
+        out.nullable_string(self.error.as_deref());
+        out.int(i32::try_from(self.attempts).unwrap_or(i32::MAX));
+        out.string(&self.sender_id);
+        out.string(&self.recipient_id);
+        out.nullable_string(self.conversation_id.as_deref());
+        out.nullable_string(self.broadcast_id.as_deref());
+    }
+
+    fn read<S: Source>(input: &mut S) -> Result<Self, CodecError> {
+        input.record(|f| {
+            Ok(StatusEvent {
+                message_id: f.string()?,
+                status: f.symbol()?,
+                at: f.timestamp()?,
+                error: f.nullable_string()?,
+                attempts: f.int_as("attempts")?,
+                sender_id: f.string()?,
+                recipient_id: f.string()?,
+                conversation_id: f.nullable_string()?,
+                broadcast_id: f.nullable_string()?,
+            })
         })
     }
 }
@@ -319,22 +395,37 @@ impl IngestOutcome {
             ("at", timestamp(self.at)),
         ])
     }
+}
 
-    fn from_avro(value: Value) -> Result<Self, CodecError> {
-        let mut f = Fields::of(value)?;
-        let error = |value: Value| {
-            let mut e = Fields::of(value)?;
-            Ok(OutcomeError {
-                code: e.string()?,
-                message: e.string()?,
+impl Datum for OutcomeError {
+    fn write(&self, out: &mut Writer) {
+        out.string(&self.code);
+        out.string(&self.message);
+    }
+
+    fn read<S: Source>(input: &mut S) -> Result<Self, CodecError> {
+        input.record(|f| Ok(OutcomeError { code: f.string()?, message: f.string()? }))
+    }
+}
+
+impl Datum for IngestOutcome {
+    fn write(&self, out: &mut Writer) {
+        out.string(&self.key);
+        out.string(&self.sender_id);
+        out.nullable_string(self.message_id.as_deref());
+        out.nullable(self.error.as_ref(), |out, error| error.write(out));
+        out.timestamp(self.at);
+    }
+
+    fn read<S: Source>(input: &mut S) -> Result<Self, CodecError> {
+        input.record(|f| {
+            Ok(IngestOutcome {
+                key: f.string()?,
+                sender_id: f.string()?,
+                message_id: f.nullable_string()?,
+                error: f.nullable(OutcomeError::read)?,
+                at: f.timestamp()?,
             })
-        };
-        Ok(IngestOutcome {
-            key: f.string()?,
-            sender_id: f.string()?,
-            message_id: f.nullable_string()?,
-            error: f.nullable(error)?,
-            at: f.timestamp()?,
         })
     }
 }
@@ -368,17 +459,32 @@ impl DeliveryAttempt {
         ])
     }
 
-    fn from_avro(value: Value) -> Result<Self, CodecError> {
-        let mut f = Fields::of(value)?;
-        Ok(DeliveryAttempt {
-            message_id: f.string()?,
-            attempt: u32::try_from(f.int()?).map_err(|_| CodecError::Shape("attempt"))?,
-            at: f.timestamp()?,
-            channel: f.symbol()?,
-            outcome: f.string()?,
-            error: f.nullable_string()?,
-            sender_id: f.string()?,
-            recipient_id: f.string()?,
+}
+
+impl Datum for DeliveryAttempt {
+    fn write(&self, out: &mut Writer) {
+        out.string(&self.message_id);
+        out.int(i32::try_from(self.attempt).unwrap_or(i32::MAX));
+        out.timestamp(self.at);
+        out.symbol(self.channel);
+        out.string(&self.outcome);
+        out.nullable_string(self.error.as_deref());
+        out.string(&self.sender_id);
+        out.string(&self.recipient_id);
+    }
+
+    fn read<S: Source>(input: &mut S) -> Result<Self, CodecError> {
+        input.record(|f| {
+            Ok(DeliveryAttempt {
+                message_id: f.string()?,
+                attempt: f.int_as("attempt")?,
+                at: f.timestamp()?,
+                channel: f.symbol()?,
+                outcome: f.string()?,
+                error: f.nullable_string()?,
+                sender_id: f.string()?,
+                recipient_id: f.string()?,
+            })
         })
     }
 }
@@ -403,14 +509,33 @@ impl WireRecord for StatusRecord {
             StatusRecord::Attempt(attempt) => branch(2, attempt.to_avro()),
         }
     }
+}
 
-    fn from_avro(value: Value) -> Result<Self, CodecError> {
-        match union(value)? {
-            (0, event) => StatusEvent::from_avro(event).map(StatusRecord::Status),
-            (1, outcome) => IngestOutcome::from_avro(outcome).map(StatusRecord::Outcome),
-            (2, attempt) => DeliveryAttempt::from_avro(attempt).map(StatusRecord::Attempt),
-            _ => Err(CodecError::Shape("status record")),
+impl Datum for StatusRecord {
+    fn write(&self, out: &mut Writer) {
+        match self {
+            StatusRecord::Status(event) => {
+                out.branch(0);
+                event.write(out);
+            }
+            StatusRecord::Outcome(outcome) => {
+                out.branch(1);
+                outcome.write(out);
+            }
+            StatusRecord::Attempt(attempt) => {
+                out.branch(2);
+                attempt.write(out);
+            }
         }
+    }
+
+    fn read<S: Source>(input: &mut S) -> Result<Self, CodecError> {
+        // `union` hands over branch 0, 1 or 2 only.
+        input.union(3, |input, branch| match branch {
+            0 => StatusEvent::read(input).map(StatusRecord::Status),
+            1 => IngestOutcome::read(input).map(StatusRecord::Outcome),
+            _ => DeliveryAttempt::read(input).map(StatusRecord::Attempt),
+        })
     }
 }
 
@@ -437,14 +562,24 @@ impl WireRecord for DeadLetter {
             ("failed_at", timestamp(self.failed_at)),
         ])
     }
+}
 
-    fn from_avro(value: Value) -> Result<Self, CodecError> {
-        let mut f = Fields::of(value)?;
-        Ok(DeadLetter {
-            message_id: f.string()?,
-            attempts: u32::try_from(f.int()?).map_err(|_| CodecError::Shape("attempts"))?,
-            error: f.string()?,
-            failed_at: f.timestamp()?,
+impl Datum for DeadLetter {
+    fn write(&self, out: &mut Writer) {
+        out.string(&self.message_id);
+        out.int(i32::try_from(self.attempts).unwrap_or(i32::MAX));
+        out.string(&self.error);
+        out.timestamp(self.failed_at);
+    }
+
+    fn read<S: Source>(input: &mut S) -> Result<Self, CodecError> {
+        input.record(|f| {
+            Ok(DeadLetter {
+                message_id: f.string()?,
+                attempts: f.int_as("attempts")?,
+                error: f.string()?,
+                failed_at: f.timestamp()?,
+            })
         })
     }
 }
@@ -482,19 +617,34 @@ impl WireRecord for PushRequest {
             ("media_ids", strings(&self.media_ids)),
         ])
     }
+}
 
-    fn from_avro(value: Value) -> Result<Self, CodecError> {
-        let mut f = Fields::of(value)?;
-        Ok(PushRequest {
-            recipient_id: f.string()?,
-            message_id: f.string()?,
-            conversation_id: f.nullable_string()?,
-            sender_id: f.string()?,
-            sender_display_name: f.string()?,
-            content_preview: f.string()?,
-            priority: f.symbol()?,
-            created_at: f.timestamp()?,
-            media_ids: f.strings()?,
+impl Datum for PushRequest {
+    fn write(&self, out: &mut Writer) {
+        out.string(&self.recipient_id);
+        out.string(&self.message_id);
+        out.nullable_string(self.conversation_id.as_deref());
+        out.string(&self.sender_id);
+        out.string(&self.sender_display_name);
+        out.string(&self.content_preview);
+        out.symbol(self.priority);
+        out.timestamp(self.created_at);
+        out.strings(&self.media_ids);
+    }
+
+    fn read<S: Source>(input: &mut S) -> Result<Self, CodecError> {
+        input.record(|f| {
+            Ok(PushRequest {
+                recipient_id: f.string()?,
+                message_id: f.string()?,
+                conversation_id: f.nullable_string()?,
+                sender_id: f.string()?,
+                sender_display_name: f.string()?,
+                content_preview: f.string()?,
+                priority: f.symbol()?,
+                created_at: f.timestamp()?,
+                media_ids: f.strings()?,
+            })
         })
     }
 }
@@ -544,19 +694,34 @@ impl WireRecord for SendRequest {
             ("priority", nullable(self.priority, Priority::to_avro)),
         ])
     }
+}
 
-    fn from_avro(value: Value) -> Result<Self, CodecError> {
-        let mut f = Fields::of(value)?;
-        Ok(SendRequest {
-            request_id: f.string()?,
-            principal: f.string()?,
-            idempotency_key: f.nullable_string()?,
-            kind: f.symbol()?,
-            sender_id: f.string()?,
-            recipient_ids: f.strings()?,
-            content: f.string()?,
-            media_ids: f.strings()?,
-            priority: f.nullable(Priority::from_avro)?,
+impl Datum for SendRequest {
+    fn write(&self, out: &mut Writer) {
+        out.string(&self.request_id);
+        out.string(&self.principal);
+        out.nullable_string(self.idempotency_key.as_deref());
+        out.symbol(self.kind);
+        out.string(&self.sender_id);
+        out.strings(&self.recipient_ids);
+        out.string(&self.content);
+        out.strings(&self.media_ids);
+        out.nullable(self.priority, Writer::symbol);
+    }
+
+    fn read<S: Source>(input: &mut S) -> Result<Self, CodecError> {
+        input.record(|f| {
+            Ok(SendRequest {
+                request_id: f.string()?,
+                principal: f.string()?,
+                idempotency_key: f.nullable_string()?,
+                kind: f.symbol()?,
+                sender_id: f.string()?,
+                recipient_ids: f.strings()?,
+                content: f.string()?,
+                media_ids: f.strings()?,
+                priority: f.nullable(|f| f.symbol())?,
+            })
         })
     }
 }

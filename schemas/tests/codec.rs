@@ -1,7 +1,9 @@
-//! The wire format: round trips of every record type, the Confluent framing, garbage that
-//! must be an error and never a panic, and the registry's pinned ids.
+//! The wire format: round trips of every record type, the codec against apache-avro (the
+//! same bytes as it writes, the same records and refusals as it reads, garbage included),
+//! the Confluent framing, and the registry's pinned ids.
 
-use esh_schemas::codec::{schema_id, HEADER_BYTES, MAGIC};
+use apache_avro::Schema;
+use esh_schemas::codec::{decode_by_value, schema_id, HEADER_BYTES, MAGIC, MAX_ALLOCATION_BYTES};
 use esh_schemas::registry::{self, REGISTRATIONS};
 use esh_schemas::*;
 use proptest::collection::vec;
@@ -136,14 +138,102 @@ prop_compose! {
     }
 }
 
+/// The codec against apache-avro: `record` encodes to the bytes `to_avro_datum` writes for
+/// its value, and those bytes decode to it, through the codec's reader and apache-avro's.
 fn round_trip<T: WireRecord + PartialEq + std::fmt::Debug>(
     record: &T,
 ) -> Result<(), TestCaseError> {
     let bytes = encode(record).map_err(|e| TestCaseError::fail(e.to_string()))?;
     prop_assert_eq!(bytes[0], MAGIC);
     prop_assert_eq!(schema_id(&bytes).unwrap(), T::SCHEMA_ID);
+    let schema = Schema::parse_str(registry::schema_text(T::SCHEMA_ID).unwrap()).unwrap();
+    let written = apache_avro::to_avro_datum(&schema, record.to_avro()).unwrap();
+    prop_assert_eq!(&bytes[HEADER_BYTES..], &written[..]);
     prop_assert_eq!(&decode::<T>(&bytes).unwrap(), record);
+    prop_assert_eq!(&decode_by_value::<T>(&bytes).unwrap(), record);
     Ok(())
+}
+
+/// `decode` answers `bytes` as apache-avro does (`decode_by_value`): the same record, or
+/// the same error; the text of an `Avro` error aside, each decoder words its own.
+fn decodes_as_apache_avro<T: WireRecord + PartialEq + std::fmt::Debug>(
+    bytes: &[u8],
+) -> Result<(), TestCaseError> {
+    let ours = decode::<T>(bytes);
+    let reference = decode_by_value::<T>(bytes);
+    if !matches!((&ours, &reference), (Err(CodecError::Avro(_)), Err(CodecError::Avro(_)))) {
+        prop_assert_eq!(ours, reference);
+    }
+    Ok(())
+}
+
+/// Every record type reads `bytes` as apache-avro does.
+fn all_decode_as_apache_avro(bytes: &[u8]) -> Result<(), TestCaseError> {
+    decodes_as_apache_avro::<MessageEnvelope>(bytes)?;
+    decodes_as_apache_avro::<StatusRecord>(bytes)?;
+    decodes_as_apache_avro::<DeadLetter>(bytes)?;
+    decodes_as_apache_avro::<PushRequest>(bytes)?;
+    decodes_as_apache_avro::<SendRequest>(bytes)
+}
+
+/// A change to a record's bytes: overwrite, insert or remove the byte at an index.
+#[derive(Debug, Clone)]
+enum Edit {
+    Set(prop::sample::Index, u8),
+    Insert(prop::sample::Index, u8),
+    Remove(prop::sample::Index),
+}
+
+fn edits() -> impl Strategy<Value = Vec<Edit>> {
+    let edit = prop_oneof![
+        (any::<prop::sample::Index>(), any::<u8>()).prop_map(|(at, byte)| Edit::Set(at, byte)),
+        (any::<prop::sample::Index>(), any::<u8>()).prop_map(|(at, byte)| Edit::Insert(at, byte)),
+        any::<prop::sample::Index>().prop_map(Edit::Remove),
+    ];
+    vec(edit, 1..4)
+}
+
+/// `record` encoded, then `edits` made to its datum (the header stays whole).
+fn edited<T: WireRecord>(record: &T, edits: &[Edit]) -> Vec<u8> {
+    let mut bytes = encode(record).unwrap();
+    for edit in edits {
+        let datum_len = bytes.len() - HEADER_BYTES;
+        match edit {
+            Edit::Set(at, byte) if datum_len > 0 => bytes[HEADER_BYTES + at.index(datum_len)] = *byte,
+            Edit::Insert(at, byte) => bytes.insert(HEADER_BYTES + at.index(datum_len + 1), *byte),
+            Edit::Remove(at) if datum_len > 0 => {
+                bytes.remove(HEADER_BYTES + at.index(datum_len));
+            }
+            _ => {}
+        }
+    }
+    bytes
+}
+
+/// The pieces Avro datums are made of, for garbage that gets past the first field: varints
+/// (small, any, and longer than 10 bytes), strings (UTF-8 or not) and single bytes.
+fn avro_pieces() -> impl Strategy<Value = Vec<u8>> {
+    let piece = prop_oneof![
+        (-3i64..24).prop_map(zigzag),
+        any::<i64>().prop_map(zigzag),
+        Just(vec![0xFF; 11]),
+        "\\PC{0,8}".prop_map(|text| [zigzag(text.len() as i64), text.into_bytes()].concat()),
+        vec(any::<u8>(), 0..8).prop_map(|bytes| [zigzag(bytes.len() as i64), bytes].concat()),
+        any::<u8>().prop_map(|byte| vec![byte]),
+    ];
+    vec(piece, 0..40).prop_map(|pieces| pieces.concat())
+}
+
+/// An Avro `long`: zig-zag, then 7 bits a byte, the lowest first.
+fn zigzag(n: i64) -> Vec<u8> {
+    let mut rest = ((n << 1) ^ (n >> 63)) as u64;
+    let mut bytes = Vec::new();
+    while rest > 0x7F {
+        bytes.push(rest as u8 | 0x80);
+        rest >>= 7;
+    }
+    bytes.push(rest as u8);
+    bytes
 }
 
 proptest! {
@@ -162,37 +252,51 @@ proptest! {
     #[test]
     fn send_requests_round_trip(record in send_request()) { round_trip(&record)?; }
 
-    /// Untrusted bytes (Kafka-native integrators write these topics): an error, never a panic.
+    /// Untrusted bytes (Kafka-native integrators write these topics): an error, never a
+    /// panic, and the answer apache-avro gives.
     #[test]
-    fn arbitrary_bytes_never_panic(bytes in vec(any::<u8>(), 0..512)) {
-        let _ = decode::<MessageEnvelope>(&bytes);
-        let _ = decode::<StatusRecord>(&bytes);
-        let _ = decode::<SendRequest>(&bytes);
+    fn arbitrary_bytes_decode_as_apache_avro_decodes_them(bytes in vec(any::<u8>(), 0..512)) {
+        all_decode_as_apache_avro(&bytes)?;
     }
 
-    /// The same behind a valid header, so that the Avro decoder itself sees the garbage.
+    /// The same behind a valid header, so that the Avro decoders themselves see the garbage.
     #[test]
-    fn garbage_behind_a_valid_header_never_panics(id in 1u32..=6, body in vec(any::<u8>(), 0..512)) {
-        let mut bytes = vec![MAGIC];
-        bytes.extend_from_slice(&id.to_be_bytes());
-        bytes.extend_from_slice(&body);
-        let _ = decode::<MessageEnvelope>(&bytes);
-        let _ = decode::<StatusRecord>(&bytes);
-        let _ = decode::<DeadLetter>(&bytes);
-        let _ = decode::<PushRequest>(&bytes);
-        let _ = decode::<SendRequest>(&bytes);
+    fn garbage_behind_a_valid_header_decodes_as_apache_avro_decodes_it(
+        id in 1u32..=6, body in vec(any::<u8>(), 0..512),
+    ) {
+        all_decode_as_apache_avro(&[&[MAGIC][..], &id.to_be_bytes(), &body].concat())?;
     }
 
-    /// A record with bytes after it is refused, and so is one cut anywhere (a cut before
-    /// trailing optional fields must not decode as a record without them).
+    /// Garbage made of Avro's own pieces, which gets further into a datum: negative and
+    /// oversized lengths, enum and union indexes out of range, varints too long, strings
+    /// that are not UTF-8, array blocks of negative count.
+    #[test]
+    fn avro_shaped_garbage_decodes_as_apache_avro_decodes_it(id in 1u32..=6, body in avro_pieces()) {
+        all_decode_as_apache_avro(&[&[MAGIC][..], &id.to_be_bytes(), &body].concat())?;
+    }
+
+    /// Records with a few bytes changed, inserted or removed, read by every record type.
+    #[test]
+    fn edited_records_decode_as_apache_avro_decodes_them(
+        envelope in envelope(), status in status_record(), request in send_request(), edits in edits(),
+    ) {
+        all_decode_as_apache_avro(&edited(&envelope, &edits))?;
+        all_decode_as_apache_avro(&edited(&status, &edits))?;
+        all_decode_as_apache_avro(&edited(&request, &edits))?;
+    }
+
+    /// A record cut anywhere is refused (a cut before trailing optional fields must not
+    /// decode as a record without them), and so is one with bytes after it.
     #[test]
     fn cut_or_padded_records_are_refused(record in envelope(), cut in any::<prop::sample::Index>(), pad in 1u8..) {
         let bytes = encode(&record).unwrap();
         let cut_at = cut.index(bytes.len());
-        prop_assert!(decode::<MessageEnvelope>(&bytes[..cut_at]).is_err(), "a record cut at {} of {} bytes", cut_at, bytes.len());
+        let expected = if cut_at < HEADER_BYTES { CodecError::TooShort(cut_at) } else { CodecError::Truncated };
+        let cut_record = decode::<MessageEnvelope>(&bytes[..cut_at]);
+        prop_assert_eq!(cut_record, Err(expected), "a record cut at {} of {} bytes", cut_at, bytes.len());
         let mut padded = bytes.clone();
         padded.push(pad);
-        prop_assert!(decode::<MessageEnvelope>(&padded).is_err());
+        prop_assert_eq!(decode::<MessageEnvelope>(&padded), Err(CodecError::TrailingBytes(1)));
     }
 }
 
@@ -236,6 +340,62 @@ fn the_framing_is_checked_before_the_datum() {
             expected: 6
         })
     );
+}
+
+/// No length prefix makes a decoder reserve room for more than `MAX_ALLOCATION_BYTES`
+/// bytes or items, and none may be negative; one within the limit that the datum does not
+/// fill is a cut datum.
+#[test]
+fn lengths_are_checked_before_anything_is_reserved() {
+    let limit = MAX_ALLOCATION_BYTES as i64;
+    // A dead letter starts with a string (its message id).
+    let dead_letter = |length: i64| [&[MAGIC, 0, 0, 0, 4][..], &zigzag(length)].concat();
+    for length in [limit + 1, -1, i64::MIN] {
+        assert!(matches!(decode::<DeadLetter>(&dead_letter(length)), Err(CodecError::Avro(_))), "{length}");
+    }
+    assert_eq!(decode::<DeadLetter>(&dead_letter(limit)), Err(CodecError::Truncated));
+    // A send request's recipients come after two empty strings, a null, an enum index and
+    // an empty string:
+    // an array block gives its count (negative: followed by its size in bytes).
+    let recipients = |block: &[u8]| [&[MAGIC, 0, 0, 0, 5, 0, 0, 0, 0, 0][..], block].concat();
+    for count in [limit + 1, -(limit + 1), i64::MIN] {
+        let block = [zigzag(count), zigzag(8)].concat();
+        assert!(matches!(decode::<SendRequest>(&recipients(&block)), Err(CodecError::Avro(_))), "{count}");
+    }
+    assert_eq!(decode::<SendRequest>(&recipients(&zigzag(limit))), Err(CodecError::Truncated));
+}
+
+/// What apache-avro reads, the codec reads too, written or not as apache-avro writes it:
+/// numbers padded with empty 7-bit groups, and arrays in several blocks, sized or not.
+#[test]
+fn datums_apache_avro_would_not_write_read_the_same() {
+    let letter = dead_letter_sample();
+    let canonical = encode(&letter).unwrap();
+    // "m1", then attempts 3 as a 3-byte varint.
+    let padded = [&canonical[..8], &[0x86, 0x80, 0x00], &canonical[9..]].concat();
+    assert_eq!(decode::<DeadLetter>(&padded), Ok(letter));
+    assert_eq!(decode_by_value::<DeadLetter>(&padded), decode::<DeadLetter>(&padded));
+
+    let text = |s: &str| [zigzag(s.len() as i64), s.as_bytes().to_vec()].concat();
+    let request = [
+        &[MAGIC, 0, 0, 0, 5][..],
+        &text("r1"),
+        &text("crm"),
+        &[0, 2], // no idempotency key; kind chat
+        &text("b1"),
+        // Recipients: a block of one, a sized block of two, the end.
+        &zigzag(1),
+        &text("m1"),
+        &zigzag(-2),
+        &zigzag(6),
+        &text("m2"),
+        &text("m3"),
+        &[0, 0, 0, 0], // end of recipients; no content; no media; no priority
+    ]
+    .concat();
+    let decoded = decode::<SendRequest>(&request).unwrap();
+    assert_eq!(decoded.recipient_ids, ["m1", "m2", "m3"]);
+    assert_eq!(decode_by_value::<SendRequest>(&request), Ok(decoded));
 }
 
 #[test]
