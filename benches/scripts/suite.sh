@@ -4,6 +4,7 @@
 #
 #   cargo build --release -p esh-server -p esh-benches
 #   benches/scripts/suite.sh [FIGURE...]      (default: all; names below)
+#   TANSU=1 benches/scripts/suite.sh max-one-way   (the log on a fresh tansu broker each run)
 #
 # Loopback only; every run is bounded (seconds to a few minutes; `reads` seeds 1,000,000
 # messages first and takes longest).
@@ -11,12 +12,36 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 out="${OUT:-benches/results.jsonl}"
 data="${DATA:-/tmp/esh-bench}"
-load=target/release/esh-load
+load="${ESH_LOAD:-target/release/esh-load}"
 export ESH_ADMIN_TOKEN="${ESH_ADMIN_TOKEN:-bench-admin}"
+
+# With TANSU=1 each run gets a fresh tansu broker (in memory, 127.0.0.1:9092) and
+# ESH_LOG=kafka://127.0.0.1:9092; one record a produced batch, as tansu 0.6.0 needs
+# (backends/src/testsuite/kafka.rs).
+broker_pid=""
+start_broker() {
+    [ "${TANSU:-}" = 1 ] || return 0
+    tansu broker --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 \
+        --storage-engine memory://tansu/ >"/tmp/esh-bench-tansu.log" 2>&1 &
+    broker_pid=$!
+    for _ in $(seq 1 100); do
+        (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null && break
+        sleep 0.1
+    done
+    export ESH_LOG=kafka://127.0.0.1:9092 ESH_KAFKA_BATCH_NUM_MESSAGES=1
+}
+stop_broker() {
+    [ -n "$broker_pid" ] || return 0
+    kill "$broker_pid"
+    wait "$broker_pid" 2>/dev/null
+    broker_pid=""
+}
 
 run() {
     local label="$1"
     shift
+    start_broker
+    if [ "${TANSU:-}" = 1 ]; then label="$label-kafka"; fi
     benches/scripts/server.sh "$data" || return 1
     local pid
     pid="$(cat "$data/server.pid")"
@@ -24,6 +49,7 @@ run() {
     "$load" --server-pid "$pid" --json "$out" --label "$label" --no-progress "$@"
     kill "$pid"
     while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    stop_broker
 }
 
 figure() {
