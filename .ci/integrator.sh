@@ -16,14 +16,14 @@ if ! python3 -c 'import confluent_kafka, fastavro, websockets' 2>/dev/null; then
         || python3 -m pip install --quiet --break-system-packages confluent-kafka fastavro websockets
 fi
 
-cargo build --bin esh
-target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-esh="$target_dir/debug/esh"
+. .ci/esh.sh
+build_esh
 
 work=$(mktemp -d)
 pids=()
+server_pid=""
 cleanup() {
-    for pid in "${pids[@]}"; do
+    for pid in "${pids[@]}" $server_pid; do
         kill "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     done
@@ -48,24 +48,10 @@ for _ in $(seq 1 100); do
 done
 
 admin_token="integrator-admin-$RANDOM$RANDOM"
-ESH_HTTP_ADDR=127.0.0.1:0 ESH_DATA_DIR="$work/data" ESH_ADMIN_TOKEN="$admin_token" \
-    ESH_LOG="kafka://$broker" ESH_LOG_PARTITIONS=2 ESH_INTEGRATORS="shop-integration=shop" RUST_LOG=warn \
-    ESH_KAFKA_BATCH_NUM_MESSAGES=1 \
-    "$esh" >"$work/stdout" 2>"$work/stderr" &
-pids+=($!)
-base=""
-for _ in $(seq 1 300); do
-    base=$(sed -n 's/^esh3ar listening on \(http:\/\/[^ ]*\)$/\1/p' "$work/stdout")
-    [ -n "$base" ] && break
-    kill -0 "${pids[1]}" 2>/dev/null || { cat "$work/stderr" >&2; echo "esh did not start" >&2; exit 1; }
-    sleep 0.2
-done
-[ -n "$base" ] || { cat "$work/stderr" >&2; echo "esh did not report its address" >&2; exit 1; }
+ESH_ADMIN_TOKEN="$admin_token" ESH_LOG="kafka://$broker" ESH_LOG_PARTITIONS=2 ESH_KAFKA_BATCH_NUM_MESSAGES=1 \
+    ESH_INTEGRATORS="shop-integration=shop" start_esh "$work"
 echo "esh on $base, log on tansu at $broker" >&2
 
-api() { # method path token body
-    curl -sS --fail-with-body -X "$1" -H "authorization: Bearer $3" -H 'content-type: application/json' -d "$4" "$base$2"
-}
 api POST /v1/users "$admin_token" '{"id":"shop","kind":"business","display_name":"Shop","permissions":["send"]}' >/dev/null
 api POST /v1/users "$admin_token" '{"id":"mona","kind":"mobile","display_name":"Mona","verified":true}' >/dev/null
 mona_token=$(api POST /v1/users/mona/tokens "$admin_token" '{}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')

@@ -31,9 +31,8 @@ if ! command -v schemathesis >/dev/null 2>&1; then
 fi
 command -v curl >/dev/null 2>&1 || { as_root apt-get update; as_root apt-get install -y --no-install-recommends curl; }
 
-cargo build --bin esh
-target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-esh="$target_dir/debug/esh"
+. .ci/esh.sh
+build_esh
 
 work=$(mktemp -d)
 admin_token="schemathesis-admin-$RANDOM$RANDOM"
@@ -48,25 +47,10 @@ cleanup() {
 trap cleanup EXIT
 
 # Limits raised so that generated sends are judged on their content, not throttled.
-ESH_HTTP_ADDR=127.0.0.1:0 ESH_DATA_DIR="$work/data" ESH_ADMIN_TOKEN="$admin_token" \
-    ESH_RATE_LIMIT_PER_MINUTE=1000000 ESH_BROADCAST_RECIPIENTS_PER_HOUR=1000000000 RUST_LOG=warn \
-    "$esh" >"$work/stdout" 2>"$work/stderr" &
-server_pid=$!
-
-base=""
-for _ in $(seq 1 100); do
-    base=$(sed -n 's/^esh3ar listening on \(http:\/\/[^ ]*\)$/\1/p' "$work/stdout")
-    [ -n "$base" ] && break
-    kill -0 "$server_pid" 2>/dev/null || { cat "$work/stderr" >&2; echo "esh did not start" >&2; exit 1; }
-    sleep 0.2
-done
-[ -n "$base" ] || { cat "$work/stderr" >&2; echo "esh did not report its address" >&2; exit 1; }
+ESH_ADMIN_TOKEN="$admin_token" ESH_RATE_LIMIT_PER_MINUTE=1000000 ESH_BROADCAST_RECIPIENTS_PER_HOUR=1000000000 \
+    start_esh "$work"
 echo "esh on $base" >&2
 
-api() { # method path token [body]
-    curl -sS --fail-with-body -X "$1" -H "authorization: Bearer $3" -H 'content-type: application/json' \
-        ${4:+-d "$4"} "$base$2"
-}
 api POST /v1/users "$admin_token" '{"id":"st-business","kind":"business","display_name":"Schemathesis","permissions":["send","chat"]}' >/dev/null
 api POST /v1/users "$admin_token" '{"id":"st-mobile","kind":"mobile","display_name":"Mobile","verified":true}' >/dev/null
 business_token=$(api POST /v1/users/st-business/tokens "$admin_token" '{}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
