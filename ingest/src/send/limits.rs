@@ -111,16 +111,16 @@ impl Ingest {
 /// send sees a backlog older than the reading in flight when it arrived.
 #[derive(Default)]
 pub(crate) struct Backlog {
-    /// Held while reading; the number of readings completed.
-    reading: tokio::sync::Mutex<u64>,
-    /// The last reading and its number.
+    /// Held while reading.
+    reading: tokio::sync::Mutex<()>,
+    /// The number of readings completed, and the last one.
     latest: std::sync::Mutex<(u64, u64)>,
 }
 
 impl Backlog {
     async fn read(&self, backends: &Backends) -> Result<u64, BackendError> {
         let arrived = self.latest.lock().unwrap_or_else(|poison| poison.into_inner()).0;
-        let mut readings = self.reading.lock().await;
+        let _reading = self.reading.lock().await;
         // The first reading completed after arrival may have started before it; the second
         // started after it.
         let latest = *self.latest.lock().unwrap_or_else(|poison| poison.into_inner());
@@ -136,8 +136,7 @@ impl Backlog {
         let routing: u64 = lags.iter().step_by(2).sum();
         let projecting: u64 = lags.iter().skip(1).step_by(2).sum();
         let backlog = routing.max(projecting);
-        *readings += 1;
-        *self.latest.lock().unwrap_or_else(|poison| poison.into_inner()) = (*readings, backlog);
+        *self.latest.lock().unwrap_or_else(|poison| poison.into_inner()) = (latest.0 + 1, backlog);
         Ok(backlog)
     }
 }
