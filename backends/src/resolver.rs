@@ -16,7 +16,7 @@ use crate::devices::DeviceRegistry;
 use crate::error::BackendError;
 use crate::freshness::Freshness;
 use crate::log::{EmbeddedLogOptions, EmbeddedMessageLog, MessageLog};
-use crate::store::{EmbeddedMessageStore, MediaCatalog, MessageStore};
+use crate::store::{CachedMediaCatalog, EmbeddedMessageStore, MediaCatalog, MessageStore, MEDIA_CACHE_ENTRIES};
 
 /// Where each backend is; `None` selects the embedded one.
 #[derive(Debug, Clone, Default)]
@@ -37,6 +37,9 @@ pub struct BackendUrls {
     pub log_replication: u16,
     /// librdkafka properties of every Kafka client, applied last ([`kafka_properties`]).
     pub kafka_properties: Vec<(String, String)>,
+    /// Media records kept in memory (`CachedMediaCatalog`); `None` keeps
+    /// `MEDIA_CACHE_ENTRIES`, 0 reads every one from the store.
+    pub media_cache_entries: Option<usize>,
 }
 
 /// Every backend the stages use, shared.
@@ -127,7 +130,9 @@ pub async fn resolve(urls: &BackendUrls) -> Result<Backends, BackendError> {
         match scheme(&urls.store)? {
         "embedded" => {
             let store = Arc::new(EmbeddedMessageStore::open(&urls.data_dir.join("store.sqlite3"))?);
-            (store.clone(), store.clone(), store)
+            let entries = urls.media_cache_entries.unwrap_or(MEDIA_CACHE_ENTRIES);
+            let media = Arc::new(CachedMediaCatalog::new(store.clone(), entries));
+            (store.clone(), store, media)
         }
         _ => return Err(unsupported(&urls.store, "the embedded store (ESH_STORE unset)")),
     };

@@ -11,7 +11,6 @@
 pub mod auth;
 pub mod error;
 pub mod health;
-pub mod http;
 pub mod ingress;
 pub mod ids;
 pub mod model;

@@ -20,7 +20,8 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap};
+use axum::Json;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use esh_backends::cache::PRESENCE_TTL;
 use esh_backends::BackendError;
@@ -58,12 +59,12 @@ pub(crate) async fn upgrade(
     let query_token = query.ok().and_then(|Query(params)| params.access_token);
     let user = match deliverer.authenticate(&headers, query_token.as_deref()).await {
         Ok(user) => user,
-        Err(error) => return error.into_response(),
+        Err(error) => return refusal(error),
     };
     let ws = match ws {
         Ok(ws) => ws,
         Err(rejection) => {
-            return ApiError::invalid(format!("expected a websocket upgrade: {}", rejection.body_text())).into_response()
+            return refusal(ApiError::invalid(format!("expected a websocket upgrade: {}", rejection.body_text())))
         }
     };
     let limit = TRANSPORT_LIMIT.max(deliverer.config.max_frame_bytes.saturating_mul(2));
@@ -71,6 +72,12 @@ pub(crate) async fn upgrade(
         .max_frame_size(limit)
         .read_buffer_size(deliverer.config.read_buffer_bytes)
         .on_upgrade(move |socket| serve(deliverer, socket, user))
+}
+
+/// A refused upgrade: the error's status and the contract's JSON error body.
+fn refusal(error: ApiError) -> Response {
+    let status = StatusCode::from_u16(error.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, Json(error.body())).into_response()
 }
 
 impl Deliverer {

@@ -15,6 +15,7 @@ use crate::body::PathId;
 use crate::cursor::{invalid_cursor, split_page, Cursor, PageQuery};
 use crate::views::{self, ErrorBody, Page, RetriedView};
 use crate::Ingest;
+use crate::http_error::HttpError;
 
 #[utoipa::path(get, path = "/v1/admin/dead-letters", tag = "admin",
     params(("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "1..200, default 50"),
@@ -26,11 +27,11 @@ pub(crate) async fn dead_letters(
     State(ingest): State<Arc<Ingest>>,
     caller: Caller,
     query: PageQuery,
-) -> Result<Response, ApiError> {
+) -> Result<Response, HttpError> {
     let after = match query.cursor {
         None => None,
         Some(Cursor::DeadLetter { failed_at, message_id }) => Some((failed_at, message_id)),
-        Some(_) => return Err(invalid_cursor()),
+        Some(_) => return Err(HttpError(invalid_cursor())),
     };
     caller.require_admin()?;
     ingest.backends.caught_up().await?;
@@ -55,11 +56,11 @@ pub(crate) async fn retry(
     State(ingest): State<Arc<Ingest>>,
     caller: Caller,
     PathId(message_id): PathId,
-) -> Result<Response, ApiError> {
+) -> Result<Response, HttpError> {
     caller.require_admin()?;
     let mut message = ingest.load_message(&message_id).await?;
     if message.status != Status::Failed {
-        return Err(ApiError::conflict("the message is not dead-lettered"));
+        return Err(HttpError(ApiError::conflict("the message is not dead-lettered")));
     }
     // The status record is the retry's commit point; the message record then routes it
     // again. If that second append fails the answer is 503 and the message, `sent` again,

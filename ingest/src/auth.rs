@@ -14,6 +14,7 @@ use esh_common::auth::{Claims, TokenKeys};
 use esh_common::{ApiError, User, UserKind};
 
 use crate::Ingest;
+use crate::http_error::HttpError;
 
 /// The authenticated caller of a request.
 #[derive(Debug, Clone)]
@@ -65,11 +66,11 @@ impl Caller {
 }
 
 impl FromRequestParts<Arc<Ingest>> for Caller {
-    type Rejection = ApiError;
+    type Rejection = HttpError;
 
     async fn from_request_parts(parts: &mut Parts, ingest: &Arc<Ingest>) -> Result<Self, Self::Rejection> {
         let token = bearer_token(&parts.headers)?;
-        ingest.authenticate(token).await
+        ingest.authenticate(token).await.map_err(HttpError)
     }
 }
 

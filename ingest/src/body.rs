@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::{Ingest, IngestConfig};
+use crate::http_error::HttpError;
 
 /// A request body type and its limits.
 pub(crate) trait JsonBody: DeserializeOwned {
@@ -35,22 +36,23 @@ pub(crate) trait JsonBody: DeserializeOwned {
 pub(crate) struct ApiJson<T>(pub(crate) T);
 
 impl<T: JsonBody> FromRequest<Arc<Ingest>> for ApiJson<T> {
-    type Rejection = ApiError;
+    type Rejection = HttpError;
 
     async fn from_request(request: Request, ingest: &Arc<Ingest>) -> Result<Self, Self::Rejection> {
         let limit = T::limit(&ingest.config);
         let (parts, body) = request.into_parts();
         if declared_length(&parts.headers).is_some_and(|length| length > limit as u64) {
-            return Err(too_large(limit));
+            return Err(HttpError(too_large(limit)));
         }
         let bytes = read_limited(body, limit).await?;
         if bytes.is_empty() && T::OPTIONAL {
-            return parse::<T>(b"{}").map(ApiJson);
+            return parse::<T>(b"{}").map(ApiJson).map_err(HttpError);
         }
         if !is_json(&parts.headers) {
-            return Err(ApiError::new(ErrorCode::UnsupportedMediaType, "expected content-type application/json"));
+            let error = ApiError::new(ErrorCode::UnsupportedMediaType, "expected content-type application/json");
+            return Err(HttpError(error));
         }
-        parse::<T>(&bytes).map(ApiJson)
+        parse::<T>(&bytes).map(ApiJson).map_err(HttpError)
     }
 }
 
@@ -119,13 +121,13 @@ fn missing_field(message: &str) -> Option<&str> {
 pub(crate) struct PathId(pub(crate) String);
 
 impl<S: Send + Sync> FromRequestParts<S> for PathId {
-    type Rejection = ApiError;
+    type Rejection = HttpError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         Path::<String>::from_request_parts(parts, state)
             .await
             .map(|Path(id)| PathId(id))
-            .map_err(|e| ApiError::invalid(format!("invalid path parameter: {}", e.body_text())))
+            .map_err(|e| ApiError::invalid(format!("invalid path parameter: {}", e.body_text()))).map_err(HttpError)
     }
 }
 

@@ -12,6 +12,7 @@ use crate::body::PathId;
 use crate::cursor::{invalid_cursor, split_page, Cursor, PageQuery};
 use crate::views::{self, BroadcastView, ErrorBody, Page};
 use crate::Ingest;
+use crate::http_error::HttpError;
 
 impl Ingest {
     /// The broadcast with this id if the caller may see it: 404 unknown, 403 not its sender.
@@ -35,7 +36,7 @@ pub(crate) async fn get(
     State(ingest): State<Arc<Ingest>>,
     caller: Caller,
     PathId(id): PathId,
-) -> Result<Response, ApiError> {
+) -> Result<Response, HttpError> {
     let broadcast = ingest.visible_broadcast(&caller, &id).await?;
     let counts = ingest
         .backends
@@ -60,11 +61,11 @@ pub(crate) async fn messages(
     caller: Caller,
     PathId(id): PathId,
     query: PageQuery,
-) -> Result<Response, ApiError> {
+) -> Result<Response, HttpError> {
     let from = match query.cursor {
         None => 0,
         Some(Cursor::Index(index)) => index,
-        Some(_) => return Err(invalid_cursor()),
+        Some(_) => return Err(HttpError(invalid_cursor())),
     };
     let broadcast = ingest.visible_broadcast(&caller, &id).await?;
     let recipients = ingest.backends.store.broadcast_recipients(&broadcast.id, from, query.limit + 1).await?;

@@ -35,6 +35,7 @@ use crate::cursor::{invalid_cursor, split_page, Cursor, PageQuery, MAX_LIMIT};
 use crate::messages::before_id;
 use crate::views::{self, ConversationView, ErrorBody, Page, Peer};
 use crate::Ingest;
+use crate::http_error::HttpError;
 
 #[utoipa::path(get, path = "/v1/conversations", tag = "conversations",
     params(("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "1..200, default 50"),
@@ -48,10 +49,10 @@ pub(crate) async fn list(
     caller: Caller,
     headers: HeaderMap,
     query: PageQuery,
-) -> Result<Response, ApiError> {
+) -> Result<Response, HttpError> {
     let cursor = match &query.cursor {
         None | Some(Cursor::Activity { .. } | Cursor::Moved { .. }) => query.cursor.clone(),
-        Some(_) => return Err(invalid_cursor()),
+        Some(_) => return Err(HttpError(invalid_cursor())),
     };
     let user = caller.participant()?;
     // Before the walk's `since` is taken: every message answered before now is then in
@@ -86,7 +87,7 @@ pub(crate) async fn list(
             };
             (page, next)
         }
-        Some(_) => return Err(invalid_cursor()),
+        Some(_) => return Err(HttpError(invalid_cursor())),
     };
     let peer_ids: Vec<String> = summaries.iter().map(|s| s.conversation.peer_of(&user.id).to_owned()).collect();
     let names: HashMap<String, String> =
@@ -165,20 +166,20 @@ pub(crate) async fn messages(
     headers: HeaderMap,
     PathId(id): PathId,
     query: PageQuery,
-) -> Result<Response, ApiError> {
+) -> Result<Response, HttpError> {
     let before = before_id(&query)?;
     ingest.backends.caught_up().await?;
     let conversation =
         ingest.backends.store.conversation(&id).await?.ok_or_else(|| ApiError::not_found("unknown conversation"))?;
     if !caller.user().is_some_and(|user| conversation.has_participant(&user.id)) {
-        return Err(ApiError::forbidden("only the participants may read a conversation"));
+        return Err(HttpError(ApiError::forbidden("only the participants may read a conversation")));
     }
     if before.is_none() && query.limit <= RECENT_MESSAGES {
         let newest_first = ingest.recent_messages(&conversation, query.limit).await?;
-        return ingest.message_page(newest_first, query.limit, &headers).await;
+        return ingest.message_page(newest_first, query.limit, &headers).await.map_err(HttpError);
     }
     let messages = ingest.backends.store.conversation_messages(&conversation.id, before, query.limit + 1).await?;
-    ingest.message_page(messages, query.limit, &headers).await
+    ingest.message_page(messages, query.limit, &headers).await.map_err(HttpError)
 }
 
 impl Ingest {

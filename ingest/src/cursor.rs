@@ -8,6 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use esh_common::{ids, ActivityPosition, ApiError, Millis};
 use serde_json::json;
+use crate::http_error::HttpError;
 
 /// Items of a page when `limit` is absent.
 pub(crate) const DEFAULT_LIMIT: usize = 50;
@@ -113,7 +114,7 @@ pub(crate) struct PageQuery {
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for PageQuery {
-    type Rejection = ApiError;
+    type Rejection = HttpError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let query = parts.uri.query().unwrap_or_default();

@@ -4,7 +4,8 @@
 //!
 //! Choices where API.md leaves room: a token is 1..4096 visible ASCII characters; a user
 //! holds at most `IngestConfig::max_devices_per_user` devices (more is `409 conflict`);
-//! deleting a token the caller does not hold is `404`; registering an own token again makes
+//! deleting a token the caller does not hold is `404`, also when it is not a token at all
+//! (nobody can hold it); registering an own token again makes
 //! it active again (the app vouches for it).
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use crate::auth::Caller;
 use crate::body::{ApiJson, JsonBody, PathId};
 use crate::views::{self, ErrorBody};
 use crate::Ingest;
+use crate::http_error::HttpError;
 
 /// Longest device token, in characters (FCM tokens are ~160, APNs tokens 64).
 const MAX_TOKEN: usize = 4096;
@@ -50,8 +52,12 @@ pub(crate) struct DevicesView {
     items: Vec<Device>,
 }
 
+fn is_token(token: &str) -> bool {
+    (1..=MAX_TOKEN).contains(&token.len()) && token.bytes().all(|b| b.is_ascii_graphic())
+}
+
 fn check_token(token: &str) -> Result<(), ApiError> {
-    if (1..=MAX_TOKEN).contains(&token.len()) && token.bytes().all(|b| b.is_ascii_graphic()) {
+    if is_token(token) {
         Ok(())
     } else {
         Err(ApiError::invalid(format!("token must have 1 to {MAX_TOKEN} visible ASCII characters"))
@@ -77,7 +83,7 @@ pub(crate) async fn register(
     State(ingest): State<Arc<Ingest>>,
     caller: Caller,
     ApiJson(request): ApiJson<RegisterDevice>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, HttpError> {
     check_token(&request.token)?;
     let user = mobile(&caller)?;
     let max = ingest.config.max_devices_per_user;
@@ -90,7 +96,7 @@ pub(crate) async fn register(
 #[utoipa::path(get, path = "/v1/devices", tag = "devices",
     responses((status = 200, body = DevicesView), (status = 403, description = "mobile users only", body = ErrorBody)),
     security(("bearer" = [])))]
-pub(crate) async fn list(State(ingest): State<Arc<Ingest>>, caller: Caller) -> Result<Response, ApiError> {
+pub(crate) async fn list(State(ingest): State<Arc<Ingest>>, caller: Caller) -> Result<Response, HttpError> {
     let user = mobile(&caller)?;
     let items = ingest.backends.devices.devices(&user.id).await?;
     Ok(views::json(StatusCode::OK, &DevicesView { items }))
@@ -105,20 +111,19 @@ pub(crate) async fn remove(
     State(ingest): State<Arc<Ingest>>,
     caller: Caller,
     PathId(token): PathId,
-) -> Result<StatusCode, ApiError> {
-    check_token(&token)?;
+) -> Result<StatusCode, HttpError> {
     let user = mobile(&caller)?;
-    if ingest.backends.devices.remove(&user.id, &token).await? {
+    if is_token(&token) && ingest.backends.devices.remove(&user.id, &token).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(ApiError::not_found("no such device"))
+        Err(HttpError(ApiError::not_found("no such device")))
     }
 }
 
 #[utoipa::path(get, path = "/v1/me/preferences", tag = "devices",
     responses((status = 200, body = Preferences), (status = 403, description = "mobile users only", body = ErrorBody)),
     security(("bearer" = [])))]
-pub(crate) async fn preferences(caller: Caller) -> Result<Response, ApiError> {
+pub(crate) async fn preferences(caller: Caller) -> Result<Response, HttpError> {
     let user = mobile(&caller)?;
     Ok(views::json(StatusCode::OK, &Preferences { notifications_enabled: user.notifications_enabled }))
 }
@@ -130,7 +135,7 @@ pub(crate) async fn set_preferences(
     State(ingest): State<Arc<Ingest>>,
     caller: Caller,
     ApiJson(request): ApiJson<Preferences>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, HttpError> {
     let id = mobile(&caller)?.id.clone();
     let store = &ingest.backends.store;
     let mut user = store.user(&id).await?.ok_or_else(|| ApiError::not_found("unknown user"))?;

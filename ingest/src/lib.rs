@@ -40,6 +40,7 @@ mod cursor;
 mod devices;
 mod directory;
 mod health;
+mod http_error;
 pub mod log_ingest;
 mod media;
 mod messages;

@@ -15,6 +15,7 @@ use crate::body::PathId;
 use crate::cursor::{invalid_cursor, split_page, Cursor, PageQuery};
 use crate::views::{self, AttemptsView, ErrorBody, Page};
 use crate::Ingest;
+use crate::http_error::HttpError;
 
 impl Ingest {
     /// The message with this id, or 404; sees every send answered before the call.
@@ -64,10 +65,10 @@ pub(crate) async fn get(
     caller: Caller,
     headers: HeaderMap,
     PathId(id): PathId,
-) -> Result<Response, ApiError> {
+) -> Result<Response, HttpError> {
     let message = ingest.load_message(&id).await?;
     if !(caller.is_admin() || caller.is(&message.sender_id) || caller.is(&message.recipient_id)) {
-        return Err(ApiError::forbidden("only the sender and the recipient may read this message"));
+        return Err(HttpError(ApiError::forbidden("only the sender and the recipient may read this message")));
     }
     let media = ingest.media_of([&message], &headers).await?.pop().unwrap_or_default();
     Ok(views::json(StatusCode::OK, &MessageView::new(&message, media)))
@@ -83,8 +84,8 @@ pub(crate) async fn delivered(
     State(ingest): State<Arc<Ingest>>,
     caller: Caller,
     PathId(id): PathId,
-) -> Result<StatusCode, ApiError> {
-    ingest.receipt(&caller, &id, Status::Delivered).await
+) -> Result<StatusCode, HttpError> {
+    ingest.receipt(&caller, &id, Status::Delivered).await.map_err(HttpError)
 }
 
 #[utoipa::path(post, path = "/v1/messages/{id}/read", tag = "messages",
@@ -97,8 +98,8 @@ pub(crate) async fn read(
     State(ingest): State<Arc<Ingest>>,
     caller: Caller,
     PathId(id): PathId,
-) -> Result<StatusCode, ApiError> {
-    ingest.receipt(&caller, &id, Status::Read).await
+) -> Result<StatusCode, HttpError> {
+    ingest.receipt(&caller, &id, Status::Read).await.map_err(HttpError)
 }
 
 impl Ingest {
@@ -126,10 +127,10 @@ pub(crate) async fn attempts(
     State(ingest): State<Arc<Ingest>>,
     caller: Caller,
     PathId(id): PathId,
-) -> Result<Response, ApiError> {
+) -> Result<Response, HttpError> {
     let message = ingest.load_message(&id).await?;
     if !(caller.is_admin() || caller.is(&message.sender_id)) {
-        return Err(ApiError::forbidden("only the sender may read delivery attempts"));
+        return Err(HttpError(ApiError::forbidden("only the sender may read delivery attempts")));
     }
     let items = ingest.backends.store.attempts(&message.id).await?;
     Ok(views::json(StatusCode::OK, &AttemptsView { items }))
@@ -147,7 +148,7 @@ pub(crate) async fn one_way_history(
     caller: Caller,
     headers: HeaderMap,
     query: PageQuery,
-) -> Result<Response, ApiError> {
+) -> Result<Response, HttpError> {
     let before = before_id(&query)?;
     let user = caller.participant()?;
     let role = match user.kind {
@@ -156,5 +157,5 @@ pub(crate) async fn one_way_history(
     };
     ingest.backends.caught_up().await?;
     let messages = ingest.backends.store.one_way_messages(&user.id, role, before, query.limit + 1).await?;
-    ingest.message_page(messages, query.limit, &headers).await
+    ingest.message_page(messages, query.limit, &headers).await.map_err(HttpError)
 }

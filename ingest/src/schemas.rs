@@ -18,6 +18,7 @@ use utoipa::ToSchema;
 
 use crate::body::PathId;
 use crate::views::{self, ErrorBody};
+use crate::http_error::HttpError;
 
 /// `GET /v1/schemas/ids/{id}`: a schema by id.
 #[derive(Debug, Serialize, ToSchema)]
@@ -58,7 +59,7 @@ fn unknown_subject() -> ApiError {
     responses((status = 200, description = "the schema", body = SchemaView),
         (status = 400, description = "the id is not a number", body = ErrorBody),
         (status = 404, description = "unknown schema id", body = ErrorBody)))]
-pub(crate) async fn by_id(PathId(id): PathId) -> Result<Response, ApiError> {
+pub(crate) async fn by_id(PathId(id): PathId) -> Result<Response, HttpError> {
     let id: u32 = id
         .parse()
         .map_err(|_| ApiError::invalid("the schema id must be a number"))?;
@@ -77,13 +78,13 @@ pub(crate) async fn subjects() -> Response {
     params(("subject" = String, Path, description = "`<topic>-value`")),
     responses((status = 200, description = "the subject's versions, oldest first", body = [u32]),
         (status = 404, description = "unknown subject", body = ErrorBody)))]
-pub(crate) async fn versions(PathId(subject): PathId) -> Result<Response, ApiError> {
+pub(crate) async fn versions(PathId(subject): PathId) -> Result<Response, HttpError> {
     let versions: Vec<u32> = registry::versions(&subject)
         .iter()
         .map(|r| r.version)
         .collect();
     if versions.is_empty() {
-        return Err(unknown_subject());
+        return Err(HttpError(unknown_subject()));
     }
     Ok(views::json(StatusCode::OK, &versions))
 }
@@ -96,7 +97,7 @@ pub(crate) async fn versions(PathId(subject): PathId) -> Result<Response, ApiErr
         (status = 404, description = "unknown subject or version", body = ErrorBody)))]
 pub(crate) async fn version(
     path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, HttpError> {
     let Path((subject, version)) =
         path.map_err(|e| ApiError::invalid(format!("invalid path parameter: {}", e.body_text())))?;
     let found = if version == "latest" {
@@ -107,7 +108,7 @@ pub(crate) async fn version(
             .map_err(|_| ApiError::invalid("the version must be a number or `latest`"))?;
         let versions = registry::versions(&subject);
         if versions.is_empty() {
-            return Err(unknown_subject());
+            return Err(HttpError(unknown_subject()));
         }
         versions
             .into_iter()

@@ -18,6 +18,7 @@ use crate::auth::Caller;
 use crate::body::{ApiJson, JsonBody, PathId};
 use crate::views::{self, ErrorBody, TokenView, UserView};
 use crate::Ingest;
+use crate::http_error::HttpError;
 
 /// Longest display name, in characters.
 const MAX_DISPLAY_NAME: usize = 128;
@@ -104,10 +105,10 @@ pub(crate) async fn create(
     State(ingest): State<Arc<Ingest>>,
     caller: Caller,
     ApiJson(request): ApiJson<CreateUserRequest>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, HttpError> {
     if !User::is_valid_id(&request.id) {
-        return Err(ApiError::invalid("id must have 1 to 64 characters of [A-Za-z0-9_.:-]")
-            .with_details(json!({ "field": "id" })));
+        return Err(HttpError(ApiError::invalid("id must have 1 to 64 characters of [A-Za-z0-9_.:-]")
+            .with_details(json!({ "field": "id" }))));
     }
     check_display_name(&request.display_name)?;
     caller.require_admin()?;
@@ -138,7 +139,7 @@ pub(crate) async fn update(
     caller: Caller,
     PathId(id): PathId,
     ApiJson(request): ApiJson<UpdateUserRequest>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, HttpError> {
     if let Some(name) = &request.display_name {
         check_display_name(name)?;
     }
@@ -169,10 +170,10 @@ pub(crate) async fn get(
     State(ingest): State<Arc<Ingest>>,
     caller: Caller,
     PathId(id): PathId,
-) -> Result<Response, ApiError> {
+) -> Result<Response, HttpError> {
     if let (false, Some(user)) = (caller.is_admin(), caller.user()) {
         if user.id != id {
-            return Err(ApiError::forbidden("users may read only themselves"));
+            return Err(HttpError(ApiError::forbidden("users may read only themselves")));
         }
         // The caller was just read from the directory.
         return Ok(views::json(StatusCode::OK, &UserView::from(user)));
@@ -192,11 +193,11 @@ pub(crate) async fn issue_token(
     caller: Caller,
     PathId(id): PathId,
     ApiJson(request): ApiJson<TokenRequest>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, HttpError> {
     let ttl_s = request.ttl_s.unwrap_or(DEFAULT_TTL_S);
     if !(MIN_TTL_S..=MAX_TTL_S).contains(&ttl_s) {
-        return Err(ApiError::invalid(format!("ttl_s must be from {MIN_TTL_S} to {MAX_TTL_S}"))
-            .with_details(json!({ "field": "ttl_s" })));
+        return Err(HttpError(ApiError::invalid(format!("ttl_s must be from {MIN_TTL_S} to {MAX_TTL_S}"))
+            .with_details(json!({ "field": "ttl_s" }))));
     }
     caller.require_admin()?;
     let user = ingest.backends.store.user(&id).await?.ok_or_else(|| ApiError::not_found("unknown user"))?;

@@ -11,6 +11,8 @@ use esh_common::{ApiError, ErrorCode, Millis, Permission, StatusCounts, User, Us
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::http_error::HttpError;
+
 /// A page of a list: `next_cursor` leads on (to older items for message pages), null at the end.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Page<T> {
@@ -126,7 +128,7 @@ pub(crate) struct ErrorDetail {
 pub(crate) fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
     match serde_json::to_vec(value) {
         Ok(body) => json_bytes(status, body),
-        Err(error) => ApiError::internal(format!("cannot encode answer: {error}")).into_response(),
+        Err(error) => HttpError(ApiError::internal(format!("cannot encode answer: {error}"))).into_response(),
     }
 }
 
@@ -139,8 +141,8 @@ pub(crate) fn json_bytes(status: StatusCode, body: impl Into<Body>) -> Response 
 }
 
 /// The fallback of unknown routes.
-pub(crate) async fn not_found() -> ApiError {
-    ApiError::not_found("no such route")
+pub(crate) async fn not_found() -> HttpError {
+    HttpError(ApiError::not_found("no such route"))
 }
 
 /// Rewrites error answers that are not JSON (axum's 405, stray rejections) into the JSON

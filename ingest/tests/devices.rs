@@ -37,6 +37,9 @@ async fn a_mobile_user_registers_lists_and_removes_devices_req_3_1() {
     assert_eq!(removed.status, StatusCode::NO_CONTENT);
     let missing = server.call(Method::DELETE, "/v1/devices/fcm%3Aabc%2F1%2B2", Some(&mobile), None).await;
     assert_eq!((missing.status, missing.code()), (StatusCode::NOT_FOUND, "not_found"));
+    // A path that no device token could be (a control character) is held by nobody either.
+    let impossible = server.call(Method::DELETE, "/v1/devices/a%0Bb", Some(&mobile), None).await;
+    assert_eq!((impossible.status, impossible.code()), (StatusCode::NOT_FOUND, "not_found"));
     assert_eq!(server.get("/v1/devices", &mobile).await.json["items"].as_array().unwrap().len(), 1);
 }
 

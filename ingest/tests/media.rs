@@ -380,6 +380,77 @@ async fn malformed_empty_unauthorized_and_traversing_uploads() {
     assert!(!server.dir.path().join("etc").exists() && !server.dir.path().join("boot.png").exists());
 }
 
+/// Decoders of untrusted bytes get property tests: any body sent as multipart (a valid
+/// upload cut short, with bytes changed or inserted, or garbage) is stored whole (`201`) or
+/// refused with the contract's error (400, 413, 415), never a 5xx, and a refused body leaves
+/// no file behind.
+#[test]
+fn any_multipart_body_is_stored_whole_or_refused_with_a_contract_error() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let server = runtime.block_on(start());
+    let mobile = runtime.block_on(server.mobile("m1"));
+    let valid = multipart(&[("file", Some("a.png"), Some("image/png"), &png(8, 8))]);
+    let length = valid.len();
+    let cut = {
+        let valid = valid.clone();
+        move |end: usize| valid[..end].to_vec()
+    };
+    let edited = {
+        let valid = valid.clone();
+        move |edits: Vec<(usize, u8, bool)>| {
+            let mut body = valid.clone();
+            for (at, byte, insert) in edits {
+                let at = at.min(body.len() - 1);
+                if insert {
+                    body.insert(at, byte);
+                } else {
+                    body[at] = byte;
+                }
+            }
+            body
+        }
+    };
+    let with_epilogue = {
+        let valid = valid.clone();
+        move |tail: Vec<u8>| [valid.as_slice(), &tail].concat()
+    };
+    let bodies = prop_oneof![
+        Just(valid.clone()),
+        proptest::collection::vec(any::<u8>(), 0..64).prop_map(with_epilogue),
+        proptest::collection::vec(any::<u8>(), 0..600),
+        (0..length).prop_map(cut),
+        proptest::collection::vec((0..length, any::<u8>(), any::<bool>()), 1..8).prop_map(edited),
+    ];
+    let content_type = format!("multipart/form-data; boundary={BOUNDARY}");
+    let (stored, refused) = (std::sync::atomic::AtomicUsize::new(0), std::sync::atomic::AtomicUsize::new(0));
+    let mut runner = TestRunner::new(Config { cases: 128, failure_persistence: None, ..Config::default() });
+    runner
+        .run(&bodies, |body| {
+            let before = stored_files(&server).len();
+            let answer = runtime.block_on(server.post_raw("/v1/media", &mobile, &content_type, body));
+            let after = stored_files(&server).len();
+            match answer.status {
+                StatusCode::CREATED => {
+                    stored.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    prop_assert!(after > before, "an upload answered 201 stored nothing");
+                }
+                StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                    refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    prop_assert!(answer.json["error"]["message"].is_string(), "{:?}", answer.json);
+                    prop_assert_eq!(after, before, "a refused upload left files behind");
+                }
+                other => prop_assert!(false, "answered {other}: {:?}", answer.json),
+            }
+            Ok(())
+        })
+        .unwrap();
+    let (stored, refused) = (stored.into_inner(), refused.into_inner());
+    assert!(stored > 0 && refused > 0, "the bodies tried both answers: {stored} stored, {refused} refused");
+}
+
 #[tokio::test]
 async fn req_2_6_signed_downloads_support_range_etag_and_cache_control_and_refuse_bad_signatures() {
     let server = start().await;

@@ -131,6 +131,11 @@ pub struct Config {
     #[arg(long, env = "ESH_MEDIA_UNREFERENCED_TTL", default_value = "24h", value_parser = parse_duration)]
     pub media_unreferenced_ttl: Duration,
 
+    /// Media records each process keeps in memory, so that sends and deliveries with media
+    /// do not read the store each time (records never change; 0: always read the store).
+    #[arg(long, env = "ESH_MEDIA_CACHE_ENTRIES", default_value_t = esh_backends::store::MEDIA_CACHE_ENTRIES)]
+    pub media_cache_entries: usize,
+
     /// Partitions of each topic the log creates (embedded, or Kafka when the topic is missing).
     #[arg(long, env = "ESH_LOG_PARTITIONS", default_value_t = 8)]
     pub log_partitions: u32,
@@ -288,6 +293,7 @@ impl Config {
             public_url: None,
             media_url_key: None,
             media_unreferenced_ttl: Duration::from_secs(24 * 3600),
+            media_cache_entries: esh_backends::store::MEDIA_CACHE_ENTRIES,
             log_partitions: 8,
             log_replication: 1,
             kafka_properties: Vec::new(),

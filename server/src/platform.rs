@@ -164,6 +164,7 @@ impl Platform {
             log_retention: Some(config.log_retention),
             log_replication: config.log_replication,
             kafka_properties: config.kafka_properties.clone(),
+            media_cache_entries: Some(config.media_cache_entries),
         })
         .await?;
         // Secrets last: a start that fails earlier (taken port, bad backend url, data

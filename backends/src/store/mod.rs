@@ -4,9 +4,11 @@
 //! status with a version, attempts by message, dead letters by time, broadcasts by id.
 //! Nothing here assumes SQL: every read is a key plus a range, every write is keyed.
 
+mod cached_media;
 mod embedded;
 mod media;
 
+pub use cached_media::{CachedMediaCatalog, MEDIA_CACHE_ENTRIES};
 pub use embedded::EmbeddedMessageStore;
 pub use media::MediaCatalog;
 

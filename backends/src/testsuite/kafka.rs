@@ -26,6 +26,12 @@ impl KafkaBroker {
         if let Ok(address) = std::env::var("ESH_TEST_KAFKA") {
             return KafkaBroker { address, process: None };
         }
+        KafkaBroker::start_tansu()
+    }
+
+    /// A new `tansu` process, whatever `ESH_TEST_KAFKA` says: a broker of one's own, for a
+    /// platform whose topic names are fixed (panics when it cannot start).
+    pub fn start_tansu() -> KafkaBroker {
         let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
         let url = format!("tcp://127.0.0.1:{port}");
         let process = Command::new("tansu")

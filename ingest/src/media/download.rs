@@ -20,6 +20,7 @@ use utoipa::IntoParams;
 
 use crate::views::ErrorBody;
 use crate::Ingest;
+use crate::http_error::HttpError;
 
 /// The query of a signed URL.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -46,13 +47,13 @@ pub(crate) async fn content(
     Path((id, variant)): Path<(String, String)>,
     Query(signed): Query<Signed>,
     headers: HeaderMap,
-) -> Result<Response, ApiError> {
+) -> Result<Response, HttpError> {
     let Some(variant) = MediaVariant::parse(&variant) else {
-        return Err(ApiError::not_found("unknown media variant"));
+        return Err(HttpError(ApiError::not_found("unknown media variant")));
     };
     let expires_s = signed.expires.as_deref().and_then(|value| value.parse::<i64>().ok());
     let (Some(expires_s), Some(signature)) = (expires_s, signed.signature.as_deref()) else {
-        return Err(ApiError::forbidden("a signed url needs expires and signature"));
+        return Err(HttpError(ApiError::forbidden("a signed url needs expires and signature")));
     };
     let now = Millis::now();
     ingest.media_links.signer().verify(&id, variant, expires_s, signature, now).map_err(|error| match error {
@@ -60,7 +61,7 @@ pub(crate) async fn content(
     })?;
     let media = ingest.backends.media.media(std::slice::from_ref(&id)).await?.pop();
     let Some((content_type, size)) = media.as_ref().and_then(|media| media.variant(variant)) else {
-        return Err(ApiError::not_found("unknown media"));
+        return Err(HttpError(ApiError::not_found("unknown media")));
     };
     let media = media.as_ref().expect("found above");
     let etag = format!("\"{id}.{}\"", variant.as_str());
@@ -70,7 +71,7 @@ pub(crate) async fn content(
         .header(header::CACHE_CONTROL, format!("public, max-age={max_age}, immutable"))
         .header(header::ACCEPT_RANGES, "bytes");
     if matches(headers.get(header::IF_NONE_MATCH), &etag) {
-        return response.status(StatusCode::NOT_MODIFIED).body(Body::empty()).map_err(internal);
+        return response.status(StatusCode::NOT_MODIFIED).body(Body::empty()).map_err(internal).map_err(HttpError);
     }
     let range = match headers.get(header::RANGE).and_then(|value| value.to_str().ok()) {
         None => None,
@@ -100,7 +101,7 @@ pub(crate) async fn content(
             .header(header::CONTENT_LENGTH, range.end - range.start),
         None => response.status(StatusCode::OK).header(header::CONTENT_LENGTH, size),
     };
-    response.body(Body::from_stream(body)).map_err(internal)
+    response.body(Body::from_stream(body)).map_err(internal).map_err(HttpError)
 }
 
 fn internal(error: axum::http::Error) -> ApiError {
@@ -148,7 +149,7 @@ fn parse_range(value: &str, size: u64) -> Ranged {
         (true, _, _) => Ranged::Unsatisfiable,
         (false, Some(start), _) if start >= size => Ranged::Unsatisfiable,
         (false, Some(start), None) if last.trim().is_empty() => Ranged::Part(start..size),
-        (false, Some(start), Some(end)) if end >= start => Ranged::Part(start..(end + 1).min(size)),
+        (false, Some(start), Some(end)) if end >= start => Ranged::Part(start..end.saturating_add(1).min(size)),
         _ => Ranged::Whole,
     }
 }
@@ -170,6 +171,42 @@ mod tests {
         assert_eq!(parse_range("bytes=9-1", 100), Ranged::Whole);
         assert_eq!(parse_range("items=0-1", 100), Ranged::Whole);
         assert_eq!(parse_range("bytes=x-1", 100), Ranged::Whole);
+    }
+
+    /// Byte positions near a small file's size, anywhere, and at the edge of `u64`.
+    fn position() -> impl proptest::strategy::Strategy<Value = u64> {
+        use proptest::prelude::*;
+        prop_oneof![0u64..1_200, any::<u64>(), Just(u64::MAX), Just(u64::MAX - 1)]
+    }
+
+    proptest::proptest! {
+        /// Any header value, garbage included: no panic, and a part is a non-empty slice of the file.
+        #[test]
+        fn any_range_header_names_a_part_of_the_file_or_none(value in ".{0,40}", size in 0u64..1_000) {
+            if let Ranged::Part(part) = parse_range(&value, size) {
+                proptest::prop_assert!(part.start < part.end && part.end <= size, "{value:?} {size} {part:?}");
+            }
+        }
+
+        /// Every single range of RFC 9110, at any numbers (u64::MAX included).
+        #[test]
+        fn single_ranges_are_clamped_to_the_file(start in position(), end in position(), size in 0u64..1_000) {
+            let expected = if start >= size {
+                Ranged::Unsatisfiable
+            } else if end < start {
+                Ranged::Whole
+            } else {
+                Ranged::Part(start..end.saturating_add(1).min(size))
+            };
+            proptest::prop_assert_eq!(parse_range(&format!("bytes={start}-{end}"), size), expected);
+            let open = if start >= size { Ranged::Unsatisfiable } else { Ranged::Part(start..size) };
+            proptest::prop_assert_eq!(parse_range(&format!("bytes={start}-"), size), open);
+            let suffix = match end == 0 || size == 0 {
+                true => Ranged::Unsatisfiable,
+                false => Ranged::Part(size.saturating_sub(end)..size),
+            };
+            proptest::prop_assert_eq!(parse_range(&format!("bytes=-{end}"), size), suffix);
+        }
     }
 
     #[test]

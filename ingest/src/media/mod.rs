@@ -36,6 +36,7 @@ use crate::auth::Caller;
 use crate::body::PathId;
 use crate::views::{self, ErrorBody};
 use crate::Ingest;
+use crate::http_error::HttpError;
 
 /// Most media ids in one message.
 pub(crate) const MAX_MEDIA_PER_MESSAGE: usize = 10;
@@ -62,9 +63,9 @@ pub(crate) async fn get(
     caller: Caller,
     PathId(id): PathId,
     headers: HeaderMap,
-) -> Result<Response, ApiError> {
+) -> Result<Response, HttpError> {
     let media = ingest.backends.media.media(std::slice::from_ref(&id)).await?.pop();
-    let Some(media) = media else { return Err(ApiError::not_found("unknown media")) };
+    let Some(media) = media else { return Err(HttpError(ApiError::not_found("unknown media"))) };
     let allowed = match caller.user() {
         None => caller.is_admin(),
         Some(user) if user.id == media.owner_id => true,
@@ -75,7 +76,8 @@ pub(crate) async fn get(
         }
     };
     if !allowed {
-        return Err(ApiError::forbidden("only the uploader and participants of its messages may read this media"));
+        let refusal = ApiError::forbidden("only the uploader and participants of its messages may read this media");
+        return Err(HttpError(refusal));
     }
     let view = ingest.media_links.view(&media, &ingest.media_links.base(request_host(&headers))).await?;
     Ok(views::json(StatusCode::OK, &view))

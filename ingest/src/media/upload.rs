@@ -21,6 +21,7 @@ use super::validate::{self, MediaKind, SNIFF_BYTES};
 use crate::auth::Caller;
 use crate::views::{self, ErrorBody};
 use crate::Ingest;
+use crate::http_error::HttpError;
 
 /// Room for the multipart framing around the largest file.
 pub(crate) const MAX_REQUEST_BYTES: u64 = MediaKind::LARGEST + 64 * 1024;
@@ -63,7 +64,7 @@ pub(crate) async fn upload(
     State(ingest): State<Arc<Ingest>>,
     caller: Caller,
     request: Request,
-) -> Result<Response, ApiError> {
+) -> Result<Response, HttpError> {
     let owner = caller.user().ok_or_else(|| ApiError::forbidden("the admin token cannot upload media"))?.id.clone();
     let base = ingest.media_links.base(super::request_host(request.headers()));
     let declared_length = request
@@ -72,7 +73,7 @@ pub(crate) async fn upload(
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
     if declared_length.is_some_and(|length| length > MAX_REQUEST_BYTES) {
-        return Err(too_large(MediaKind::LARGEST));
+        return Err(HttpError(too_large(MediaKind::LARGEST)));
     }
     // No body at all (no content type) has no `file` part: malformed, like a boundary-less one.
     let declared_multipart = request
@@ -105,7 +106,7 @@ pub(crate) async fn upload(
         if let Some(media) = &stored {
             ingest.delete_blobs(media).await;
         }
-        return Err(error);
+        return Err(HttpError(error));
     }
     let media = stored.expect("recorded only with a stored upload");
     ingest.metrics.media_uploaded(media.content_type.split('/').next().unwrap_or("other"));

@@ -29,6 +29,7 @@ use crate::auth::Caller;
 use crate::body::ApiJson;
 use crate::views::{self, ErrorBody};
 use crate::Ingest;
+use crate::http_error::HttpError;
 
 /// What became of one item.
 enum Outcome {
@@ -57,11 +58,11 @@ struct Ready {
 pub(crate) async fn post_batch(
     State(ingest): State<Arc<Ingest>>,
     caller: Caller,
-    body: Result<ApiJson<BatchRequest>, ApiError>,
-) -> Result<Response, ApiError> {
-    let request = body.map(|ApiJson(request)| request);
+    body: Result<ApiJson<BatchRequest>, HttpError>,
+) -> Result<Response, HttpError> {
+    let request = body.map(|ApiJson(request)| request).map_err(|rejection| rejection.0);
     // On a task of its own, like every send: a client that hangs up cannot cut it short.
-    ingest.detached(move |ingest| async move { ingest.batch(&caller, request).await }).await
+    ingest.detached(move |ingest| async move { ingest.batch(&caller, request).await }).await.map_err(HttpError)
 }
 
 impl Ingest {

@@ -17,6 +17,7 @@ use crate::auth::Caller;
 use crate::body::ApiJson;
 use crate::views::{BroadcastAccepted, ErrorBody};
 use crate::Ingest;
+use crate::http_error::HttpError;
 
 #[utoipa::path(post, path = "/v1/messages", tag = "messages", request_body = OneWayRequest,
     params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 256, description = "idempotency key, scoped to the sender: 1..256 visible ASCII characters; equal to `idempotency_key` when both are given")),
@@ -29,9 +30,9 @@ pub(crate) async fn post_one_way(
     State(ingest): State<Arc<Ingest>>,
     caller: Caller,
     headers: HeaderMap,
-    body: Result<ApiJson<OneWayRequest>, ApiError>,
-) -> Result<Accepted, ApiError> {
-    ingest.send_body(caller, &headers, body).await
+    body: Result<ApiJson<OneWayRequest>, HttpError>,
+) -> Result<Accepted, HttpError> {
+    ingest.send_body(caller, &headers, body.map_err(|rejection| rejection.0)).await.map_err(HttpError)
 }
 
 #[utoipa::path(post, path = "/v1/chat/messages", tag = "messages", request_body = ChatMessageRequest,
@@ -45,9 +46,9 @@ pub(crate) async fn post_chat(
     State(ingest): State<Arc<Ingest>>,
     caller: Caller,
     headers: HeaderMap,
-    body: Result<ApiJson<ChatMessageRequest>, ApiError>,
-) -> Result<Accepted, ApiError> {
-    ingest.send_body(caller, &headers, body).await
+    body: Result<ApiJson<ChatMessageRequest>, HttpError>,
+) -> Result<Accepted, HttpError> {
+    ingest.send_body(caller, &headers, body.map_err(|rejection| rejection.0)).await.map_err(HttpError)
 }
 
 #[utoipa::path(post, path = "/v1/broadcasts", tag = "broadcasts", request_body = BroadcastRequest,
@@ -61,9 +62,9 @@ pub(crate) async fn post_broadcast(
     State(ingest): State<Arc<Ingest>>,
     caller: Caller,
     headers: HeaderMap,
-    body: Result<ApiJson<BroadcastRequest>, ApiError>,
-) -> Result<Accepted, ApiError> {
-    ingest.send_body(caller, &headers, body).await
+    body: Result<ApiJson<BroadcastRequest>, HttpError>,
+) -> Result<Accepted, HttpError> {
+    ingest.send_body(caller, &headers, body.map_err(|rejection| rejection.0)).await.map_err(HttpError)
 }
 
 impl Ingest {

@@ -3,6 +3,9 @@
 //! it prints, for crash and shutdown tests), users created with the admin token, HTTP
 //! through reqwest and WebSockets through tokio-tungstenite.
 //!
+//! With `ESH_TEST_E2E_LOG=kafka` every platform here, in-process or the binary, runs on the
+//! Kafka log: a `tansu` broker of its own per data directory (see `kafka_log`).
+//!
 //! Tests wait for events (a frame, a status, a pong, the binary's address line), never for
 //! a fixed time: to show that something did not happen, they wait for a later event that
 //! would have come after it (a ping's pong, a later message of the same pair).
@@ -11,13 +14,15 @@
 
 pub mod durability;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use esh_backends::testsuite::kafka::KafkaBroker;
 use esh_server::{Config, Platform};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -35,6 +40,25 @@ pub const ADMIN: &str = "e2e-admin-token";
 pub const JWT_SECRET: &str = "e2e-jwt-secret";
 /// How long a test waits for an expected frame or state before failing.
 pub const WAIT: Duration = Duration::from_secs(15);
+
+/// The Kafka broker of the platform on `data_dir` when `ESH_TEST_E2E_LOG=kafka`, else
+/// `None` (the embedded log). Each data directory gets a `tansu` broker of its own, since a
+/// platform's topic names are fixed; it lives until the test binary ends, so that a platform
+/// restarted on the same directory finds its log again.
+pub fn kafka_log(data_dir: &Path) -> Option<Arc<KafkaBroker>> {
+    static BROKERS: Mutex<Option<HashMap<PathBuf, Arc<KafkaBroker>>>> = Mutex::new(None);
+    match std::env::var("ESH_TEST_E2E_LOG").as_deref() {
+        Ok("kafka") => {}
+        Ok("embedded") | Err(_) => return None,
+        Ok(other) => panic!("ESH_TEST_E2E_LOG={other}: expected kafka or embedded"),
+    }
+    let mut brokers = BROKERS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let broker = brokers
+        .get_or_insert_with(HashMap::new)
+        .entry(data_dir.to_path_buf())
+        .or_insert_with(|| Arc::new(KafkaBroker::start_tansu()));
+    Some(broker.clone())
+}
 
 /// An HTTP answer.
 #[derive(Debug, Clone)]
@@ -276,6 +300,10 @@ impl Harness {
         config.jwt_secret = Some(JWT_SECRET.into());
         config.rate_limit_per_minute = 1_000_000;
         config.log_partitions = 4;
+        if let Some(broker) = kafka_log(dir) {
+            config.log_url = Some(broker.url());
+            config.kafka_properties = broker.client_properties();
+        }
         config
     }
 
@@ -483,6 +511,11 @@ impl Process {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
+        if !extra_env.iter().any(|(key, _)| key == "ESH_LOG") {
+            if let Some(broker) = kafka_log(data_dir) {
+                command.env("ESH_LOG", broker.url()).envs(broker.client_env());
+            }
+        }
         for (key, value) in extra_env {
             command.env(key, value);
         }
