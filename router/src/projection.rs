@@ -134,11 +134,15 @@ pub(crate) fn fold(records: &[Consumed], applied: &HashMap<(&str, u32), u64>) ->
     // first appearance: a record that comes later takes its message's changes before it.
     let mut loose: HashMap<String, Vec<StatusChange>> = HashMap::new();
     let mut loose_order: Vec<String> = Vec::new();
+    // From where each partition was folded, and how far it got (never below that start, so
+    // that a redelivery of records applied long ago cannot move a position back).
+    let mut folded_from: HashMap<(&str, u32), u64> = HashMap::new();
     let mut positions: HashMap<(&str, u32), u64> = HashMap::new();
     for record in records {
-        let next = positions.entry((record.topic.as_str(), record.partition)).or_insert(0);
+        let partition = (record.topic.as_str(), record.partition);
+        let from = *folded_from.entry(partition).or_insert_with(|| applied.get(&partition).copied().unwrap_or(0));
+        let next = positions.entry(partition).or_insert(from);
         *next = (*next).max(record.offset + 1);
-        let from = applied.get(&(record.topic.as_str(), record.partition)).copied().unwrap_or(0);
         if record.offset < from {
             continue;
         }
@@ -189,10 +193,13 @@ pub(crate) fn fold(records: &[Consumed], applied: &HashMap<(&str, u32), u64>) ->
         }
     }
     projection.changes = loose_order.iter().filter_map(|id| loose.remove(id)).flatten().collect();
-    projection.positions = positions
-        .into_iter()
-        .map(|((topic, partition), next_offset)| LogPosition { topic: topic.to_owned(), partition, next_offset })
-        .collect();
+    let listed = |map: HashMap<(&str, u32), u64>| -> Vec<LogPosition> {
+        map.into_iter()
+            .map(|((topic, partition), next_offset)| LogPosition { topic: topic.to_owned(), partition, next_offset })
+            .collect()
+    };
+    projection.positions = listed(positions);
+    projection.folded_from = listed(folded_from);
     projection
 }
 
@@ -292,6 +299,11 @@ mod tests {
         let ids: Vec<&str> = projection.messages.iter().map(|m| m.id.as_str()).collect();
         assert_eq!(ids, ["m3"], "a redelivered batch applies nothing twice");
         assert_eq!(projection.positions[0].next_offset, 3);
+        assert_eq!(projection.folded_from[0].next_offset, 2, "the store checks it is still 2");
+
+        let old = fold(&records, &HashMap::from([((topics::MESSAGES_NORMAL, 0), 7)]));
+        assert!(old.messages.is_empty());
+        assert_eq!(old.positions[0].next_offset, 7, "records applied long ago do not move the position back");
     }
 
     /// Req 4.7: attempts go to the timeline in log order, each once: those below the

@@ -50,6 +50,10 @@ pub struct Projection {
     pub attempts: Vec<Attempt>,
     /// The positions applied, one per partition the batch touched.
     pub positions: Vec<LogPosition>,
+    /// The stored positions the batch was folded from, one per partition it touched (0
+    /// where none was stored): `project` applies the batch only if they are still the
+    /// stored ones. Empty: no check.
+    pub folded_from: Vec<LogPosition>,
 }
 
 /// Which side of one-way messages a history read is for.
@@ -162,7 +166,10 @@ pub trait MessageStore: Send + Sync + 'static {
     /// as `apply_status` does, and a change to a message not stored yet is kept and folded
     /// into the message when it arrives (a status record may be read before its message's
     /// record: they are on different topics); attempts are appended as `record_attempts`
-    /// does. Returns the changes that took effect.
+    /// does. `Conflict`, with nothing applied, when a position of `batch.folded_from` is no
+    /// longer the stored one: another projection member applied some of these records
+    /// meanwhile (a rebalance), and the batch must be folded again from the new positions.
+    /// Returns the changes that took effect.
     async fn project(&self, batch: &Projection) -> Result<Vec<StatusApplied>, BackendError>;
     /// The positions applied so far, one per partition ever applied.
     async fn projected_positions(&self) -> Result<Vec<LogPosition>, BackendError>;

@@ -140,6 +140,7 @@ macro_rules! store_suite {
             projection_creates_chat_conversations_and_broadcasts,
             projection_keeps_idempotency_answers,
             projection_appends_attempts_to_their_timelines,
+            projection_refuses_a_batch_folded_from_positions_that_moved,
             check_succeeds,
         );
     };
@@ -1121,4 +1122,56 @@ where
     assert_eq!(timeline, expected.map(|(attempt, channel, outcome)| (attempt, channel, outcome.to_owned())));
     let stored = store.projected_positions().await.expect("positions");
     assert!(stored.contains(&position(&topic, 0, 3)));
+}
+
+/// Two projection members may fold the same records during a rebalance: the one that
+/// writes second finds the positions it folded from moved, gets `Conflict` and applies
+/// nothing, so no attempt is listed twice and no position moves back (Req 4.7, 10.3).
+pub async fn projection_refuses_a_batch_folded_from_positions_that_moved<F, Fut>(factory: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn MessageStore>>,
+{
+    let store = factory().await;
+    let topic = unique("topic");
+    let message_id = ids::new_id();
+    let attempt = |attempt: u32| Attempt {
+        message_id: message_id.clone(),
+        attempt,
+        at: Millis(1_000 + i64::from(attempt)),
+        channel: Channel::Socket,
+        outcome: "timeout".to_owned(),
+        error: None,
+    };
+    // Both members read position 0 and fold the records from there.
+    let first = Projection {
+        attempts: vec![attempt(1), attempt(2)],
+        positions: vec![position(&topic, 0, 2)],
+        folded_from: vec![position(&topic, 0, 0)],
+        ..Projection::default()
+    };
+    let late = Projection {
+        attempts: vec![attempt(1)],
+        positions: vec![position(&topic, 0, 1)],
+        folded_from: vec![position(&topic, 0, 0)],
+        ..Projection::default()
+    };
+    store.project(&first).await.expect("the first member's batch");
+    let error = store.project(&late).await.expect_err("folded from a position that moved");
+    assert_eq!(error.kind(), ErrorKind::Conflict, "{error}");
+    let timeline: Vec<u32> = store.attempts(&message_id).await.expect("attempts").iter().map(|a| a.attempt).collect();
+    assert_eq!(timeline, [1, 2], "the late batch applied nothing");
+    let stored = store.projected_positions().await.expect("positions");
+    assert!(stored.contains(&position(&topic, 0, 2)), "{stored:?}");
+
+    // Folded again from the stored position, the rest applies.
+    let refolded = Projection {
+        attempts: vec![attempt(3)],
+        positions: vec![position(&topic, 0, 3)],
+        folded_from: vec![position(&topic, 0, 2)],
+        ..Projection::default()
+    };
+    store.project(&refolded).await.expect("refolded batch");
+    let timeline: Vec<u32> = store.attempts(&message_id).await.expect("attempts").iter().map(|a| a.attempt).collect();
+    assert_eq!(timeline, [1, 2, 3]);
 }

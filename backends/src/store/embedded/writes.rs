@@ -477,6 +477,18 @@ pub(super) fn project(
     batch: &Projection,
     broadcasts: &[BroadcastRow],
 ) -> Result<Vec<StatusApplied>, Failure> {
+    for expected in &batch.folded_from {
+        let stored: Option<i64> = connection
+            .prepare_cached("SELECT next_offset FROM projected_positions WHERE topic = ?1 AND partition = ?2")?
+            .query_row(params![expected.topic, expected.partition], |row| row.get(0))
+            .optional()?;
+        if stored.unwrap_or(0) != i64::try_from(expected.next_offset).map_err(|_| corrupt("log offset out of range"))? {
+            return Err(Failure(BackendError::Conflict(format!(
+                "{}/{} was applied past {} meanwhile: fold the batch again",
+                expected.topic, expected.partition, expected.next_offset
+            ))));
+        }
+    }
     for broadcast in broadcasts {
         if broadcast_exists(connection, &broadcast.id)? {
             continue;
