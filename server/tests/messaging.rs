@@ -61,15 +61,29 @@ async fn delivery_goes_through_the_log_and_the_router() {
     let router = start_router(&esh);
     let frame = socket.next().await;
     assert_eq!(frame["message"]["id"], accepted["id"]);
-    router.cancel();
+    router.stop().await;
 }
 
-/// Runs the router stage beside a platform started without it.
-fn start_router(esh: &Harness) -> CancellationToken {
-    let token = CancellationToken::new();
+/// The router stage, run beside a platform started without it.
+struct Router {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), esh_backends::BackendError>>,
+}
+
+fn start_router(esh: &Harness) -> Router {
+    let stop = CancellationToken::new();
     let backends = esh.platform().backends().clone();
-    tokio::spawn(esh_router::run(backends, esh_router::RouterConfig::default(), token.clone()));
-    token
+    let task = tokio::spawn(esh_router::run(backends, esh_router::RouterConfig::default(), stop.clone()));
+    Router { stop, task }
+}
+
+impl Router {
+    /// Stops the router and waits until it has committed and left: before the platform's
+    /// log goes away (a Kafka broker stopped under a commit would hold the test forever).
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.expect("router task").expect("router stops cleanly");
+    }
 }
 
 /// Req 1.3, 4.6: an offline user gets every undelivered message on connect, one-way and
@@ -289,7 +303,7 @@ async fn high_priority_is_routed_first_under_a_backlog() {
     let normal_last = order.iter().rposition(|p| *p == "normal").unwrap();
     let low_first = order.iter().position(|p| *p == "low").unwrap();
     assert!(high_last < normal_first && normal_last < low_first, "arrival order by priority: {order:?}");
-    router.cancel();
+    router.stop().await;
 }
 
 /// Req 5.4: beyond the backlog limit ingest answers 503 overloaded with Retry-After for
@@ -435,8 +449,19 @@ async fn replay_during_concurrent_sends_loses_nothing_and_doubles_nothing() {
         let before_connect: Vec<String> = accepted.lock().unwrap().clone();
         let mut socket = esh.connect(&mobile).await;
         let mut on_this_socket: HashSet<String> = HashSet::new();
-        // A short stay: some messages arrive by replay, some live, some after the next connect.
-        while let common::Read::Json(frame) = socket.read(Duration::from_millis(60)).await {
+        // A short stay: some messages arrive by replay, some live, some after the next
+        // connect. It lasts until the replay has brought everything accepted before the
+        // connect (which the live stream never carries again: a gap would never fill), then
+        // until the socket is quiet for a moment.
+        let patience = std::time::Instant::now() + common::WAIT;
+        loop {
+            let replayed = before_connect.iter().all(|id| received.contains(id));
+            let wait = if replayed {
+                Duration::from_millis(60)
+            } else {
+                patience.saturating_duration_since(std::time::Instant::now())
+            };
+            let common::Read::Json(frame) = socket.read(wait).await else { break };
             if frame["type"] != "message" {
                 continue;
             }

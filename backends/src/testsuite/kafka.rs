@@ -32,12 +32,27 @@ impl KafkaBroker {
     /// A new `tansu` process, whatever `ESH_TEST_KAFKA` says: a broker of one's own, for a
     /// platform whose topic names are fixed (panics when it cannot start).
     pub fn start_tansu() -> KafkaBroker {
+        // The free port is found by binding and releasing it, so another process may take it
+        // before tansu binds it; tansu then exits at once, and a new port is tried.
+        for _ in 0..3 {
+            if let Some(broker) = KafkaBroker::try_start_tansu() {
+                return broker;
+            }
+        }
+        panic!("tansu exited at start three times: is it installed (`{TANSU_INSTALL}`), or were the ports taken?");
+    }
+
+    fn try_start_tansu() -> Option<KafkaBroker> {
         let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
         let url = format!("tcp://127.0.0.1:{port}");
-        let process = Command::new("tansu")
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+        // tansu under a shell that stops it when its stdin closes: when this broker is
+        // dropped, and also when the test process ends without dropping it (a static, a
+        // crash). The shell exits when tansu does.
+        let process = Command::new("sh")
+            .args(["-c", WATCHED, "sh", "broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
             .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -47,9 +62,10 @@ impl KafkaBroker {
         let mut broker = KafkaBroker { address: format!("127.0.0.1:{port}"), process: Some(process) };
         let target: SocketAddr = broker.address.parse().expect("loopback address");
         let started = Instant::now();
+        let exited = |broker: &mut KafkaBroker| matches!(broker.process.as_mut().map(Child::try_wait), Some(Ok(Some(_))));
         while TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_err() {
-            if let Some(Ok(Some(status))) = broker.process.as_mut().map(Child::try_wait) {
-                panic!("tansu exited at start: {status}");
+            if exited(&mut broker) {
+                return None;
             }
             assert!(
                 started.elapsed() < START_PATIENCE,
@@ -58,7 +74,9 @@ impl KafkaBroker {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        broker
+        // What answered may be another process on the port tansu failed to bind.
+        std::thread::sleep(Duration::from_millis(100));
+        (!exited(&mut broker)).then_some(broker)
     }
 
     /// The `ESH_LOG` URL of this broker.
@@ -81,10 +99,15 @@ impl KafkaBroker {
     }
 }
 
+/// Runs `tansu "$@"` until the shell's stdin closes (an asynchronous list reads
+/// /dev/null unless redirected, hence fd 3), and exits when tansu exits.
+const WATCHED: &str = "exec 3<&0; tansu \"$@\" </dev/null & broker=$!; (read _ <&3; kill $broker 2>/dev/null) & wait $broker";
+
 impl Drop for KafkaBroker {
     fn drop(&mut self) {
         if let Some(mut process) = self.process.take() {
-            let _ = process.kill();
+            // Closing its stdin stops tansu, then the shell.
+            drop(process.stdin.take());
             let _ = process.wait();
         }
     }

@@ -1091,14 +1091,7 @@ where
     let store = factory().await;
     let topic = unique("topic");
     let message_id = ids::new_id();
-    let attempt = |attempt: u32, channel: Channel, outcome: &str| Attempt {
-        message_id: message_id.clone(),
-        attempt,
-        at: Millis(1_000 + i64::from(attempt)),
-        channel,
-        outcome: outcome.to_owned(),
-        error: None,
-    };
+    let attempt = |attempt: u32, channel: Channel, outcome: &str| attempt_of(&message_id, attempt, channel, outcome);
     let first = Projection {
         attempts: vec![attempt(1, Channel::Socket, "timeout"), attempt(1, Channel::Push, "accepted")],
         positions: vec![position(&topic, 0, 2)],
@@ -1124,6 +1117,18 @@ where
     assert!(stored.contains(&position(&topic, 0, 3)));
 }
 
+/// Attempt `attempt` of a message, made at 1,000 ms plus its number.
+fn attempt_of(message_id: &str, attempt: u32, channel: Channel, outcome: &str) -> Attempt {
+    Attempt {
+        message_id: message_id.to_owned(),
+        attempt,
+        at: Millis(1_000 + i64::from(attempt)),
+        channel,
+        outcome: outcome.to_owned(),
+        error: None,
+    }
+}
+
 /// Two projection members may fold the same records during a rebalance: the one that
 /// writes second finds the positions it folded from moved, gets `Conflict` and applies
 /// nothing, so no attempt is listed twice and no position moves back (Req 4.7, 10.3).
@@ -1135,14 +1140,7 @@ where
     let store = factory().await;
     let topic = unique("topic");
     let message_id = ids::new_id();
-    let attempt = |attempt: u32| Attempt {
-        message_id: message_id.clone(),
-        attempt,
-        at: Millis(1_000 + i64::from(attempt)),
-        channel: Channel::Socket,
-        outcome: "timeout".to_owned(),
-        error: None,
-    };
+    let attempt = |attempt: u32| attempt_of(&message_id, attempt, Channel::Socket, "timeout");
     // Both members read position 0 and fold the records from there.
     let first = Projection {
         attempts: vec![attempt(1), attempt(2)],

@@ -19,7 +19,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use esh_backends::testsuite::kafka::KafkaBroker;
@@ -43,21 +43,25 @@ pub const WAIT: Duration = Duration::from_secs(15);
 
 /// The Kafka broker of the platform on `data_dir` when `ESH_TEST_E2E_LOG=kafka`, else
 /// `None` (the embedded log). Each data directory gets a `tansu` broker of its own, since a
-/// platform's topic names are fixed; it lives until the test binary ends, so that a platform
-/// restarted on the same directory finds its log again.
+/// platform's topic names are fixed. It lives while a `Harness` or `Process` of that
+/// directory holds it (a platform restarted on the directory finds its log again) and
+/// stops with the last of them.
 pub fn kafka_log(data_dir: &Path) -> Option<Arc<KafkaBroker>> {
-    static BROKERS: Mutex<Option<HashMap<PathBuf, Arc<KafkaBroker>>>> = Mutex::new(None);
+    static BROKERS: Mutex<Option<HashMap<PathBuf, Weak<KafkaBroker>>>> = Mutex::new(None);
     match std::env::var("ESH_TEST_E2E_LOG").as_deref() {
         Ok("kafka") => {}
         Ok("embedded") | Err(_) => return None,
         Ok(other) => panic!("ESH_TEST_E2E_LOG={other}: expected kafka or embedded"),
     }
     let mut brokers = BROKERS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let broker = brokers
-        .get_or_insert_with(HashMap::new)
-        .entry(data_dir.to_path_buf())
-        .or_insert_with(|| Arc::new(KafkaBroker::start_tansu()));
-    Some(broker.clone())
+    let brokers = brokers.get_or_insert_with(HashMap::new);
+    brokers.retain(|_, broker| broker.strong_count() > 0);
+    if let Some(broker) = brokers.get(data_dir).and_then(Weak::upgrade) {
+        return Some(broker);
+    }
+    let broker = Arc::new(KafkaBroker::start_tansu());
+    brokers.insert(data_dir.to_path_buf(), Arc::downgrade(&broker));
+    Some(broker)
 }
 
 /// An HTTP answer.
@@ -90,7 +94,9 @@ pub struct Api {
 
 impl Api {
     pub fn new(addr: SocketAddr, admin: &str) -> Api {
-        Api { base: format!("http://{addr}"), admin: admin.to_owned(), http: reqwest::Client::new() }
+        // Bounded, so that a platform that stops answering fails the test instead of hanging it.
+        let http = reqwest::Client::builder().timeout(4 * WAIT).build().expect("http client");
+        Api { base: format!("http://{addr}"), admin: admin.to_owned(), http }
     }
 
     pub fn ws_url(&self) -> String {
@@ -269,6 +275,24 @@ pub struct Harness {
     pub api: Api,
     pub platform: Option<Platform>,
     pub dir: tempfile::TempDir,
+    /// The Kafka broker of `ESH_TEST_E2E_LOG=kafka`, kept across restarts.
+    kafka: Option<Arc<KafkaBroker>>,
+}
+
+/// How long the Kafka broker of a dropped `Harness` lives on: the platform's stages run
+/// until the test's runtime ends, and a consumer commit in flight then (a blocking call
+/// without a timeout) would wait forever for a broker already gone.
+const BROKER_GRACE: Duration = Duration::from_secs(3);
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(broker) = self.kafka.take() {
+            std::thread::spawn(move || {
+                std::thread::sleep(BROKER_GRACE);
+                drop(broker);
+            });
+        }
+    }
 }
 
 impl std::ops::Deref for Harness {
@@ -287,11 +311,12 @@ impl Harness {
     /// A platform whose configuration `tune` adjusts.
     pub async fn start_with(tune: impl FnOnce(&mut Config)) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
+        let kafka = kafka_log(dir.path());
         let mut config = Harness::config(dir.path());
         tune(&mut config);
         let platform = Platform::start(config).await.expect("platform starts");
         let api = Api::new(platform.addr(), platform.admin_token());
-        Harness { api, platform: Some(platform), dir }
+        Harness { api, platform: Some(platform), dir, kafka }
     }
 
     pub fn config(dir: &Path) -> Config {
@@ -488,6 +513,8 @@ pub struct Process {
     pub child: tokio::process::Child,
     pub addr: SocketAddr,
     pub api: Api,
+    /// The Kafka broker of `ESH_TEST_E2E_LOG=kafka`, kept while the process runs.
+    kafka: Option<Arc<KafkaBroker>>,
 }
 
 /// What the binary's stable address line starts with (`server/src/main.rs`, README.md).
@@ -511,10 +538,9 @@ impl Process {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
-        if !extra_env.iter().any(|(key, _)| key == "ESH_LOG") {
-            if let Some(broker) = kafka_log(data_dir) {
-                command.env("ESH_LOG", broker.url()).envs(broker.client_env());
-            }
+        let kafka = if extra_env.iter().any(|(key, _)| key == "ESH_LOG") { None } else { kafka_log(data_dir) };
+        if let Some(broker) = &kafka {
+            command.env("ESH_LOG", broker.url()).envs(broker.client_env());
         }
         for (key, value) in extra_env {
             command.env(key, value);
@@ -544,7 +570,7 @@ impl Process {
         };
         let addr: SocketAddr = addr.parse().unwrap_or_else(|e| panic!("address line {addr:?}: {e}"));
         let api = Api::new(addr, ADMIN);
-        Process { child, addr, api }
+        Process { child, addr, api, kafka }
     }
 
     /// SIGKILL: no shutdown code runs.
