@@ -43,18 +43,6 @@ impl<'de> Deserialize<'de> for Millis {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn formats_with_three_fraction_digits_and_z() {
-        assert_eq!(Millis(0).to_rfc3339(), "1970-01-01T00:00:00.000Z");
-        assert_eq!(Millis(1_700_000_000_123).to_rfc3339(), "2023-11-14T22:13:20.123Z");
-        assert_eq!(Millis::parse("2023-11-14T22:13:20.123Z"), Some(Millis(1_700_000_000_123)));
-    }
-}
-
 impl utoipa::PartialSchema for Millis {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
@@ -66,3 +54,15 @@ impl utoipa::PartialSchema for Millis {
 }
 
 impl utoipa::ToSchema for Millis {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_with_three_fraction_digits_and_z() {
+        assert_eq!(Millis(0).to_rfc3339(), "1970-01-01T00:00:00.000Z");
+        assert_eq!(Millis(1_700_000_000_123).to_rfc3339(), "2023-11-14T22:13:20.123Z");
+        assert_eq!(Millis::parse("2023-11-14T22:13:20.123Z"), Some(Millis(1_700_000_000_123)));
+    }
+}

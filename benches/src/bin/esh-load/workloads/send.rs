@@ -38,6 +38,9 @@ pub(crate) struct OneWayArgs {
     pub(crate) traffic: TrafficArgs,
 }
 
+/// A sender's token, and the media id its messages carry (with `--media`).
+type SenderToken = (Arc<str>, Option<Arc<str>>);
+
 /// One-way messages from `senders` businesses to random ones of `clients` online mobiles,
 /// one a request or `--batch` a request.
 pub(crate) async fn one_way(ctx: &Arc<Ctx>, args: &OneWayArgs) -> anyhow::Result<Report> {
@@ -58,7 +61,7 @@ pub(crate) async fn one_way(ctx: &Arc<Ctx>, args: &OneWayArgs) -> anyhow::Result
     // The schedule has a slot per request: --rate messages a second make rate / n requests.
     let t = &TrafficArgs { rate: args.traffic.rate / per_request as f64, ..args.traffic.clone() };
     // Each sender's token and the media its messages carry.
-    let tokens: Arc<Vec<(Arc<str>, Option<Arc<str>>)>> = Arc::new(
+    let tokens: Arc<Vec<SenderToken>> = Arc::new(
         senders.iter().enumerate().map(|(i, a)| (Arc::from(a.token.as_str()), media.get(i).cloned().flatten())).collect(),
     );
     let recipients: Arc<Vec<Arc<str>>> = Arc::new(mobiles.iter().map(|a| a.id.clone()).collect());
