@@ -418,6 +418,21 @@ where
     assert!(store.one_way_messages(&business.id, OneWayRole::Recipient, None, 50).await.expect("none").is_empty());
 }
 
+/// A new business with a conversation, made at `at`, with each of `count` new mobile users.
+async fn business_with_conversations(store: &dyn MessageStore, count: usize, at: Millis) -> (User, Vec<Conversation>) {
+    let business = new_user(UserKind::Business);
+    store.create_user(&business).await.expect("create business");
+    let mut conversations = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mobile = new_user(UserKind::Mobile);
+        store.create_user(&mobile).await.expect("create mobile");
+        let conversation =
+            store.conversation_for_pair(&business.id, &mobile.id, &ids::new_id(), at).await.expect("conversation");
+        conversations.push(conversation);
+    }
+    (business, conversations)
+}
+
 /// Req 1.13/1.14, API.md "Pages": the list is ordered by `ActivityPosition` descending,
 /// walks with the cursor of the last item, shows the last message, and counts messages
 /// addressed to the viewer that are not read (each read counts once).
@@ -428,16 +443,7 @@ where
 {
     let store = factory().await;
     let start = Millis::now();
-    let business = new_user(UserKind::Business);
-    store.create_user(&business).await.expect("create business");
-    let mut conversations = Vec::new();
-    for _ in 0..4 {
-        let mobile = new_user(UserKind::Mobile);
-        store.create_user(&mobile).await.expect("create mobile");
-        let conversation =
-            store.conversation_for_pair(&business.id, &mobile.id, &ids::new_id(), start).await.expect("conversation");
-        conversations.push(conversation);
-    }
+    let (business, conversations) = business_with_conversations(store.as_ref(), 4, start).await;
     // Activity: c0 at +10, c1 at +20, c2 at +30, then c0 again at +40 and +41; c3 stays empty.
     let to_c0 = chat(&conversations[0], &business.id, start.plus_ms(10));
     // Made (so its id is older) before to_c1, stored only at the end.
@@ -530,16 +536,8 @@ where
 {
     let store = factory().await;
     let at = Millis::now();
-    let business = new_user(UserKind::Business);
-    store.create_user(&business).await.expect("create business");
-    let mut messages = Vec::new();
-    for _ in 0..6 {
-        let mobile = new_user(UserKind::Mobile);
-        store.create_user(&mobile).await.expect("create mobile");
-        let conversation =
-            store.conversation_for_pair(&business.id, &mobile.id, &ids::new_id(), at).await.expect("conversation");
-        messages.push(chat(&conversation, &business.id, at));
-    }
+    let (business, conversations) = business_with_conversations(store.as_ref(), 6, at).await;
+    let messages: Vec<Message> = conversations.iter().map(|conversation| chat(conversation, &business.id, at)).collect();
     store.insert_messages(&messages).await.expect("insert");
     let expected: Vec<String> =
         messages.iter().rev().map(|message| message.conversation_id.clone().expect("chat")).collect();
