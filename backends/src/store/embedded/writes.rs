@@ -5,7 +5,7 @@ use esh_common::{
     Attempt, Broadcast, Conversation, Message, Millis, Priority, Status, StatusApplied, StatusChange, User,
 };
 
-use crate::store::Projection;
+use crate::store::{LogPosition, Projection};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::codec::{channel_name, encode_list, encode_permissions, kind_name, parse_status, priority_name, to_u64};
@@ -482,7 +482,7 @@ pub(super) fn project(
             .prepare_cached("SELECT next_offset FROM projected_positions WHERE topic = ?1 AND partition = ?2")?
             .query_row(params![expected.topic, expected.partition], |row| row.get(0))
             .optional()?;
-        if stored.unwrap_or(0) != i64::try_from(expected.next_offset).map_err(|_| corrupt("log offset out of range"))? {
+        if stored.unwrap_or(0) != stored_offset(expected)? {
             return Err(Failure(BackendError::Conflict(format!(
                 "{}/{} was applied past {} meanwhile: fold the batch again",
                 expected.topic, expected.partition, expected.next_offset
@@ -529,7 +529,7 @@ pub(super) fn project(
         connection.prepare_cached("DELETE FROM idempotency WHERE at < ?1")?.execute([oldest_kept])?;
     }
     for position in &batch.positions {
-        let next_offset = i64::try_from(position.next_offset).map_err(|_| corrupt("log offset out of range"))?;
+        let next_offset = stored_offset(position)?;
         connection
             .prepare_cached(
                 "INSERT OR REPLACE INTO projected_positions (topic, partition, next_offset) VALUES (?1, ?2, ?3)",
@@ -537,6 +537,11 @@ pub(super) fn project(
             .execute(params![position.topic, position.partition, next_offset])?;
     }
     Ok(applied)
+}
+
+/// A position's offset as the `projected_positions` table keeps it.
+fn stored_offset(position: &LogPosition) -> Result<i64, Failure> {
+    i64::try_from(position.next_offset).map_err(|_| corrupt("log offset out of range"))
 }
 
 fn broadcast_exists(connection: &Connection, id: &str) -> Result<bool, Failure> {
