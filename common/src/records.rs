@@ -278,6 +278,20 @@ pub struct PushRequest {
     pub created_at: Millis,
     /// Media attached to the message, by id.
     pub media_ids: Vec<String>,
+    /// Empty: every active device of the recipient, from the first attempt. Otherwise the
+    /// devices a stopping push stage had not finished, which alone are notified.
+    pub devices: Vec<PendingDevice>,
+    /// Another device of the message had a final answer before this request was re-queued:
+    /// the message is not dead-lettered when `devices` run out of retries.
+    pub settled_elsewhere: bool,
+}
+
+/// A device a re-queued [`PushRequest`] is still to reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingDevice {
+    pub token: String,
+    /// Attempts already made to it: the next one continues its retry schedule.
+    pub attempts: u32,
 }
 
 impl PushRequest {
@@ -293,6 +307,8 @@ impl PushRequest {
             priority: message.priority,
             created_at: message.created_at,
             media_ids: message.media_ids.clone(),
+            devices: Vec::new(),
+            settled_elsewhere: false,
         }
     }
 }
@@ -319,6 +335,12 @@ impl LogRecord for PushRequest {
             priority: self.priority.into(),
             created_at: self.created_at.0,
             media_ids: self.media_ids,
+            devices: self
+                .devices
+                .into_iter()
+                .map(|device| wire::PendingDevice { token: device.token, attempts: device.attempts })
+                .collect(),
+            settled_elsewhere: self.settled_elsewhere,
         }
     }
 
@@ -333,6 +355,12 @@ impl LogRecord for PushRequest {
             priority: wire.priority.into(),
             created_at: Millis(wire.created_at),
             media_ids: wire.media_ids,
+            devices: wire
+                .devices
+                .into_iter()
+                .map(|device| PendingDevice { token: device.token, attempts: device.attempts })
+                .collect(),
+            settled_elsewhere: wire.settled_elsewhere,
         })
     }
 }

@@ -211,7 +211,7 @@ async fn unknown_or_malformed_ids_subjects_and_versions_are_refused_in_the_error
             "not_found",
         ),
         (
-            "/v1/schemas/subjects/esh.push.v1-value/versions/2".to_owned(),
+            "/v1/schemas/subjects/esh.push.v1-value/versions/3".to_owned(),
             StatusCode::NOT_FOUND,
             "not_found",
         ),

@@ -183,6 +183,8 @@ mod tests {
             priority: Priority::High,
             created_at: Millis(1),
             media_ids: vec!["media-1".into()],
+            devices: Vec::new(),
+            settled_elsewhere: false,
         }
     }
 

@@ -1,8 +1,14 @@
 //! The consumer of `esh.push.v1` (consumer group `push`): one polled batch at a time,
 //! every device of every request notified at once (at most `concurrency` sends in flight),
-//! then the batch's effects written — device health, then the attempts and failures in one
-//! append through the status writer (the store projection puts the attempts in the
-//! timeline) — and only then its offsets committed.
+//! then the batch's effects written — device health, the requests re-queued for devices a
+//! stop interrupted, then the attempts and failures in one append through the status writer
+//! (the store projection puts the attempts in the timeline) — and only then its offsets
+//! committed.
+//!
+//! A stop cuts the waits for retries short. The devices that had a final answer keep it;
+//! each message with devices still waiting is appended again to `esh.push.v1` for those
+//! devices alone, with their attempt counts, so a restart notifies no device twice and
+//! carries on their retry schedules.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -13,11 +19,11 @@ use async_trait::async_trait;
 use esh_backends::media_links::{MediaLinkConfig, MediaLinks};
 use esh_backends::resolver::Backends;
 use esh_backends::status_writer::StatusWriter;
-use esh_backends::{BackendError, Consumed, DeviceOutcome, ErrorKind, LogConsumer};
+use esh_backends::{BackendError, Consumed, DeviceOutcome, ErrorKind, LogConsumer, Record};
 use esh_common::health::ReadinessProbe;
 use esh_common::retry::RetrySchedule;
 use esh_common::{topics, Attempt, Channel, Device, Millis, Platform, Status, UserKind};
-use esh_common::records::{DeliveryAttempt, PushRequest, StatusEvent, StatusRecord};
+use esh_common::records::{DeliveryAttempt, PendingDevice, PushRequest, StatusEvent, StatusRecord};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -119,9 +125,9 @@ struct Stage {
     in_flight: Semaphore,
 }
 
-/// Runs the push stage until `shutdown` is cancelled; the batch in hand is finished (its
-/// waits for retries cut short, and then it is not committed: it is notified again on the
-/// next start). Errs on a backend failure that retrying cannot help.
+/// Runs the push stage until `shutdown` is cancelled; the batch in hand is finished, its
+/// waits for retries cut short and those devices re-queued. Errs on a backend failure that
+/// retrying cannot help.
 pub async fn run(
     backends: Backends,
     senders: Senders,
@@ -218,8 +224,37 @@ enum End {
     Settled(DeviceOutcome),
     /// Every retry got a retryable answer; the last one's error.
     Exhausted(String),
-    /// Shutdown came during a wait.
-    Interrupted,
+    /// Shutdown came during a wait; the attempts made so far.
+    Interrupted(u32),
+}
+
+/// What the devices of one message of a batch came to.
+struct MessageEnd {
+    request: Arc<PushRequest>,
+    /// Some device had a final answer, in this batch or before the request was re-queued.
+    settled: bool,
+    /// The devices a stop interrupted, after the attempts they had.
+    pending: Vec<PendingDevice>,
+    /// The last error of a device that ran out of retries.
+    exhausted: Option<String>,
+}
+
+impl MessageEnd {
+    /// The request again, for the pending devices alone.
+    fn requeued(self) -> Result<Record, BackendError> {
+        let request = PushRequest { devices: self.pending, settled_elsewhere: self.settled, ..(*self.request).clone() };
+        let key = request.recipient_id.clone();
+        let value = esh_common::records::encode(request)
+            .map_err(|e| BackendError::Corrupt(format!("cannot encode a push request: {e}")))?;
+        Ok(Record { key, value })
+    }
+}
+
+/// A device to notify of a request, after the attempts it already had.
+struct Target {
+    request: Arc<PushRequest>,
+    device: Device,
+    attempts_made: u32,
 }
 
 struct DeviceResult {
@@ -240,10 +275,12 @@ impl Stage {
         let Some(targets) = self.targets(&requests, shutdown).await? else { return Ok(false) };
         let notifications = self.notifications(&requests).await;
         let mut sends = JoinSet::new();
-        for (request, device) in targets {
+        for Target { request, device, attempts_made } in targets {
             let Some(sender) = self.senders.for_platform(device.platform).cloned() else { continue };
             let notification = notifications[&request.message_id].clone();
-            sends.spawn(self.clone().notify_device(sender, request, notification, device, shutdown.clone()));
+            let notify =
+                self.clone().notify_device(sender, request, notification, device, attempts_made, shutdown.clone());
+            sends.spawn(notify);
         }
         let mut results = Vec::new();
         while let Some(joined) = sends.join_next().await {
@@ -253,19 +290,17 @@ impl Stage {
                 Err(_) => {}
             }
         }
-        if results.iter().any(|result| matches!(result.end, End::Interrupted)) {
-            return Ok(false);
-        }
         self.write_effects(results, shutdown).await
     }
 
-    /// Each request with the active devices of its recipient, if the recipient is a mobile
-    /// user with notifications enabled (Req 3.6); `None` on shutdown.
+    /// Each request with the active devices of its recipient (those it names, if it was
+    /// re-queued), if the recipient is a mobile user with notifications enabled (Req 3.6);
+    /// `None` on shutdown.
     async fn targets(
         &self,
         requests: &[PushRequest],
         shutdown: &CancellationToken,
-    ) -> Result<Option<Vec<(Arc<PushRequest>, Device)>>, BackendError> {
+    ) -> Result<Option<Vec<Target>>, BackendError> {
         let mut recipients: Vec<String> = requests.iter().map(|r| r.recipient_id.clone()).collect();
         recipients.sort_unstable();
         recipients.dedup();
@@ -285,7 +320,15 @@ impl Stage {
         for request in requests {
             let request = Arc::new(request.clone());
             for device in devices.get(&request.recipient_id).into_iter().flatten() {
-                targets.push((request.clone(), device.clone()));
+                let attempts_made = if request.devices.is_empty() {
+                    0
+                } else {
+                    let Some(pending) = request.devices.iter().find(|pending| pending.token == device.token) else {
+                        continue;
+                    };
+                    pending.attempts
+                };
+                targets.push(Target { request: request.clone(), device: device.clone(), attempts_made });
             }
         }
         Ok(Some(targets))
@@ -315,17 +358,19 @@ impl Stage {
             .collect()
     }
 
-    /// Sends to one device, retrying retryable answers on the schedule.
+    /// Sends to one device after the `attempts_made` it already had, retrying retryable
+    /// answers on the schedule.
     async fn notify_device(
         self: Arc<Self>,
         sender: Arc<dyn PushSender>,
         request: Arc<PushRequest>,
         notification: Arc<PushNotification>,
         device: Device,
+        attempts_made: u32,
         shutdown: CancellationToken,
     ) -> DeviceResult {
         let mut attempts = Vec::new();
-        let mut attempt = 1;
+        let mut attempt = attempts_made + 1;
         let end = loop {
             let outcome = {
                 let _permit = self.in_flight.acquire().await;
@@ -352,7 +397,7 @@ impl Stage {
                 break End::Exhausted(outcome.error().unwrap_or_default());
             };
             tokio::select! {
-                _ = shutdown.cancelled() => break End::Interrupted,
+                _ = shutdown.cancelled() => break End::Interrupted(attempt),
                 _ = tokio::time::sleep(wait) => {}
             }
             attempt += 1;
@@ -360,8 +405,8 @@ impl Stage {
         DeviceResult { request, device, attempts, end }
     }
 
-    /// Writes the batch's device outcomes, then appends its attempts and dead letters;
-    /// `false` on shutdown.
+    /// Writes the batch's device outcomes, re-queues the devices a stop interrupted, then
+    /// appends the attempts and dead letters; `false` on shutdown.
     async fn write_effects(
         &self,
         results: Vec<DeviceResult>,
@@ -369,25 +414,30 @@ impl Stage {
     ) -> Result<bool, BackendError> {
         let mut records = Vec::new();
         let mut outcomes = Vec::new();
-        // Per message: whether every device ran out of retries, and the last error.
-        let mut exhausted: HashMap<String, (Arc<PushRequest>, bool, String)> = HashMap::new();
+        let mut messages: HashMap<String, MessageEnd> = HashMap::new();
         for result in results {
             records.extend(result.attempts.into_iter().map(|attempt| {
                 let (sender_id, recipient_id) = (result.request.sender_id.clone(), result.request.recipient_id.clone());
                 StatusRecord::Attempt(DeliveryAttempt { attempt, sender_id, recipient_id })
             }));
-            let (outcome, error) = match result.end {
-                End::Settled(outcome) => (outcome, None),
-                End::Exhausted(error) => (DeviceOutcome::Failed, Some(error)),
-                End::Interrupted => continue,
-            };
-            outcomes.push((result.device, outcome));
-            let entry = exhausted
-                .entry(result.request.message_id.clone())
-                .or_insert_with(|| (result.request.clone(), true, String::new()));
-            match error {
-                Some(error) => entry.2 = error,
-                None => entry.1 = false,
+            let message = messages.entry(result.request.message_id.clone()).or_insert_with(|| MessageEnd {
+                settled: result.request.settled_elsewhere,
+                request: result.request.clone(),
+                pending: Vec::new(),
+                exhausted: None,
+            });
+            match result.end {
+                End::Settled(outcome) => {
+                    message.settled = true;
+                    outcomes.push((result.device, outcome));
+                }
+                End::Exhausted(error) => {
+                    message.exhausted = Some(error);
+                    outcomes.push((result.device, DeviceOutcome::Failed));
+                }
+                End::Interrupted(attempts) => {
+                    message.pending.push(PendingDevice { token: result.device.token, attempts });
+                }
             }
         }
         // Device health first: once the attempts show, so do their effects on the devices.
@@ -400,8 +450,22 @@ impl Stage {
         };
         let deactivated = devices.iter().filter(|device| !device.active).count();
         metrics::counter!("esh_push_devices_deactivated_total").increment(deactivated as u64);
-        let failed: Vec<(Arc<PushRequest>, String)> =
-            exhausted.into_values().filter(|(_, all, _)| *all).map(|(request, _, error)| (request, error)).collect();
+        let mut requeued = Vec::new();
+        let mut failed = Vec::new();
+        for message in messages.into_values() {
+            if !message.pending.is_empty() {
+                requeued.push(message.requeued()?);
+            } else if let (Some(error), false) = (message.exhausted, message.settled) {
+                failed.push((message.request, error));
+            }
+        }
+        if !requeued.is_empty() {
+            let log = &self.backends.log;
+            let requeue = || log.append(topics::PUSH, requeued.clone());
+            if durably("re-queue interrupted devices", shutdown, requeue).await?.is_none() {
+                return Ok(false);
+            }
+        }
         if !failed.is_empty() {
             let Some(events) = durably("read failed messages", shutdown, || self.dead_letters(&failed)).await? else {
                 return Ok(false);

@@ -24,6 +24,8 @@ fn notification(privacy: bool) -> PushNotification {
         priority: Priority::High,
         created_at: Millis(0),
         media_ids: Vec::new(),
+        devices: Vec::new(),
+        settled_elsewhere: false,
     };
     PushNotification::of(&request, &[], privacy)
 }

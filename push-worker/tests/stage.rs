@@ -11,7 +11,7 @@ use std::time::Duration;
 use esh_backends::resolver::{resolve, BackendUrls, Backends};
 use esh_backends::status_writer::StatusWriter;
 use esh_backends::testsuite::fixtures;
-use esh_backends::{DeviceOutcome, Record};
+use esh_backends::{BackendError, DeviceOutcome, Record};
 use esh_common::retry::RetrySchedule;
 use esh_common::{topics, Attempt, Channel, Device, Message, Millis, Platform, Status, User, UserKind};
 use esh_push_worker::{PushConfig, PushRequest, Senders, PREVIEW_CHARS};
@@ -19,12 +19,15 @@ use esh_common::records::StatusRecord;
 use esh_router::RouterConfig;
 use support::{Answer, Providers};
 use tempfile::TempDir;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 struct Harness {
     backends: Backends,
     providers: Providers,
     stop: CancellationToken,
+    /// The push stage running, and what stops it alone.
+    stage: (CancellationToken, JoinHandle<Result<(), BackendError>>),
     _dir: TempDir,
 }
 
@@ -52,15 +55,32 @@ async fn start(config: PushConfig) -> Harness {
             .await
             .unwrap();
     let providers = Providers::start().await;
-    let senders = Senders { android: Some(Arc::new(providers.fcm())), ios: Some(Arc::new(providers.apns())) };
-    let (writer, _) = StatusWriter::start(backends.log.clone(), 16);
     let stop = CancellationToken::new();
     tokio::spawn(esh_router::project_store(backends.clone(), RouterConfig::default(), stop.clone()));
-    tokio::spawn(esh_push_worker::run(backends.clone(), senders, writer, config, stop.clone()));
-    Harness { backends, providers, stop, _dir: dir }
+    let stage = start_stage(&backends, &providers, config, &stop);
+    Harness { backends, providers, stop, stage, _dir: dir }
+}
+
+fn start_stage(
+    backends: &Backends,
+    providers: &Providers,
+    config: PushConfig,
+    stop: &CancellationToken,
+) -> (CancellationToken, JoinHandle<Result<(), BackendError>>) {
+    let senders = Senders { android: Some(Arc::new(providers.fcm())), ios: Some(Arc::new(providers.apns())) };
+    let (writer, _) = StatusWriter::start(backends.log.clone(), 16);
+    let stage_stop = stop.child_token();
+    (stage_stop.clone(), tokio::spawn(esh_push_worker::run(backends.clone(), senders, writer, config, stage_stop)))
 }
 
 impl Harness {
+    /// Stops the push stage, waits for it to finish, and starts it again with `config`.
+    async fn restart_stage(&mut self, config: PushConfig) {
+        self.stage.0.cancel();
+        (&mut self.stage.1).await.unwrap().unwrap();
+        self.stage = start_stage(&self.backends, &self.providers, config, &self.stop);
+    }
+
     async fn user(&self, id: &str, kind: UserKind, notifications_enabled: bool) -> User {
         let user = User {
             id: id.into(),
@@ -267,4 +287,43 @@ async fn a_message_whose_pushes_run_out_of_retries_is_dead_lettered_like_a_socke
     };
     assert_eq!((event.message_id.as_str(), event.status, event.attempts), (message.id.as_str(), Status::Failed, 3));
     assert!(event.error.as_deref().unwrap().starts_with("push: "));
+}
+
+/// A stop during a wait for a retry re-queues the devices still waiting: after the restart
+/// they go on where they were, and a device that had its answer is not notified again.
+#[tokio::test]
+async fn a_stop_during_a_retry_wait_notifies_no_device_twice_and_the_retries_carry_on() {
+    // Retries 10 s apart: the stop comes during the first wait.
+    let slow = PushConfig { retry_schedule: RetrySchedule::new(vec![Duration::from_secs(10); 2]).unwrap(), ..config(false) };
+    let mut esh = start(slow).await;
+    esh.user("m1", UserKind::Mobile, true).await;
+    esh.device("m1", Platform::Android, "steady").await;
+    esh.device("m1", Platform::Ios, "busy").await;
+    let message = fixtures::one_way("biz", "m1");
+    esh.backends.store.insert_messages(std::slice::from_ref(&message)).await.unwrap();
+    esh.providers.script("busy", &[Answer::ServerError]);
+    esh.push(&message).await;
+    for _ in 0..1000 {
+        if !esh.providers.received_for("busy").is_empty() && !esh.providers.received_for("steady").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // After the restart the waiting device fails its two remaining attempts, numbered on.
+    esh.providers.script("busy", &[Answer::ServerError; 2]);
+    esh.restart_stage(config(false)).await;
+    let attempts = esh.attempts(&message.id, 4).await;
+    let mut numbered: Vec<(u32, String)> = attempts.iter().map(|a| (a.attempt, a.outcome.clone())).collect();
+    numbered.sort();
+    let expected = [(1, "accepted"), (1, "unavailable"), (2, "unavailable"), (3, "unavailable")];
+    assert_eq!(numbered, expected.map(|(n, outcome)| (n, outcome.to_owned())));
+    assert_eq!(esh.providers.received_for("steady").len(), 1, "the device that had its answer gets it once");
+    assert_eq!(esh.providers.received_for("busy").len(), 3);
+    // One device accepted the notification, so the message is not dead-lettered.
+    esh.backends.caught_up().await.unwrap();
+    let stored = esh.backends.store.messages(std::slice::from_ref(&message.id)).await.unwrap();
+    assert_eq!(stored[0].status, Status::Sent);
+    let busy = esh.devices("m1").await.into_iter().find(|d| d.token == "busy").unwrap();
+    assert_eq!(busy.failures, 1, "the interrupted notification counts once, when it ends");
 }

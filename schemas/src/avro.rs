@@ -70,15 +70,16 @@ impl Source for ValueReader {
         }
     }
 
-    fn strings(&mut self) -> Result<Vec<String>, CodecError> {
+    fn boolean(&mut self) -> Result<bool, CodecError> {
         match self.next()? {
-            Value::Array(items) => items
-                .into_iter()
-                .map(|item| match item {
-                    Value::String(text) => Ok(text),
-                    _ => Err(CodecError::Shape("string")),
-                })
-                .collect(),
+            Value::Boolean(value) => Ok(value),
+            _ => Err(CodecError::Shape("boolean")),
+        }
+    }
+
+    fn array<T>(&mut self, mut read: impl FnMut(&mut Self) -> Result<T, CodecError>) -> Result<Vec<T>, CodecError> {
+        match self.next()? {
+            Value::Array(items) => items.into_iter().map(|item| read(&mut ValueReader::new(item))).collect(),
             _ => Err(CodecError::Shape("array")),
         }
     }

@@ -175,7 +175,7 @@ impl std::io::Read for EndWatch<'_, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{Channel, DeliveryAttempt, Status, StatusEvent, StatusRecord};
+    use crate::types::{Channel, DeliveryAttempt, Priority, PushRequest, Status, StatusEvent, StatusRecord};
     use apache_avro::schema_compatibility::SchemaCompatibility;
     use apache_avro::Schema;
 
@@ -275,6 +275,33 @@ mod tests {
         bytes.extend_from_slice(&registry::STATUS_V1_ID.to_be_bytes());
         bytes.extend(apache_avro::to_avro_datum(v1, event().to_avro()).unwrap());
         assert_eq!(decode::<StatusRecord>(&bytes).unwrap(), event());
+    }
+
+    /// Version 2 of the push subject added the pending devices of a re-queued request: a
+    /// request written with version 1 (id 3) decodes as one for every device, none settled.
+    #[test]
+    fn a_push_request_of_version_1_decodes_with_version_2() {
+        let v1 = schema(registry::PUSH_REQUEST_V1_ID).unwrap();
+        assert!(SchemaCompatibility::can_read(v1, schema(registry::PUSH_REQUEST_ID).unwrap()).is_ok());
+        let request = PushRequest {
+            recipient_id: "u1".into(),
+            message_id: "m1".into(),
+            conversation_id: None,
+            sender_id: "b1".into(),
+            sender_display_name: "Acme".into(),
+            content_preview: "hi".into(),
+            priority: Priority::High,
+            created_at: 7,
+            media_ids: vec!["md1".into()],
+            devices: Vec::new(),
+            settled_elsewhere: false,
+        };
+        let Value::Record(mut fields) = request.to_avro() else { unreachable!() };
+        fields.truncate(9);
+        let mut bytes = vec![MAGIC];
+        bytes.extend_from_slice(&registry::PUSH_REQUEST_V1_ID.to_be_bytes());
+        bytes.extend(apache_avro::to_avro_datum(v1, Value::Record(fields)).unwrap());
+        assert_eq!(decode::<PushRequest>(&bytes).unwrap(), request);
     }
 
     /// What a consumer pinned to version 1 sees of version 2's records (docs/topics.md):

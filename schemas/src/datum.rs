@@ -73,14 +73,22 @@ impl Writer {
     }
 
     /// An array as apache-avro writes it: one block of every item, then the empty block.
-    pub fn strings(&mut self, texts: &[String]) {
-        if !texts.is_empty() {
-            self.long(texts.len() as i64);
-            for text in texts {
-                self.string(text);
+    pub fn array<T>(&mut self, items: &[T], mut write: impl FnMut(&mut Self, &T)) {
+        if !items.is_empty() {
+            self.long(items.len() as i64);
+            for item in items {
+                write(self, item);
             }
         }
         self.long(0);
+    }
+
+    pub fn strings(&mut self, texts: &[String]) {
+        self.array(texts, |out, text| out.string(text));
+    }
+
+    pub fn boolean(&mut self, value: bool) {
+        self.0.push(u8::from(value));
     }
 
     pub fn symbol<T: Symbols>(&mut self, symbol: T) {
@@ -111,7 +119,9 @@ impl Writer {
 /// Where a record's fields are read from, in schema order.
 pub trait Source: Sized {
     fn string(&mut self) -> Result<String, CodecError>;
-    fn strings(&mut self) -> Result<Vec<String>, CodecError>;
+    fn boolean(&mut self) -> Result<bool, CodecError>;
+    /// An array whose items `read` reads, one at a time.
+    fn array<T>(&mut self, read: impl FnMut(&mut Self) -> Result<T, CodecError>) -> Result<Vec<T>, CodecError>;
     fn timestamp(&mut self) -> Result<i64, CodecError>;
     /// An `int` the record holds in a narrower type; one out of its range is a
     /// [`CodecError::Shape`] error naming `what`.
@@ -144,6 +154,10 @@ pub trait Source: Sized {
 
     fn nullable_string(&mut self) -> Result<Option<String>, CodecError> {
         self.nullable(Self::string)
+    }
+
+    fn strings(&mut self) -> Result<Vec<String>, CodecError> {
+        self.array(Self::string)
     }
 }
 
@@ -224,9 +238,18 @@ impl Source for Reader<'_> {
         std::str::from_utf8(bytes).map(str::to_owned).map_err(|e| invalid(e.to_string()))
     }
 
+    /// A byte 0 or 1; apache-avro refuses any other.
+    fn boolean(&mut self) -> Result<bool, CodecError> {
+        match self.bytes(1)?[0] {
+            0 => Ok(false),
+            1 => Ok(true),
+            byte => Err(invalid(format!("{byte} is not a boolean"))),
+        }
+    }
+
     /// Blocks of items up to the empty block; a block with a negative count gives its size
     /// in bytes next, which is skipped.
-    fn strings(&mut self) -> Result<Vec<String>, CodecError> {
+    fn array<T>(&mut self, mut read: impl FnMut(&mut Self) -> Result<T, CodecError>) -> Result<Vec<T>, CodecError> {
         let mut items = Vec::new();
         loop {
             let count = match self.long()? {
@@ -241,7 +264,7 @@ impl Source for Reader<'_> {
             // An item takes a byte at least: the rest of the datum bounds what to reserve.
             items.reserve(count.min(self.rest.len()));
             for _ in 0..count {
-                items.push(self.string()?);
+                items.push(read(self)?);
             }
         }
     }

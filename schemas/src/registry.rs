@@ -18,6 +18,8 @@ pub const STATUS_V1: &str = include_str!("../avro/status.avsc");
 pub const STATUS_V2: &str = include_str!("../avro/status_v2.avsc");
 /// `avro/push_request.avsc`.
 pub const PUSH_REQUEST_V1: &str = include_str!("../avro/push_request.avsc");
+/// `avro/push_request_v2.avsc`: version 1 with the pending devices of a re-queued request.
+pub const PUSH_REQUEST_V2: &str = include_str!("../avro/push_request_v2.avsc");
 /// `avro/dead_letter.avsc`.
 pub const DEAD_LETTER_V1: &str = include_str!("../avro/dead_letter.avsc");
 /// `avro/send_request.avsc`.
@@ -26,11 +28,14 @@ pub const SEND_REQUEST_V1: &str = include_str!("../avro/send_request.avsc");
 pub const MESSAGE_ENVELOPE_ID: u32 = 1;
 /// Version 1 of `esh.status.v1-value`; records written before version 2 name it.
 pub const STATUS_V1_ID: u32 = 2;
-pub const PUSH_REQUEST_ID: u32 = 3;
+/// Version 1 of `esh.push.v1-value`; records written before version 2 name it.
+pub const PUSH_REQUEST_V1_ID: u32 = 3;
 pub const DEAD_LETTER_ID: u32 = 4;
 pub const SEND_REQUEST_ID: u32 = 5;
 /// The latest version of `esh.status.v1-value` (2), which status records are written with.
 pub const STATUS_ID: u32 = 6;
+/// The latest version of `esh.push.v1-value` (2), which push requests are written with.
+pub const PUSH_REQUEST_ID: u32 = 7;
 
 /// One version of a subject, as a schema registry holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +79,7 @@ pub const REGISTRATIONS: &[Registration] = &[
     Registration {
         subject: "esh.push.v1-value",
         version: 1,
-        id: PUSH_REQUEST_ID,
+        id: PUSH_REQUEST_V1_ID,
         schema: PUSH_REQUEST_V1,
     },
     Registration {
@@ -94,6 +99,12 @@ pub const REGISTRATIONS: &[Registration] = &[
         version: 2,
         id: STATUS_ID,
         schema: STATUS_V2,
+    },
+    Registration {
+        subject: "esh.push.v1-value",
+        version: 2,
+        id: PUSH_REQUEST_ID,
+        schema: PUSH_REQUEST_V2,
     },
 ];
 

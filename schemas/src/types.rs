@@ -596,6 +596,38 @@ pub struct PushRequest {
     pub priority: Priority,
     pub created_at: i64,
     pub media_ids: Vec<String>,
+    /// Since version 2; empty in a record of version 1.
+    pub devices: Vec<PendingDevice>,
+    /// Since version 2; false in a record of version 1.
+    pub settled_elsewhere: bool,
+}
+
+/// `esh.v1.PendingDevice`: a device a re-queued [`PushRequest`] is still to reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingDevice {
+    pub token: String,
+    /// Attempts already made to it.
+    pub attempts: u32,
+}
+
+impl PendingDevice {
+    fn to_avro(&self) -> Value {
+        record([
+            ("token", string(&self.token)),
+            ("attempts", Value::Int(i32::try_from(self.attempts).unwrap_or(i32::MAX))),
+        ])
+    }
+}
+
+impl Datum for PendingDevice {
+    fn write(&self, out: &mut Writer) {
+        out.string(&self.token);
+        out.int(i32::try_from(self.attempts).unwrap_or(i32::MAX));
+    }
+
+    fn read<S: Source>(input: &mut S) -> Result<Self, CodecError> {
+        input.record(|f| Ok(PendingDevice { token: f.string()?, attempts: f.int_as("attempts")? }))
+    }
 }
 
 impl WireRecord for PushRequest {
@@ -615,6 +647,8 @@ impl WireRecord for PushRequest {
             ("priority", self.priority.to_avro()),
             ("created_at", timestamp(self.created_at)),
             ("media_ids", strings(&self.media_ids)),
+            ("devices", Value::Array(self.devices.iter().map(PendingDevice::to_avro).collect())),
+            ("settled_elsewhere", Value::Boolean(self.settled_elsewhere)),
         ])
     }
 }
@@ -630,6 +664,8 @@ impl Datum for PushRequest {
         out.symbol(self.priority);
         out.timestamp(self.created_at);
         out.strings(&self.media_ids);
+        out.array(&self.devices, |out, device| device.write(out));
+        out.boolean(self.settled_elsewhere);
     }
 
     fn read<S: Source>(input: &mut S) -> Result<Self, CodecError> {
@@ -644,6 +680,8 @@ impl Datum for PushRequest {
                 priority: f.symbol()?,
                 created_at: f.timestamp()?,
                 media_ids: f.strings()?,
+                devices: f.array(PendingDevice::read)?,
+                settled_elsewhere: f.boolean()?,
             })
         })
     }

@@ -120,10 +120,12 @@ prop_compose! {
     fn push_request()(
         recipient_id in text(), message_id in text(), conversation_id in option::of(text()), sender_id in text(),
         sender_display_name in text(), content_preview in text(), priority in priority(), created_at in any::<i64>(),
-        media_ids in vec(text(), 0..3),
+        media_ids in vec(text(), 0..3), devices in vec((text(), 0..=i32::MAX as u32), 0..3),
+        settled_elsewhere in any::<bool>(),
     ) -> PushRequest {
+        let devices = devices.into_iter().map(|(token, attempts)| PendingDevice { token, attempts }).collect();
         PushRequest { recipient_id, message_id, conversation_id, sender_id, sender_display_name, content_preview,
-            priority, created_at, media_ids }
+            priority, created_at, media_ids, devices, settled_elsewhere }
     }
 }
 
@@ -474,11 +476,12 @@ fn schema_ids_are_pinned() {
             ("esh.dead-letters.v1-value", 1, 4),
             ("esh.ingest.v1-value", 1, 5),
             ("esh.status.v1-value", 2, 6),
+            ("esh.push.v1-value", 2, 7),
         ]
     );
     assert_eq!(MessageEnvelope::SCHEMA_ID, 1);
     assert_eq!(StatusRecord::SCHEMA_ID, 6);
-    assert_eq!(PushRequest::SCHEMA_ID, 3);
+    assert_eq!(PushRequest::SCHEMA_ID, 7);
     assert_eq!(DeadLetter::SCHEMA_ID, 4);
     assert_eq!(SendRequest::SCHEMA_ID, 5);
 }
