@@ -25,7 +25,12 @@
 //! records, so the same message ids), and their late commit is dropped rather than moving
 //! the new owner's position back. A commit refused because a rebalance is under way is
 //! dropped the same way. Nothing is lost; a record may be processed twice, never under
-//! two ids.
+//! two ids. Commits run one at a time, in order, on a thread of the member (librdkafka's
+//! synchronous commit waits without end for a group coordinator that is gone), and
+//! `commit` waits for its turn and answer for at most the settings' `request_timeout`: a
+//! broker that disappears mid-commit makes it a `Timeout` error to retry, never a wait
+//! without end. A commit that timed out may still be made when the brokers return; the
+//! ones after it are made after it, so the group's position ends at the latest.
 //!
 //! Dropping the member leaves the group at once (librdkafka's close), so the others get its
 //! partitions without waiting for the session timeout.
@@ -34,7 +39,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -42,9 +47,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 
-use super::{blocking, kafka_error, KafkaSettings};
+use super::{kafka_error, KafkaSettings};
 use crate::error::BackendError;
 use crate::log::{lower_priority_share, Consumed, LogConsumer};
 
@@ -229,6 +234,24 @@ pub(super) struct KafkaConsumer {
     /// Subscribed topics, highest priority first.
     topics: Vec<TopicReader>,
     wake: Arc<Notify>,
+    /// The member's committer thread, which ends when this is dropped.
+    commits: Option<std::sync::mpsc::Sender<Commit>>,
+    /// Longest a commit waits for its turn and the broker's answer.
+    commit_timeout: Duration,
+}
+
+/// A commit for the committer thread, and where its answer goes.
+type Commit = (TopicPartitionList, oneshot::Sender<KafkaResult<()>>);
+
+/// Makes the commits it is sent, one at a time, until the sender is dropped.
+fn start_committer(consumer: Arc<BaseConsumer<Membership>>) -> std::io::Result<std::sync::mpsc::Sender<Commit>> {
+    let (commits, sent) = std::sync::mpsc::channel::<Commit>();
+    std::thread::Builder::new().name("esh-kafka-commit".into()).spawn(move || {
+        for (list, answer) in sent {
+            let _ = answer.send(consumer.commit(&list, CommitMode::Sync));
+        }
+    })?;
+    Ok(commits)
 }
 
 impl KafkaConsumer {
@@ -302,7 +325,16 @@ impl KafkaConsumer {
                 }
             })?
         };
-        let mut member = KafkaConsumer { consumer: Some(consumer), driver: Some(driver), stop, topics: readers, wake };
+        let commits = start_committer(consumer.clone())?;
+        let mut member = KafkaConsumer {
+            consumer: Some(consumer),
+            driver: Some(driver),
+            stop,
+            topics: readers,
+            wake,
+            commits: Some(commits),
+            commit_timeout: settings.request_timeout,
+        };
         member.wait_assigned(settings.join_timeout).await?;
         Ok(member)
     }
@@ -431,8 +463,15 @@ impl LogConsumer for KafkaConsumer {
         if sent.is_empty() {
             return Ok(());
         }
-        let consumer = self.consumer.clone().expect("consumer until dropped");
-        match blocking(move || consumer.commit(&list, CommitMode::Sync)).await? {
+        let (answer, answered) = oneshot::channel();
+        let committer = self.commits.as_ref().expect("committer until dropped");
+        committer.send((list, answer)).map_err(|_| BackendError::Unavailable("the kafka committer stopped".into()))?;
+        let timeout = self.commit_timeout;
+        let answer = tokio::time::timeout(timeout, answered)
+            .await
+            .map_err(|_| BackendError::Timeout(format!("kafka commit not answered within {timeout:?}")))?
+            .map_err(|_| BackendError::Unavailable("the kafka committer stopped".into()))?;
+        match answer {
             Ok(()) => {}
             Err(KafkaError::ConsumerCommit(
                 RDKafkaErrorCode::RebalanceInProgress
@@ -467,6 +506,9 @@ impl Drop for KafkaConsumer {
                 tracing::error!("kafka member thread panicked");
             }
         }
+        // The committer ends after the commit in hand (not waited for: it may wait for a
+        // coordinator that is gone, and then holds the consumer until it is answered).
+        self.commits.take();
         // The partition queues go first; the consumer's own drop then leaves the group.
         self.topics.clear();
         self.consumer.take();
