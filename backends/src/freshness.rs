@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use esh_common::topics;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::error::BackendError;
 use crate::log::MessageLog;
@@ -47,11 +47,18 @@ pub struct Freshness {
     version: watch::Sender<u64>,
     /// A projection in this process reports here.
     local: AtomicBool,
+    /// A read waits for the local projection to advance.
+    read_waiting: Notify,
 }
 
 impl Default for Freshness {
     fn default() -> Self {
-        Freshness { applied: Mutex::new(HashMap::new()), version: watch::Sender::new(0), local: AtomicBool::new(false) }
+        Freshness {
+            applied: Mutex::new(HashMap::new()),
+            version: watch::Sender::new(0),
+            local: AtomicBool::new(false),
+            read_waiting: Notify::new(),
+        }
     }
 }
 
@@ -79,6 +86,7 @@ impl Freshness {
                     if self.passed(&head) {
                         return Ok(());
                     }
+                    self.read_waiting.notify_one();
                     // The sender lives as long as `self`: an error cannot happen here.
                     let _ = changes.changed().await;
                 } else {
@@ -93,6 +101,12 @@ impl Freshness {
         })
         .await;
         waited.unwrap_or_else(|_| Err(BackendError::Timeout("the store projection is behind the log".into())))
+    }
+
+    /// Returns once a read waits for the local projection (at once if one began waiting
+    /// since the last call): the projection then writes what it holds without lingering.
+    pub async fn read_waits(&self) {
+        self.read_waiting.notified().await;
     }
 
     fn passed(&self, head: &[LogPosition]) -> bool {

@@ -40,9 +40,12 @@ pub struct RouterConfig {
     pub batch_size: usize,
     /// Most records the store projection folds into one store transaction.
     pub projection_batch: usize,
-    /// How long a small projection batch waits for more records before it is written
-    /// (reads that must see a write wait up to this much longer).
+    /// How long a small projection batch waits for more records before it is written,
+    /// while no read waits for the projection.
     pub projection_linger: Duration,
+    /// How long it waits at most once a read waits for it (reads that must see a write
+    /// wait up to this much longer).
+    pub projection_read_linger: Duration,
     /// How long one poll of the log waits for records before returning an empty batch.
     pub poll_wait: Duration,
     /// Broadcast messages stored (one store transaction) and appended per step of an expansion.
@@ -61,7 +64,8 @@ impl Default for RouterConfig {
         RouterConfig {
             batch_size: 100,
             projection_batch: 2000,
-            projection_linger: Duration::from_millis(3),
+            projection_linger: Duration::from_millis(25),
+            projection_read_linger: Duration::from_millis(3),
             poll_wait: Duration::from_millis(50),
             broadcast_chunk: 1000,
             retry_initial: Duration::from_millis(100),

@@ -50,9 +50,16 @@ pub async fn project_store(
             continue;
         }
         if records.len() < config.projection_batch / 4 && !config.projection_linger.is_zero() {
-            // A small batch waits a moment for more: a store transaction (and its sync)
-            // costs far more than the records in it at moderate rates (PERFORMANCE.md).
-            tokio::time::sleep(config.projection_linger).await;
+            // A small batch waits a moment for more: a store transaction (its sync and the
+            // pages it writes) costs far more than the records in it at moderate rates.
+            // Only a read waiting for the projection makes the wait short.
+            let lingering = tokio::time::Instant::now();
+            tokio::select! {
+                _ = tokio::time::sleep(config.projection_linger) => {}
+                _ = backends.freshness.read_waits() => {
+                    tokio::time::sleep_until(lingering + config.projection_read_linger).await;
+                }
+            }
             let more = RouterConfig {
                 batch_size: config.projection_batch - records.len(),
                 poll_wait: Duration::ZERO,

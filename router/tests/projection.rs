@@ -207,3 +207,29 @@ async fn attempts_reach_the_timeline_once_however_often_the_log_redelivers_req_4
     assert_eq!(backends.store.message(&message.id).await?.context("stored")?.status, Status::Delivered);
     Ok(())
 }
+
+/// Req 10.7 (read-your-writes): a small batch lingers for more records only while nobody
+/// reads. With a linger far longer than a read may wait (`READ_WAIT`, 5 s), a read made
+/// right after a send still sees it: the waiting read cuts the linger short.
+#[tokio::test]
+async fn a_waiting_read_cuts_the_projection_linger_short_req_10_7() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let backends = backends(&dir).await?;
+    let config = RouterConfig {
+        projection_linger: Duration::from_secs(3600),
+        projection_read_linger: Duration::ZERO,
+        ..RouterConfig::default()
+    };
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(esh_router::project_store(backends.clone(), config, shutdown.clone()));
+    for round in 0..3 {
+        let message = fixtures::one_way("biz", &format!("m{round}"));
+        send(&backends, &message).await?;
+        backends.caught_up().await.context("the read sees the send before READ_WAIT runs out")?;
+        let stored = backends.store.messages(std::slice::from_ref(&message.id)).await?;
+        assert_eq!(stored.len(), 1, "round {round}");
+    }
+    shutdown.cancel();
+    task.await??;
+    Ok(())
+}
