@@ -33,6 +33,9 @@ pub struct BackendUrls {
     /// How long the embedded log keeps records of topics no consumer group reads;
     /// `None` keeps its default (`EmbeddedLogOptions::unclaimed_retention`).
     pub log_retention: Option<Duration>,
+    /// How long the embedded log's writer waits to group requests;
+    /// `None` keeps its default (`EmbeddedLogOptions::group_wait`).
+    pub log_group_wait: Option<Duration>,
     /// Replication factor of the topics the Kafka log creates.
     pub log_replication: u16,
     /// librdkafka properties of every Kafka client, applied last ([`kafka_properties`]).
@@ -109,6 +112,7 @@ pub async fn resolve(urls: &BackendUrls) -> Result<Backends, BackendError> {
             let options = EmbeddedLogOptions {
                 partitions: urls.log_partitions.max(1),
                 unclaimed_retention: urls.log_retention.unwrap_or(defaults.unclaimed_retention),
+                group_wait: urls.log_group_wait.unwrap_or(defaults.group_wait),
                 ..defaults
             };
             Arc::new(EmbeddedMessageLog::open_with(&urls.data_dir.join("log"), options)?)

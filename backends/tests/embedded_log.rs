@@ -954,3 +954,27 @@ async fn close_times_and_commits_survive_a_reopen() {
     assert_eq!(rest.iter().map(|r| r.offset).collect::<Vec<_>>(), (15..20).collect::<Vec<_>>());
     assert_eq!(text(&rest[0]), format!("{:0100}", 15));
 }
+
+/// With a group wait, an append that comes while the writer waits joins the group in hand:
+/// two appends 50 ms apart make one sync under a 1 s wait, and two syncs with none. Both
+/// are durable when answered either way.
+#[tokio::test]
+async fn appends_within_the_group_wait_share_one_sync() {
+    for (wait, syncs) in [(Duration::from_secs(1), 1), (Duration::ZERO, 2)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = EmbeddedLogOptions { partitions: 1, group_wait: wait, ..EmbeddedLogOptions::default() };
+        let log = Arc::new(EmbeddedMessageLog::open_with(dir.path(), options).expect("open"));
+        log.append("t", vec![record("k", "topic made")]).await.expect("append");
+        let before = log.syncs();
+        let first = tokio::spawn({
+            let log = log.clone();
+            async move { log.append("t", vec![record("k", "first")]).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        log.append("t", vec![record("k", "second")]).await.expect("append");
+        first.await.expect("join").expect("append");
+        assert_eq!(log.syncs() - before, syncs, "group wait {wait:?}");
+        let read = read_all(log.as_ref(), "g", "t").await;
+        assert_eq!(read.iter().map(text).collect::<Vec<_>>(), ["topic made", "first", "second"]);
+    }
+}

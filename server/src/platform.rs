@@ -162,6 +162,7 @@ impl Platform {
             data_dir: config.data_dir.clone(),
             log_partitions: config.log_partitions,
             log_retention: Some(config.log_retention),
+            log_group_wait: Some(config.log_group_wait),
             log_replication: config.log_replication,
             kafka_properties: config.kafka_properties.clone(),
             media_cache_entries: Some(config.media_cache_entries),

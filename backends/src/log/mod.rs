@@ -6,7 +6,7 @@ mod embedded;
 #[cfg(feature = "kafka")]
 mod kafka;
 
-pub use embedded::{EmbeddedLogOptions, EmbeddedMessageLog, LogClock, DEFAULT_UNCLAIMED_RETENTION};
+pub use embedded::{EmbeddedLogOptions, EmbeddedMessageLog, LogClock, DEFAULT_GROUP_WAIT, DEFAULT_UNCLAIMED_RETENTION};
 #[cfg(feature = "kafka")]
 pub use kafka::{KafkaMessageLog, KafkaSettings};
 

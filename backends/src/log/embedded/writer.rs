@@ -31,7 +31,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{encode_checkpoint_end, encode_commit, encode_record, encode_topic, partition_for};
@@ -148,18 +148,29 @@ impl Writer {
         }
         self.retain();
         let options = &self.shared.options;
-        let (max_records, max_bytes) = (options.max_group_records, options.max_group_bytes);
+        let (max_records, max_bytes, wait) = (options.max_group_records, options.max_group_bytes, options.group_wait);
+        let mut last_group_end = Instant::now();
         while let Some(first) = self.requests.blocking_recv() {
+            let busy = last_group_end.elapsed() < wait * 4;
             let (mut records, mut bytes) = first.weight();
             let mut group = vec![first];
-            while records < max_records && bytes < max_bytes {
-                let Ok(next) = self.requests.try_recv() else { break };
-                let (r, b) = next.weight();
-                records += r;
-                bytes += b;
-                group.push(next);
+            let mut waited = false;
+            loop {
+                while records < max_records && bytes < max_bytes {
+                    let Ok(next) = self.requests.try_recv() else { break };
+                    let (r, b) = next.weight();
+                    records += r;
+                    bytes += b;
+                    group.push(next);
+                }
+                if waited || !busy || wait.is_zero() || records >= max_records || bytes >= max_bytes {
+                    break;
+                }
+                std::thread::sleep(wait);
+                waited = true;
             }
             self.process(group);
+            last_group_end = Instant::now();
         }
         if !self.unsynced_commits.is_empty() {
             // A clean stop leaves every commit durable (a restart redelivers nothing).
@@ -218,6 +229,7 @@ impl Writer {
             return;
         }
         // One sync for the whole group, whatever topics and partitions it touched.
+        self.shared.syncs.fetch_add(1, Ordering::Relaxed);
         if let Err(error) = self.active().file.sync_data() {
             tracing::error!(%error, "the journal can no longer be trusted; the log stops until restart");
             self.shared.fail(format!("log stopped after a failed sync: {error}"));
