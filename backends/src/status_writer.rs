@@ -1,7 +1,9 @@
 //! Receipts (ack, read), failures, dead-letter retries and delivery attempts (socket and
 //! push) from every stage go through one writer that appends them to `esh.status.v1` in
 //! batches: one append for everything that queued up while the previous one was being made
-//! durable (group commit). That append is the commit point of a status change and of an
+//! durable (group commit), and while statuses come often, for [`LINGER`] more: acks are not
+//! on a message's way to its recipient, and each append is a sync of the log that sends
+//! would otherwise share with fewer statuses. That append is the commit point of a status change and of an
 //! attempt; callers are answered once it is durable. Failures also go to
 //! `esh.dead-letters.v1`, in the same turn.
 //!
@@ -13,7 +15,9 @@
 use esh_common::records::{encode, CodecError, StatusEvent, StatusRecord};
 use esh_common::{topics, DeadLetter, Status};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tokio::task::JoinHandle;
 
 use crate::error::BackendError;
@@ -21,6 +25,10 @@ use crate::log::{MessageLog, Record};
 
 /// Most records appended in one turn (a single larger request is not split).
 pub const MAX_BATCH: usize = 1000;
+
+/// How long a turn waits for more records while statuses come often (the last append
+/// ended less than four of these before this turn began).
+pub const LINGER: Duration = Duration::from_millis(1);
 
 type Reply = oneshot::Sender<Result<(), String>>;
 
@@ -55,19 +63,30 @@ impl StatusWriter {
 }
 
 async fn run(mut receiver: mpsc::Receiver<(Vec<StatusRecord>, Reply)>, log: Arc<dyn MessageLog>) {
+    let mut last_append = Instant::now();
     while let Some(first) = receiver.recv().await {
+        let busy = last_append.elapsed() < LINGER * 4;
         let mut size = first.0.len();
         let mut batch = vec![first];
-        while size < MAX_BATCH {
-            let Ok(next) = receiver.try_recv() else { break };
-            size += next.0.len();
-            batch.push(next);
+        let mut lingered = false;
+        loop {
+            while size < MAX_BATCH {
+                let Ok(next) = receiver.try_recv() else { break };
+                size += next.0.len();
+                batch.push(next);
+            }
+            if lingered || !busy || size >= MAX_BATCH {
+                break;
+            }
+            tokio::time::sleep(LINGER).await;
+            lingered = true;
         }
         let (requests, replies): (Vec<Vec<StatusRecord>>, Vec<Reply>) = batch.into_iter().unzip();
         let outcome = append(log.as_ref(), requests.into_iter().flatten()).await.map_err(|error| error.to_string());
         for reply in replies {
             let _ = reply.send(outcome.clone());
         }
+        last_append = Instant::now();
     }
 }
 

@@ -185,3 +185,28 @@ async fn a_refusing_log_fails_the_caller_and_a_repeat_then_succeeds() {
     let found = records(&setup.log, topics::STATUS, 1).await;
     assert_eq!(found.len(), 1);
 }
+
+/// While statuses come often, a turn waits `LINGER` for more before it appends: a status
+/// applied while the writer holds another one joins its append, where without the wait it
+/// would have waited for an append of its own.
+#[tokio::test]
+async fn a_status_that_comes_while_the_writer_lingers_joins_its_append() {
+    let setup = setup();
+    let event = |id: &str| StatusEvent::of(&message(id), Status::Delivered, Millis(1));
+    setup.writer.apply(vec![event("m0")]).await.unwrap();
+    let before = setup.log.status_appends.load(Ordering::SeqCst);
+    let first = tokio::spawn({
+        let writer = setup.writer.clone();
+        let event = event("m1");
+        async move { writer.apply(vec![event]).await }
+    });
+    // This test runs on one thread: these turns let the writer take "m1" and start its
+    // turn (lingering, or appending it) before "m2" is sent.
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    setup.writer.apply(vec![event("m2")]).await.unwrap();
+    first.await.unwrap().unwrap();
+    assert_eq!(setup.log.status_appends.load(Ordering::SeqCst) - before, 1, "m1 and m2 share one append");
+    assert_eq!(records(&setup.log, topics::STATUS, 3).await.len(), 3);
+}
