@@ -1,7 +1,8 @@
 //! Receipts (ack, read), failures, dead-letter retries and delivery attempts (socket and
 //! push) from every stage go through one writer that appends them to `esh.status.v1` in
 //! batches: one append for everything that queued up while the previous one was being made
-//! durable (group commit), and while statuses come often, for [`LINGER`] more: acks are not
+//! durable (group commit), and while statuses come often, for a linger more ([`LINGER`] in
+//! the platform): acks are not
 //! on a message's way to its recipient, and each append is a sync of the log that sends
 //! would otherwise share with fewer statuses. That append is the commit point of a status change and of an
 //! attempt; callers are answered once it is durable. Failures also go to
@@ -26,8 +27,8 @@ use crate::log::{MessageLog, Record};
 /// Most records appended in one turn (a single larger request is not split).
 pub const MAX_BATCH: usize = 1000;
 
-/// How long a turn waits for more records while statuses come often (the last append
-/// ended less than four of these before this turn began).
+/// How long the platform's turns wait for more records while statuses come often (the
+/// last append ended less than four lingers before the turn began).
 pub const LINGER: Duration = Duration::from_millis(1);
 
 type Reply = oneshot::Sender<Result<(), String>>;
@@ -40,10 +41,12 @@ pub struct StatusWriter {
 
 impl StatusWriter {
     /// Starts the writer task. `capacity` bounds the queued requests (callers wait when it
-    /// is full). The task ends when every handle is dropped, after finishing what it holds.
-    pub fn start(log: Arc<dyn MessageLog>, capacity: usize) -> (StatusWriter, JoinHandle<()>) {
+    /// is full); `linger` is how long a turn waits for more while statuses come often (zero
+    /// never waits: tests on paused time, whose timers would not run). The task ends when
+    /// every handle is dropped, after finishing what it holds.
+    pub fn start(log: Arc<dyn MessageLog>, capacity: usize, linger: Duration) -> (StatusWriter, JoinHandle<()>) {
         let (requests, receiver) = mpsc::channel(capacity.max(1));
-        let task = tokio::spawn(run(receiver, log));
+        let task = tokio::spawn(run(receiver, log, linger));
         (StatusWriter { requests }, task)
     }
 
@@ -62,10 +65,10 @@ impl StatusWriter {
     }
 }
 
-async fn run(mut receiver: mpsc::Receiver<(Vec<StatusRecord>, Reply)>, log: Arc<dyn MessageLog>) {
+async fn run(mut receiver: mpsc::Receiver<(Vec<StatusRecord>, Reply)>, log: Arc<dyn MessageLog>, linger: Duration) {
     let mut last_append = Instant::now();
     while let Some(first) = receiver.recv().await {
-        let busy = last_append.elapsed() < LINGER * 4;
+        let busy = last_append.elapsed() < linger * 4;
         let mut size = first.0.len();
         let mut batch = vec![first];
         let mut lingered = false;
@@ -78,7 +81,7 @@ async fn run(mut receiver: mpsc::Receiver<(Vec<StatusRecord>, Reply)>, log: Arc<
             if lingered || !busy || size >= MAX_BATCH {
                 break;
             }
-            tokio::time::sleep(LINGER).await;
+            tokio::time::sleep(linger).await;
             lingered = true;
         }
         let (requests, replies): (Vec<Vec<StatusRecord>>, Vec<Reply>) = batch.into_iter().unzip();

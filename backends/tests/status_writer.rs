@@ -57,7 +57,7 @@ fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let inner = EmbeddedMessageLog::open(&dir.path().join("log"), 4).unwrap();
     let log = Arc::new(CountingLog { inner, status_appends: AtomicUsize::new(0), refuse: AtomicBool::new(false) });
-    let (writer, _task) = StatusWriter::start(log.clone(), 64);
+    let (writer, _task) = StatusWriter::start(log.clone(), 64, esh_backends::status_writer::LINGER);
     Setup { _dir: dir, log, writer }
 }
 

@@ -57,7 +57,7 @@ impl Node {
         let dir = tempfile::tempdir().expect("tempdir");
         let urls = BackendUrls { data_dir: dir.path().to_path_buf(), log_partitions: 2, ..Default::default() };
         let backends = resolve(&urls).await.expect("embedded backends");
-        let (status_writer, _task) = StatusWriter::start(backends.log.clone(), 64);
+        let (status_writer, _task) = StatusWriter::start(backends.log.clone(), 64, Duration::ZERO);
         let shutdown = CancellationToken::new();
         // Receipts reach the store through its projection of the status topic.
         // No linger: its timer would wait for paused time, which `eventually` does not let run.

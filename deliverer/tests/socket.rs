@@ -53,7 +53,7 @@ impl Server {
         let dir = tempfile::tempdir()?;
         let urls = BackendUrls { data_dir: dir.path().to_path_buf(), log_partitions: 2, ..Default::default() };
         let backends = resolve(&urls).await?;
-        let (status_writer, _task) = StatusWriter::start(backends.log.clone(), 64);
+        let (status_writer, _task) = StatusWriter::start(backends.log.clone(), 64, esh_backends::status_writer::LINGER);
         let keys = TokenKeys::hs256(b"socket tests");
         let shutdown = CancellationToken::new();
         // Acks reach the store through its projection of the status topic.

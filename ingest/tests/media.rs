@@ -617,7 +617,8 @@ async fn unreferenced_uploads_are_collected_after_their_time_to_live() {
     let dir = tempfile::tempdir().unwrap();
     let urls = esh_backends::resolver::BackendUrls { data_dir: dir.path().to_path_buf(), ..Default::default() };
     let backends = esh_backends::resolver::resolve(&urls).await.unwrap();
-    let (status_writer, _task) = esh_backends::status_writer::StatusWriter::start(backends.log.clone(), 8);
+    let (status_writer, _task) =
+        esh_backends::status_writer::StatusWriter::start(backends.log.clone(), 8, Duration::ZERO);
     let ttl = Duration::from_secs(24 * 3600);
     let config = IngestConfig { media_unreferenced_ttl: ttl, ..IngestConfig::default() };
     let ingest = esh_ingest::Ingest::new(

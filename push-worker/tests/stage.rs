@@ -68,7 +68,7 @@ fn start_stage(
     stop: &CancellationToken,
 ) -> (CancellationToken, JoinHandle<Result<(), BackendError>>) {
     let senders = Senders { android: Some(Arc::new(providers.fcm())), ios: Some(Arc::new(providers.apns())) };
-    let (writer, _) = StatusWriter::start(backends.log.clone(), 16);
+    let (writer, _) = StatusWriter::start(backends.log.clone(), 16, esh_backends::status_writer::LINGER);
     let stage_stop = stop.child_token();
     (stage_stop.clone(), tokio::spawn(esh_push_worker::run(backends.clone(), senders, writer, config, stage_stop)))
 }

@@ -299,7 +299,7 @@ async fn senders_hear_of_delivered_read_and_failed_on_their_nodes_req_9_6() -> R
     env.online("biz", "node-b").await?;
     let message = one_way("m1", Priority::Normal);
     env.ingest(&message).await?;
-    let (status_writer, _task) = StatusWriter::start(env.backends.log.clone(), 16);
+    let (status_writer, _task) = StatusWriter::start(env.backends.log.clone(), 16, esh_backends::status_writer::LINGER);
     let router = env.router(RouterConfig::default());
 
     for status in [Status::Delivered, Status::Read] {

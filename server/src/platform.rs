@@ -184,7 +184,7 @@ impl Platform {
             local_url: format!("http://{addr}"),
         };
         let (status_writer, status_task) =
-            StatusWriter::start(backends.log.clone(), STATUS_QUEUE);
+            StatusWriter::start(backends.log.clone(), STATUS_QUEUE, esh_backends::status_writer::LINGER);
         let status_writer_for_push = status_writer.clone();
 
         let ingest = Ingest::new(

@@ -59,7 +59,7 @@ impl Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let urls = BackendUrls { data_dir: dir.path().to_path_buf(), log_partitions: 4, ..Default::default() };
         let backends = resolve(&urls).await.expect("embedded backends");
-        let (status_writer, _task) = StatusWriter::start(backends.log.clone(), 64);
+        let (status_writer, _task) = StatusWriter::start(backends.log.clone(), 64, esh_backends::status_writer::LINGER);
         // The store follows the log through its projection, as in the platform.
         let config_router = esh_router::RouterConfig::default();
         tokio::spawn(esh_router::project_store(backends.clone(), config_router, CancellationToken::new()));
