@@ -1,12 +1,11 @@
 //! Receipts (ack, read), failures, dead-letter retries and delivery attempts (socket and
 //! push) from every stage go through one writer that appends them to `esh.status.v1` in
 //! batches: one append for everything that queued up while the previous one was being made
-//! durable (group commit), and while statuses come often, for a linger more ([`LINGER`] in
-//! the platform): acks are not
-//! on a message's way to its recipient, and each append is a sync of the log that sends
-//! would otherwise share with fewer statuses. That append is the commit point of a status change and of an
-//! attempt; callers are answered once it is durable. Failures also go to
-//! `esh.dead-letters.v1`, in the same turn.
+//! durable (group commit), and, while statuses come often, everything that comes during a
+//! short linger more ([`LINGER`] in the platform): acks are not on a message's way to its
+//! recipient, and each append costs a sync of the log. That append is the commit point of a
+//! status change and of an attempt; callers are answered once it is durable. Failures also
+//! go to `esh.dead-letters.v1`, in the same turn.
 //!
 //! Nothing here reads or writes the store: the store projection (`router/src/projection.rs`)
 //! applies the events, forward-only, and writes the attempts into the messages' timelines;

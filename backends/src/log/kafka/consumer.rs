@@ -464,13 +464,14 @@ impl LogConsumer for KafkaConsumer {
             return Ok(());
         }
         let (answer, answered) = oneshot::channel();
+        let stopped = || BackendError::Unavailable("the kafka committer stopped".into());
         let committer = self.commits.as_ref().expect("committer until dropped");
-        committer.send((list, answer)).map_err(|_| BackendError::Unavailable("the kafka committer stopped".into()))?;
+        committer.send((list, answer)).map_err(|_| stopped())?;
         let timeout = self.commit_timeout;
         let answer = tokio::time::timeout(timeout, answered)
             .await
             .map_err(|_| BackendError::Timeout(format!("kafka commit not answered within {timeout:?}")))?
-            .map_err(|_| BackendError::Unavailable("the kafka committer stopped".into()))?;
+            .map_err(|_| stopped())?;
         match answer {
             Ok(()) => {}
             Err(KafkaError::ConsumerCommit(
