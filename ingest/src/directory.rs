@@ -1,10 +1,15 @@
-//! The user directory as the request path sees it: users read from the store are kept
-//! for `FRESH_FOR`, so that a send reads no store (ARCHITECTURE.md "Decisions"), while a
-//! permission change made anywhere applies within 1 s (API.md "Precise rules": users).
-//! Changes made through this process are seen at once: `forget` drops the entry.
+//! The user directory as the request path sees it. A user read from the store is served
+//! from memory for `FRESH_FOR` after its read, so that a permission change made anywhere
+//! applies within 1 s (API.md "Precise rules": users). A user asked for is queued for a
+//! refresh: every `REFRESH_GATHER`, one task reads the queued users that are
+//! `REFRESH_AFTER` old in one store call, off the request path. So a user asked for at
+//! least every few hundred milliseconds is never read on a request (ARCHITECTURE.md, "The
+//! way in"); only one nobody asked for lately is. Changes made through this process are
+//! seen at once: `forget` drops the entry, and a refresh in flight does not bring it back.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use esh_backends::{BackendError, MessageStore};
@@ -12,19 +17,45 @@ use esh_common::User;
 use tokio::time::Instant;
 
 /// How long a user read from the store is trusted (under the contract's 1 s).
-const FRESH_FOR: Duration = Duration::from_millis(500);
+const FRESH_FOR: Duration = Duration::from_millis(800);
+/// The age from which a user asked for is read again in the background.
+const REFRESH_AFTER: Duration = Duration::from_millis(400);
+/// How often the refresh task reads what is due (an entry is read again between
+/// `REFRESH_AFTER` and `REFRESH_AFTER + REFRESH_GATHER`, before `FRESH_FOR`).
+const REFRESH_GATHER: Duration = Duration::from_millis(100);
+/// Users read in one store call by a refresh.
+const REFRESH_CHUNK: usize = 1_000;
 /// Users kept at most; past this the cache starts afresh (bounded memory).
 const CAPACITY: usize = 200_000;
 
 /// Cached reads of `MessageStore::user`, absent users included.
 pub(crate) struct Directory {
     store: Arc<dyn MessageStore>,
-    entries: Mutex<HashMap<String, (Option<User>, Instant)>>,
+    state: Arc<Mutex<State>>,
+    /// Store reads made on a request's path (a miss or an entry past `FRESH_FOR`).
+    request_reads: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    entries: HashMap<String, Entry>,
+    /// Ids queued for the next refresh.
+    due: Vec<String>,
+    /// Whether a refresh task is running.
+    refreshing: bool,
+}
+
+struct Entry {
+    user: Option<User>,
+    /// When the read that gave `user` began.
+    read_at: Instant,
+    /// Whether it waits for a refresh.
+    queued: bool,
 }
 
 impl Directory {
     pub(crate) fn new(store: Arc<dyn MessageStore>) -> Directory {
-        Directory { store, entries: Mutex::new(HashMap::new()) }
+        Directory { store, state: Arc::default(), request_reads: AtomicU64::new(0) }
     }
 
     /// The user with this id, from the cache while fresh, else from the store.
@@ -32,8 +63,10 @@ impl Directory {
         if let Some(cached) = self.cached(id) {
             return Ok(cached);
         }
+        self.request_reads.fetch_add(1, Ordering::Relaxed);
+        let read_at = Instant::now();
         let user = self.store.user(id).await?;
-        self.remember(id, user.clone());
+        self.remember([(user.clone(), id.to_owned())], read_at);
         Ok(user)
     }
 
@@ -55,44 +88,111 @@ impl Directory {
         }
         missing.sort_unstable();
         missing.dedup();
-        let read = self.store.users(&missing).await?;
-        let now = Instant::now();
-        let mut entries = self.lock();
-        if entries.len() + missing.len() > CAPACITY {
-            entries.clear();
-        }
-        for id in &missing {
-            entries.insert(id.clone(), (None, now));
-        }
-        for user in read {
-            entries.insert(user.id.clone(), (Some(user.clone()), now));
-            found.insert(user.id.clone(), user);
-        }
+        self.request_reads.fetch_add(1, Ordering::Relaxed);
+        let read_at = Instant::now();
+        let read: HashMap<String, User> =
+            self.store.users(&missing).await?.into_iter().map(|user| (user.id.clone(), user)).collect();
+        self.remember(missing.into_iter().map(|id| (read.get(&id).cloned(), id)), read_at);
+        found.extend(read);
         Ok(found)
     }
 
     /// Drops what is cached of `id` (it was just created or changed through this process).
     pub(crate) fn forget(&self, id: &str) {
-        self.lock().remove(id);
+        lock(&self.state).entries.remove(id);
     }
 
+    /// How many store reads requests have waited for (the refreshes' reads not counted).
+    #[cfg(test)]
+    fn request_reads(&self) -> u64 {
+        self.request_reads.load(Ordering::Relaxed)
+    }
+
+    /// The cached user while fresh; queues it for a refresh.
     fn cached(&self, id: &str) -> Option<Option<User>> {
-        let entries = self.lock();
-        let (user, read_at) = entries.get(id)?;
-        (read_at.elapsed() < FRESH_FOR).then(|| user.clone())
-    }
-
-    fn remember(&self, id: &str, user: Option<User>) {
-        let mut entries = self.lock();
-        if entries.len() >= CAPACITY {
-            entries.clear();
+        let mut state = lock(&self.state);
+        let State { entries, due, refreshing } = &mut *state;
+        let entry = entries.get_mut(id)?;
+        if entry.read_at.elapsed() >= FRESH_FOR {
+            return None;
         }
-        entries.insert(id.to_owned(), (user, Instant::now()));
+        if !entry.queued {
+            entry.queued = true;
+            due.push(id.to_owned());
+            if !*refreshing {
+                *refreshing = true;
+                tokio::spawn(refresh(self.store.clone(), self.state.clone()));
+            }
+        }
+        Some(entry.user.clone())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Option<User>, Instant)>> {
-        self.entries.lock().unwrap_or_else(|poison| poison.into_inner())
+    fn remember(&self, users: impl IntoIterator<Item = (Option<User>, String)>, read_at: Instant) {
+        let mut state = lock(&self.state);
+        for (user, id) in users {
+            if state.entries.len() >= CAPACITY {
+                state.entries.clear();
+            }
+            state.entries.insert(id, Entry { user, read_at, queued: false });
+        }
     }
+}
+
+/// Every `REFRESH_GATHER`, reads the queued users that are `REFRESH_AFTER` old again, a
+/// chunk a store call, and keeps the younger ones queued; ends when nothing is queued. An
+/// entry dropped or read anew meanwhile is left as it is. A failed read ends the task: the
+/// entries age, and their next requests read them (or queue them again).
+async fn refresh(store: Arc<dyn MessageStore>, state: Arc<Mutex<State>>) {
+    loop {
+        tokio::time::sleep(REFRESH_GATHER).await;
+        let ready = {
+            let mut state = lock(&state);
+            let State { entries, due, refreshing } = &mut *state;
+            let mut ready = Vec::new();
+            due.retain(|id| match entries.get(id) {
+                Some(entry) if entry.queued && entry.read_at.elapsed() >= REFRESH_AFTER => {
+                    ready.push(id.clone());
+                    false
+                }
+                Some(entry) => entry.queued,
+                None => false,
+            });
+            if ready.is_empty() && due.is_empty() {
+                *refreshing = false;
+                return;
+            }
+            ready
+        };
+        for chunk in ready.chunks(REFRESH_CHUNK) {
+            let read_at = Instant::now();
+            let read = store.users(chunk).await;
+            let mut state = lock(&state);
+            let mut users: HashMap<String, User> = match read {
+                Ok(users) => users.into_iter().map(|user| (user.id.clone(), user)).collect(),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot refresh cached users; requests will read them");
+                    let State { entries, due, refreshing } = &mut *state;
+                    for id in ready.iter().chain(due.iter()) {
+                        if let Some(entry) = entries.get_mut(id) {
+                            entry.queued = false;
+                        }
+                    }
+                    due.clear();
+                    *refreshing = false;
+                    return;
+                }
+            };
+            for id in chunk {
+                if let Some(entry) = state.entries.get_mut(id).filter(|entry| entry.queued) {
+                    *entry = Entry { user: users.remove(id), read_at, queued: false };
+                }
+            }
+        }
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
 #[cfg(test)]
@@ -125,6 +225,34 @@ mod tests {
         tokio::time::advance(Duration::from_millis(999)).await;
         assert!(!directory.user("acme").await.unwrap().unwrap().has(Permission::Send));
         assert!(directory.users(&["acme", "nobody"]).await.unwrap().len() == 1);
+    }
+
+    /// A user asked for steadily is refreshed in the background: no request waits for a
+    /// store read after the first, and a change made elsewhere still shows within 1 s.
+    #[tokio::test]
+    async fn a_user_asked_for_steadily_is_refreshed_off_the_request_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn MessageStore> = Arc::new(EmbeddedMessageStore::open(&dir.path().join("s")).unwrap());
+        store.create_user(&business(vec![Permission::Send])).await.unwrap();
+        let directory = Directory::new(store.clone());
+        assert!(directory.user("acme").await.unwrap().unwrap().has(Permission::Send));
+        assert_eq!(directory.request_reads(), 1);
+        let mut revoked_at = None;
+        for step in 0..30 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if step == 10 {
+                store.update_user(&business(vec![])).await.unwrap();
+                revoked_at = Some(Instant::now());
+            }
+            let allowed = directory.user("acme").await.unwrap().unwrap().has(Permission::Send);
+            let batch = directory.users(&["acme"]).await.unwrap();
+            assert_eq!(batch["acme"].has(Permission::Send), allowed);
+            if let Some(at) = revoked_at.filter(|_| allowed) {
+                assert!(at.elapsed() < Duration::from_secs(1), "the revocation was not seen within 1 s");
+            }
+        }
+        assert!(!directory.user("acme").await.unwrap().unwrap().has(Permission::Send));
+        assert_eq!(directory.request_reads(), 1, "a request read the store");
     }
 
     #[tokio::test]

@@ -21,7 +21,7 @@ use esh_common::{ApiError, ErrorCode, Priority, User};
 use serde_json::json;
 
 use super::commit::prepare_message;
-use super::idempotency::{self, KeyState};
+use super::idempotency::{KeyState, SendKey};
 use super::limits::Permits;
 use super::policy::{check_one_way_recipient, check_one_way_sender};
 use super::request::{check_batch_size, BatchRequest, SendInput};
@@ -40,7 +40,7 @@ enum Outcome {
 /// An item that passed its checks, holding its key until its append is settled.
 struct Ready {
     index: usize,
-    key: Option<String>,
+    key: Option<SendKey>,
     topic: &'static str,
     record: Record,
     answer: StoredAnswer,
@@ -149,10 +149,9 @@ impl Ingest {
         index: usize,
         at: esh_common::Millis,
     ) -> Result<Judged, ApiError> {
-        let fingerprint = input.fingerprint();
-        let key = input.key.as_ref().map(|key| idempotency::scoped(&sender.id, key));
-        if let Some(key) = &key {
-            if let KeyState::Replay(answer) = self.claim_key(key, &fingerprint).await? {
+        let key = SendKey::of(&sender.id, input);
+        if let Some(SendKey { key, fingerprint }) = &key {
+            if let KeyState::Replay(answer) = self.claim_key(key, fingerprint).await? {
                 return Ok(Judged::Replay(answer));
             }
         }
@@ -164,7 +163,7 @@ impl Ingest {
         let checked = media.and_then(|media| {
             let recipient = recipients.get(&input.recipients[0]).ok_or_else(|| ApiError::not_found("unknown recipient"))?;
             check_one_way_recipient(recipient)?;
-            prepare_message(sender, recipient, None, input, media, key.as_deref().map(|k| (k, fingerprint.as_str())), at)
+            prepare_message(sender, recipient, None, input, media, key.as_ref().map(SendKey::parts), at)
         });
         match checked {
             Ok(prepared) => Ok(Judged::Ready(Ready {
@@ -175,7 +174,7 @@ impl Ingest {
                 answer: prepared.accepted.answer,
             })),
             Err(error) => {
-                if let Some(key) = &key {
+                if let Some(SendKey { key, .. }) = &key {
                     self.settle_key(key, None).await;
                 }
                 Err(error)
@@ -196,7 +195,7 @@ impl Ingest {
         for (appended, items) in futures::future::join_all(appends).await {
             for item in items {
                 let answer = appended.as_ref().ok().map(|()| item.answer.clone());
-                if let Some(key) = &item.key {
+                if let Some(SendKey { key, .. }) = &item.key {
                     self.settle_key(key, answer.clone()).await;
                 }
                 outcomes[item.index] = match (answer, &appended) {

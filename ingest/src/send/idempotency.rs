@@ -11,6 +11,7 @@ use esh_common::{ApiError, ErrorCode, Millis};
 use serde_json::json;
 use tokio::time::Instant;
 
+use super::SendInput;
 use crate::Ingest;
 
 /// How often a repeat polls the key of a request still in flight, and for how long at most.
@@ -25,9 +26,23 @@ pub(crate) enum KeyState {
     Replay(StoredAnswer),
 }
 
-/// A key scoped to its sender.
-pub(crate) fn scoped(sender: &str, key: &str) -> String {
-    format!("{sender}:{key}")
+/// The idempotency key of a send, scoped to its sender, with the fingerprint of its body
+/// (only keyed sends pay for the hash).
+pub(crate) struct SendKey {
+    pub(crate) key: String,
+    pub(crate) fingerprint: String,
+}
+
+impl SendKey {
+    pub(crate) fn of(sender: &str, input: &SendInput) -> Option<SendKey> {
+        let key = input.key.as_ref()?;
+        Some(SendKey { key: format!("{sender}:{key}"), fingerprint: input.fingerprint() })
+    }
+
+    /// The key and the fingerprint, as the record of the send carries them.
+    pub(crate) fn parts(&self) -> (&str, &str) {
+        (&self.key, &self.fingerprint)
+    }
 }
 
 /// The 409 of a key used before with a different body.

@@ -34,7 +34,7 @@ use std::sync::Arc;
 use esh_common::{ids, ApiError, ErrorCode, User};
 
 use self::commit::{prepare_broadcast, prepare_message, Accepted, Prepared};
-use self::idempotency::KeyState;
+use self::idempotency::{KeyState, SendKey};
 use self::limits::Permits;
 use self::policy::{chat_pair, check_chat_sender, check_one_way_recipient, check_one_way_sender};
 use crate::auth::Caller;
@@ -72,10 +72,9 @@ impl Ingest {
             Ok(input) => input,
             Err(error) => return Err(self.refuse_after_rate_check(&sender.id, error).await),
         };
-        let fingerprint = input.fingerprint();
-        let scoped_key = input.key.as_ref().map(|key| idempotency::scoped(&sender.id, key));
-        if let Some(key) = &scoped_key {
-            match self.claim_key(key, &fingerprint).await {
+        let send_key = SendKey::of(&sender.id, &input);
+        if let Some(SendKey { key, fingerprint }) = &send_key {
+            match self.claim_key(key, fingerprint).await {
                 Ok(KeyState::Held) => {}
                 Ok(KeyState::Replay(answer)) => return Ok(Accepted { answer, message: None }),
                 Err(error) if error.code == ErrorCode::Conflict => {
@@ -84,13 +83,13 @@ impl Ingest {
                 Err(error) => return Err(error),
             }
         }
-        let key = scoped_key.as_deref().map(|key| (key, fingerprint.as_str()));
+        let key = send_key.as_ref().map(SendKey::parts);
         let mut permits = Permits::default();
         let outcome = self.send_counted(sender, &mut input, key, &mut permits).await;
         if outcome.is_err() {
             self.refund(permits).await;
         }
-        if let Some(key) = &scoped_key {
+        if let Some(SendKey { key, .. }) = &send_key {
             self.settle_key(key, outcome.as_ref().ok().map(|accepted| accepted.answer.clone())).await;
         }
         if let Ok(accepted) = &outcome {

@@ -2,6 +2,7 @@
 //! endpoint, their limits, and the idempotency fingerprint (API.md "Precise rules").
 
 use std::collections::HashSet;
+use std::fmt::Write;
 
 use axum::http::HeaderValue;
 use esh_common::{topics, ApiError, Priority};
@@ -220,7 +221,10 @@ impl SendInput {
         for media in &self.media_ids {
             field(media.as_bytes());
         }
-        hash.finalize().iter().map(|byte| format!("{byte:02x}")).collect()
+        hash.finalize().iter().fold(String::with_capacity(64), |mut hex, byte| {
+            let _ = write!(hex, "{byte:02x}");
+            hex
+        })
     }
 }
 
