@@ -229,7 +229,8 @@ mod tests {
 
     /// A user asked for steadily is refreshed in the background: no request waits for a
     /// store read after the first, and a change made elsewhere still shows within 1 s.
-    #[tokio::test]
+    /// (Paused time: the clock moves only while every task waits for a timer.)
+    #[tokio::test(start_paused = true)]
     async fn a_user_asked_for_steadily_is_refreshed_off_the_request_path() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn MessageStore> = Arc::new(EmbeddedMessageStore::open(&dir.path().join("s")).unwrap());
