@@ -213,12 +213,18 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_change_made_elsewhere_is_seen_within_one_second() {
+    /// A store holding "acme" with the send permission, and a directory over it.
+    async fn acme_allowed_to_send() -> (tempfile::TempDir, Arc<dyn MessageStore>, Directory) {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn MessageStore> = Arc::new(EmbeddedMessageStore::open(&dir.path().join("s")).unwrap());
         store.create_user(&business(vec![Permission::Send])).await.unwrap();
         let directory = Directory::new(store.clone());
+        (dir, store, directory)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_made_elsewhere_is_seen_within_one_second() {
+        let (_dir, store, directory) = acme_allowed_to_send().await;
         assert!(directory.user("acme").await.unwrap().unwrap().has(Permission::Send));
         // Revoked by another process: this one does not know.
         store.update_user(&business(vec![])).await.unwrap();
@@ -232,10 +238,7 @@ mod tests {
     /// (Paused time: the clock moves only while every task waits for a timer.)
     #[tokio::test(start_paused = true)]
     async fn a_user_asked_for_steadily_is_refreshed_off_the_request_path() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn MessageStore> = Arc::new(EmbeddedMessageStore::open(&dir.path().join("s")).unwrap());
-        store.create_user(&business(vec![Permission::Send])).await.unwrap();
-        let directory = Directory::new(store.clone());
+        let (_dir, store, directory) = acme_allowed_to_send().await;
         assert!(directory.user("acme").await.unwrap().unwrap().has(Permission::Send));
         assert_eq!(directory.request_reads(), 1);
         let mut revoked_at = None;
