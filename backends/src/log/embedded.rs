@@ -476,12 +476,13 @@ impl MessageLog for EmbeddedMessageLog {
         let Some(topic) = shared.topic(topic) else { return Ok(0) };
         let group = shared.groups.get(group);
         let state = group.as_ref().map(|g| lock(&g.state));
+        let committed = state.as_ref().map(|s| s.committed(&topic.name));
         let lag = topic
             .partitions
             .iter()
             .enumerate()
             .map(|(p, partition)| {
-                let committed = state.as_ref().map_or(0, |s| s.committed(&topic.name, p as u32));
+                let committed = committed.as_ref().map_or(0, |c| c.at(p as u32));
                 let start = partition.start.load(Ordering::Acquire);
                 partition.end.load(Ordering::Acquire).saturating_sub(committed.max(start))
             })
@@ -537,11 +538,12 @@ impl EmbeddedConsumer {
         self.generation = state.generation;
         for (i, topic) in self.topics.iter().enumerate() {
             let previous = std::mem::take(&mut self.owned[i]);
+            let committed = state.committed(&topic.name);
             self.owned[i] = state
                 .owned(&topic.name, self.member)
                 .into_iter()
                 .map(|p| {
-                    let committed = state.committed(&topic.name, p);
+                    let committed = committed.at(p);
                     let kept = previous.iter().find(|(q, _)| *q == p).map(|(_, position)| *position);
                     (p, kept.map_or(committed, |position| position.max(committed)))
                 })

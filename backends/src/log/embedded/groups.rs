@@ -54,10 +54,21 @@ impl Group {
     }
 }
 
+/// A group's committed offsets in one topic ([`GroupState::committed`]).
+pub(crate) struct TopicOffsets<'a>(&'a [u64]);
+
+impl TopicOffsets<'_> {
+    pub(crate) fn at(&self, partition: u32) -> u64 {
+        self.0.get(partition as usize).copied().unwrap_or(0)
+    }
+}
+
 impl GroupState {
-    /// The group's committed offset in a partition (0 when it never committed there).
-    pub(crate) fn committed(&self, topic: &str, partition: u32) -> u64 {
-        self.committed.get(topic).and_then(|offsets| offsets.get(partition as usize)).copied().unwrap_or(0)
+    /// The group's committed offsets in a topic, by partition; a partition past the end
+    /// (or every one, when it never committed there) is at 0. One lookup serves every
+    /// partition of the topic.
+    pub(crate) fn committed(&self, topic: &str) -> TopicOffsets<'_> {
+        TopicOffsets(self.committed.get(topic).map_or(&[], Vec::as_slice))
     }
 
     /// Whether the group subscribed to or committed in `topic` (durably, once the writer
@@ -228,8 +239,8 @@ mod tests {
         assert!(state.knows("t"));
         assert!(state.advance("t", 1, 10));
         assert!(!state.advance("t", 1, 5));
-        assert_eq!(state.committed("t", 1), 10);
-        assert_eq!(state.committed("t", 0), 0);
+        assert_eq!(state.committed("t").at(1), 10);
+        assert_eq!(state.committed("t").at(0), 0);
         assert!(!state.advance("t", MAX_PARTITIONS, 1), "hostile partition numbers are ignored");
     }
 
