@@ -264,6 +264,62 @@ async fn a_record_cut_mid_write_is_dropped() {
     assert_eq!(all[9].offset, 9);
 }
 
+/// Copies the log directory `from` as it is on disk, which is what a crash leaves of it
+/// (the page cache survives a killed process).
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+/// The active segment is allocated ahead of its writes, so a sync need not also record a
+/// new file length. After a crash the file still holds that space (zeros past the last
+/// record): recovery takes the zeros for the end, cuts nothing, and appends go on after
+/// the last record; a torn record written into that space is cut off.
+#[tokio::test]
+async fn space_allocated_ahead_of_the_writes_ends_the_journal_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let (crashed, torn) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let log = open(dir.path());
+    for i in 0..10 {
+        log.append("t", vec![record("one-key", format!("value-{i}"))]).await.unwrap();
+    }
+    copy_dir(dir.path(), crashed.path());
+    copy_dir(dir.path(), torn.path());
+    drop(log);
+    let journal = active_segment(crashed.path());
+    let allocated = fs::metadata(&journal).unwrap().len();
+    assert!(allocated >= EmbeddedLogOptions::default().preallocate_bytes, "space was allocated: {allocated} bytes");
+
+    let log = open(crashed.path());
+    assert_eq!(fs::metadata(&journal).unwrap().len(), allocated, "nothing was cut");
+    log.append("t", vec![record("one-key", "value-10")]).await.unwrap();
+    drop(log);
+    let log = open(crashed.path());
+    let all = read_all(log.as_ref(), "g", "t").await;
+    assert_eq!(all.iter().map(text).collect::<Vec<_>>(), (0..=10).map(|i| format!("value-{i}")).collect::<Vec<_>>());
+    assert_eq!(all.iter().map(|r| r.offset).collect::<Vec<_>>(), (0..=10).collect::<Vec<_>>());
+
+    // A clean stop cut the file to its records: where the ten records end.
+    let records_end = fs::metadata(active_segment(dir.path())).unwrap().len();
+    assert!(records_end < allocated);
+    let journal = active_segment(torn.path());
+    let file = fs::OpenOptions::new().write(true).open(&journal).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &[0x2a, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3], records_end).unwrap();
+    drop(file);
+    let log = open(torn.path());
+    assert_eq!(fs::metadata(&journal).unwrap().len(), records_end, "the torn record and the space after it were cut");
+    let all = read_all(log.as_ref(), "g", "t").await;
+    assert_eq!(all.iter().map(text).collect::<Vec<_>>(), (0..10).map(|i| format!("value-{i}")).collect::<Vec<_>>());
+}
+
 fn small_segments(partitions: u32) -> EmbeddedLogOptions {
     EmbeddedLogOptions { partitions, segment_bytes: 1024, tail_bytes: 512, ..EmbeddedLogOptions::default() }
 }
@@ -675,7 +731,9 @@ async fn retention_waits_for_every_group_and_commits_survive_it() {
 async fn a_commit_lost_in_a_crash_only_redelivers() {
     let dir = tempfile::tempdir().unwrap();
     let (durable_size, committed_first) = {
-        let log = open(dir.path());
+        // Extended write by write, so the file's length is where the written frames end.
+        let options = EmbeddedLogOptions { partitions: 4, preallocate_bytes: 0, ..EmbeddedLogOptions::default() };
+        let log: Arc<dyn MessageLog> = Arc::new(EmbeddedMessageLog::open_with(dir.path(), options).unwrap());
         let mut consumer = log.subscribe("router", &["t"]).await.unwrap();
         log.append("t", (0..20).map(|i| record(&format!("k{i}"), format!("{i}"))).collect()).await.unwrap();
         let first = collect(consumer.as_mut(), 20).await;

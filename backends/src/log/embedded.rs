@@ -73,6 +73,11 @@ pub struct EmbeddedLogOptions {
     pub partitions: u32,
     /// A journal segment file is rolled once it would grow past this many bytes.
     pub segment_bytes: u64,
+    /// Bytes a journal segment is extended by ahead of its writes (allocated, reading as
+    /// zeros): a sync after a write into that space need not also record a new file
+    /// length, which makes it cheaper. Zero extends the file write by write. Recovery takes
+    /// zeros where a frame would start in the active segment as its end.
+    pub preallocate_bytes: u64,
     /// Bytes of recent records kept in memory per partition for readers.
     pub tail_bytes: usize,
     /// Most records the writer makes durable with one sync (group commit).
@@ -144,6 +149,7 @@ impl Default for EmbeddedLogOptions {
         EmbeddedLogOptions {
             partitions: 8,
             segment_bytes: 64 << 20,
+            preallocate_bytes: 8 << 20,
             tail_bytes: 1 << 20,
             max_group_records: 1000,
             max_group_bytes: 4 << 20,
@@ -378,6 +384,7 @@ impl EmbeddedMessageLog {
             committed,
             expiry: None,
             unsynced_commits: Vec::new(),
+            preallocate: shared.options.preallocate_bytes,
         };
         let thread = std::thread::Builder::new().name("esh-log-writer".into()).spawn(move || writer.run())?;
         Ok(EmbeddedMessageLog {

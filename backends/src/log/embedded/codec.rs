@@ -380,6 +380,24 @@ impl<'f> FrameReader<'f> {
 }
 
 /// Reads into `buf` from `pos` until it is full or the file ends; returns the bytes read.
+/// Whether the bytes of `file` from `from` up to `to` are all zeros.
+pub(crate) fn zeros_from(file: &File, from: u64, to: u64) -> io::Result<bool> {
+    let mut buf = vec![0; READ_CHUNK];
+    let mut pos = from;
+    while pos < to {
+        let want = (to - pos).min(READ_CHUNK as u64) as usize;
+        let filled = read_full_at(file, &mut buf[..want], pos)?;
+        if buf[..filled].iter().any(|byte| *byte != 0) {
+            return Ok(false);
+        }
+        if filled < want {
+            break;
+        }
+        pos += filled as u64;
+    }
+    Ok(true)
+}
+
 fn read_full_at(file: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {

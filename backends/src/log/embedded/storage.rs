@@ -12,6 +12,8 @@
 //! one write, so the successor's checkpoint time is when the segment was closed: the age
 //! retention gives its records (see `writer.rs`).
 //! After the checkpoint come, in the order written, records, commits and new topics.
+//! The active segment is allocated ahead of its writes, so its file ends in zeros; a
+//! segment is cut to its frames when it is closed and on a clean stop.
 //! Only the writer thread changes the journal and the indexes; readers take a
 //! partition's lock briefly to copy from the tail or to find journal positions, and read
 //! files outside the lock.
@@ -25,7 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
-use super::codec::{decode, read_frame_at, Entry, FrameReader, Step};
+use super::codec::{decode, read_frame_at, zeros_from, Entry, FrameReader, Step};
 use super::groups::Position;
 use crate::error::BackendError;
 use crate::log::Consumed;
@@ -78,8 +80,11 @@ pub(crate) struct Segment {
     pub(crate) seq: u64,
     pub(crate) path: PathBuf,
     pub(crate) file: Arc<File>,
-    /// Bytes of valid frames (the file is never longer once recovered).
+    /// Bytes of valid frames; the file may be longer, zeros from here on up to
+    /// `allocated` (see `EmbeddedLogOptions::preallocate_bytes`).
     pub(crate) size: u64,
+    /// The file's length: `size` plus the space allocated ahead of the writes.
+    pub(crate) allocated: u64,
     /// Whether the segment's checkpoint is written (it opens every segment).
     pub(crate) checkpointed: bool,
     /// Bytes of the checkpoint: a segment holding no more is not rolled, however small
@@ -112,6 +117,7 @@ impl Segment {
             path,
             file,
             size: 0,
+            allocated: 0,
             checkpointed: false,
             checkpoint_bytes: 0,
             highest: HashMap::new(),
@@ -423,6 +429,7 @@ impl Scan {
         let file = Arc::new(OpenOptions::new().read(true).write(true).open(&path)?);
         let file_len = file.metadata()?.len();
         let mut segment = Segment::unread(seq, path.clone(), file.clone());
+        segment.allocated = file_len;
         let mut reader = FrameReader::new(&file, 0, file_len);
         let bad = loop {
             match reader.next()? {
@@ -443,6 +450,12 @@ impl Scan {
                 }
             }
         };
+        // Zeros after the last frame of the active segment are space allocated ahead of the
+        // writes (closed segments are cut to their frames before the next one is created).
+        let bad = match bad {
+            Some((pos, _)) if last && zeros_from(&file, pos, file_len)? => None,
+            other => other,
+        };
         if let Some((pos, reason)) = bad {
             if !last {
                 return Err(corrupt(&path, format!("{reason} at byte {pos}")));
@@ -456,6 +469,7 @@ impl Scan {
             );
             file.set_len(pos)?;
             file.sync_all()?;
+            segment.allocated = pos;
         }
         if !segment.checkpointed {
             if !last {
@@ -466,6 +480,7 @@ impl Scan {
             file.set_len(0)?;
             file.sync_all()?;
             segment.size = 0;
+            segment.allocated = 0;
         }
         Ok(segment)
     }

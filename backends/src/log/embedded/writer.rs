@@ -102,6 +102,9 @@ pub(crate) struct Writer {
     /// Commits written by groups that held nothing else, not yet synced: they become
     /// durable (and count for retention) with the next group that is synced.
     pub(crate) unsynced_commits: Vec<Position>,
+    /// Bytes the active segment is extended by ahead of its writes (zero once the file
+    /// system refused).
+    pub(crate) preallocate: u64,
 }
 
 /// Whether retention may delete a closed segment.
@@ -171,6 +174,13 @@ impl Writer {
             }
             self.process(group);
             last_group_end = Instant::now();
+        }
+        let active = self.active();
+        if active.allocated > active.size {
+            // A clean stop leaves the file as long as its frames.
+            if active.file.set_len(active.size).is_ok() {
+                active.allocated = active.size;
+            }
         }
         if !self.unsynced_commits.is_empty() {
             // A clean stop leaves every commit durable (a restart redelivers nothing).
@@ -321,12 +331,21 @@ impl Writer {
         let roll = active.checkpointed && full && active.size > active.checkpoint_bytes;
         let now = if roll || !active.checkpointed { Some(self.shared.options.clock.now()) } else { None };
         if roll {
-            if !self.unsynced_commits.is_empty() {
-                // A closed segment ends synced: only the active one may have a torn tail.
-                self.segments[self.segments.len() - 1].file.sync_data()?;
+            let unsynced_commits = !self.unsynced_commits.is_empty();
+            let active = self.active();
+            let preallocated = active.allocated > active.size;
+            if preallocated {
+                // A closed segment ends at its last frame: recovery takes zeros after the
+                // frames for the end only in the active segment.
+                active.file.set_len(active.size)?;
+                active.allocated = active.size;
             }
-            let active = &self.segments[self.segments.len() - 1];
-            let segment = Segment::create(&self.shared.journal_dir(), active.seq + 1)?;
+            if preallocated || unsynced_commits {
+                // A closed segment ends synced: only the active one may have a torn tail.
+                active.file.sync_all()?;
+            }
+            let next = active.seq + 1;
+            let segment = Segment::create(&self.shared.journal_dir(), next)?;
             self.shared.files.insert(segment.seq, segment.file.clone());
             self.active().closed = now;
             self.segments.push(segment);
@@ -335,6 +354,8 @@ impl Writer {
             Some(now) if !self.active().checkpointed => self.checkpoint(now),
             _ => Vec::new(),
         };
+        let written = (checkpoint.len() + bytes.len()) as u64;
+        self.preallocate_for(written);
         let active = self.active();
         let at = active.size;
         let outcome = if checkpoint.is_empty() {
@@ -344,12 +365,16 @@ impl Writer {
         };
         if let Err(error) = outcome {
             tracing::error!(%error, "log append failed; undoing it");
-            if let Err(undo_error) = active.file.set_len(at) {
-                tracing::error!(%undo_error, "cannot undo a failed log write; the log stops until restart");
-                self.shared.fail(format!("log stopped after a failed write: {error}"));
+            match active.file.set_len(at) {
+                Ok(()) => active.allocated = at,
+                Err(undo_error) => {
+                    tracing::error!(%undo_error, "cannot undo a failed log write; the log stops until restart");
+                    self.shared.fail(format!("log stopped after a failed write: {error}"));
+                }
             }
             return Err(error);
         }
+        active.allocated = active.allocated.max(at + written);
         if !checkpoint.is_empty() {
             // Before the sync that makes it durable: a failed sync stops the log anyway.
             active.checkpointed = true;
@@ -358,6 +383,27 @@ impl Writer {
             active.checkpoint_bytes = active.size;
         }
         Ok(active.size)
+    }
+
+    /// Makes room for `bytes` more in the active segment: when they would pass its
+    /// allocated end, it is extended by `preallocate` bytes beyond them.
+    fn preallocate_for(&mut self, bytes: u64) {
+        let preallocate = self.preallocate;
+        let active = self.active();
+        let end = active.size + bytes;
+        if preallocate == 0 || end <= active.allocated {
+            return;
+        }
+        let target = end + preallocate;
+        let from = active.allocated;
+        match allocate(&active.file, from, target - from) {
+            Ok(()) => active.allocated = target,
+            Err(error) => {
+                // Writes extend the file as they go, at the price of costlier syncs.
+                tracing::warn!(%error, "cannot allocate journal space ahead of writes; extending the file write by write");
+                self.preallocate = 0;
+            }
+        }
     }
 
     /// The frames that open a segment: every topic with its partitions' next offsets,
@@ -459,4 +505,12 @@ impl Writer {
             }
         }
     }
+}
+
+/// Allocates `len` bytes of `file` from `offset` on (reading as zeros), growing its length.
+fn allocate(file: &std::fs::File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let offset = i64::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let len = i64::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    nix::fcntl::posix_fallocate(file.as_raw_fd(), offset, len).map_err(io::Error::from)
 }
