@@ -1013,9 +1013,10 @@ async fn close_times_and_commits_survive_a_reopen() {
     assert_eq!(text(&rest[0]), format!("{:0100}", 15));
 }
 
-/// With a group wait, an append that comes while the writer waits joins the group in hand:
-/// two appends 50 ms apart make one sync under a 1 s wait, and two syncs with none. Both
-/// are durable when answered either way.
+/// With a group wait, while appends of several callers come at once, an append that comes
+/// while the writer waits joins the group in hand: after 50 concurrent appends (some of
+/// which shared a group), two appends 50 ms apart make one sync under a 1 s wait, and two
+/// syncs with none. All are durable when answered either way.
 #[tokio::test]
 async fn appends_within_the_group_wait_share_one_sync() {
     for (wait, syncs) in [(Duration::from_secs(1), 1), (Duration::ZERO, 2)] {
@@ -1023,6 +1024,12 @@ async fn appends_within_the_group_wait_share_one_sync() {
         let options = EmbeddedLogOptions { partitions: 1, group_wait: wait, ..EmbeddedLogOptions::default() };
         let log = Arc::new(EmbeddedMessageLog::open_with(dir.path(), options).expect("open"));
         log.append("t", vec![record("k", "topic made")]).await.expect("append");
+        let before = log.syncs();
+        let concurrent = (0..50).map(|i| log.append("t", vec![record("k", format!("concurrent {i}"))]));
+        for appended in futures::future::join_all(concurrent).await {
+            appended.expect("append");
+        }
+        assert!(log.syncs() - before < 50, "some of 50 concurrent appends shared a group");
         let before = log.syncs();
         let first = tokio::spawn({
             let log = log.clone();
@@ -1032,7 +1039,22 @@ async fn appends_within_the_group_wait_share_one_sync() {
         log.append("t", vec![record("k", "second")]).await.expect("append");
         first.await.expect("join").expect("append");
         assert_eq!(log.syncs() - before, syncs, "group wait {wait:?}");
-        let read = read_all(log.as_ref(), "g", "t").await;
-        assert_eq!(read.iter().map(text).collect::<Vec<_>>(), ["topic made", "first", "second"]);
+        let read: Vec<String> = read_all(log.as_ref(), "g", "t").await.iter().map(text).collect();
+        assert_eq!(read.len(), 53);
+        assert_eq!(read[51..], ["first", "second"]);
     }
+}
+
+/// A lone caller, whose next append comes only after its answer, never waits for others:
+/// under a 10 s group wait, five appends one after the other each sync at once.
+#[tokio::test]
+async fn a_lone_caller_never_waits_for_a_group() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = EmbeddedLogOptions { group_wait: Duration::from_secs(10), ..EmbeddedLogOptions::default() };
+    let log = EmbeddedMessageLog::open_with(dir.path(), options).expect("open");
+    let started = Instant::now();
+    for i in 0..5 {
+        log.append("t", vec![record("k", format!("{i}"))]).await.expect("append");
+    }
+    assert!(started.elapsed() < Duration::from_secs(10), "an append waited: {:?}", started.elapsed());
 }

@@ -156,9 +156,9 @@ pub struct Config {
     pub log_retention: Duration,
 
     /// How long the embedded log waits for more appends before it syncs a group that is
-    /// not full, while appends come often: less CPU at moderate rates for up to this much
-    /// more latency (0: never waits).
-    #[arg(long, env = "ESH_LOG_GROUP_WAIT", default_value = "0us", value_parser = parse_duration)]
+    /// not full, while appends of several callers come at once: less CPU at moderate rates
+    /// for up to this much more latency (0: never waits).
+    #[arg(long, env = "ESH_LOG_GROUP_WAIT", default_value = "500us", value_parser = parse_duration)]
     pub log_group_wait: Duration,
 
     /// Id of this deliverer node in presence and on the delivery bus; a random one when unset.
@@ -435,8 +435,8 @@ mod tests {
         let config = Config::from_args(["esh", "--log-retention", "36h"]).unwrap();
         assert_eq!(config.log_retention, Duration::from_secs(36 * 3600));
         assert_eq!(Config::from_args(["esh"]).unwrap().log_group_wait, local.log_group_wait);
-        let config = Config::from_args(["esh", "--log-group-wait", "500us"]).unwrap();
-        assert_eq!(config.log_group_wait, Duration::from_micros(500));
+        let config = Config::from_args(["esh", "--log-group-wait", "0us"]).unwrap();
+        assert_eq!(config.log_group_wait, Duration::ZERO);
         assert_eq!(local.retry_schedule.to_string(), "1s,2s,4s,8s,16s,32s");
     }
 }

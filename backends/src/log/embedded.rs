@@ -85,10 +85,11 @@ pub struct EmbeddedLogOptions {
     /// Most bytes the writer makes durable with one sync (group commit).
     pub max_group_bytes: usize,
     /// How long the writer waits for more requests before it syncs a group that is not
-    /// full, while requests come often (the last group ended less than four waits before
-    /// this one began): one sync costs far more than this wait, so at moderate rates
-    /// fewer, larger groups save CPU, for up to this much more latency on each append.
-    /// Zero (the default) never waits.
+    /// full, while requests of several callers come at once (a group that held requests
+    /// of two or more callers ended less than four waits before this one began): one sync
+    /// costs far more than this wait, so at moderate rates fewer, larger groups save CPU,
+    /// for up to this much more latency on each append. A lone caller never waits. Zero
+    /// never waits.
     pub group_wait: Duration,
     /// Requests queued for the writer before callers wait.
     pub queue_capacity: usize,
@@ -103,7 +104,7 @@ pub struct EmbeddedLogOptions {
 }
 
 /// The writer's default [`EmbeddedLogOptions::group_wait`].
-pub const DEFAULT_GROUP_WAIT: Duration = Duration::ZERO;
+pub const DEFAULT_GROUP_WAIT: Duration = Duration::from_micros(500);
 
 /// Seven days, Kafka's default `retention.ms`.
 pub const DEFAULT_UNCLAIMED_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);

@@ -379,7 +379,6 @@ impl<'f> FrameReader<'f> {
     }
 }
 
-/// Reads into `buf` from `pos` until it is full or the file ends; returns the bytes read.
 /// Whether the bytes of `file` from `from` up to `to` are all zeros.
 pub(crate) fn zeros_from(file: &File, from: u64, to: u64) -> io::Result<bool> {
     let mut buf = vec![0; READ_CHUNK];
@@ -398,6 +397,7 @@ pub(crate) fn zeros_from(file: &File, from: u64, to: u64) -> io::Result<bool> {
     Ok(true)
 }
 
+/// Reads into `buf` from `pos` until it is full or the file ends; returns the bytes read.
 fn read_full_at(file: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {

@@ -55,6 +55,14 @@ pub(crate) enum Request {
 }
 
 impl Request {
+    /// Whether a caller waits for its answer (a consumer's offset commit need not).
+    fn has_caller(&self) -> bool {
+        match self {
+            Request::Append { .. } | Request::CreateTopic { .. } => true,
+            Request::Commit { reply, .. } => reply.is_some(),
+        }
+    }
+
     fn weight(&self) -> (usize, usize) {
         match self {
             Request::Append { records, .. } => {
@@ -152,9 +160,12 @@ impl Writer {
         self.retain();
         let options = &self.shared.options;
         let (max_records, max_bytes, wait) = (options.max_group_records, options.max_group_bytes, options.group_wait);
-        let mut last_group_end = Instant::now();
+        // When the last group that held requests of several waiting callers ended: waiting
+        // for more only pays while callers overlap (a lone caller's next request cannot come
+        // before its answer, so it would only wait).
+        let mut last_shared_group_end: Option<Instant> = None;
         while let Some(first) = self.requests.blocking_recv() {
-            let busy = last_group_end.elapsed() < wait * 4;
+            let busy = last_shared_group_end.is_some_and(|end| end.elapsed() < wait * 4);
             let (mut records, mut bytes) = first.weight();
             let mut group = vec![first];
             let mut waited = false;
@@ -172,8 +183,11 @@ impl Writer {
                 std::thread::sleep(wait);
                 waited = true;
             }
+            let shared = group.iter().filter(|request| request.has_caller()).count() > 1;
             self.process(group);
-            last_group_end = Instant::now();
+            if shared {
+                last_shared_group_end = Some(Instant::now());
+            }
         }
         let active = self.active();
         if active.allocated > active.size {
