@@ -126,6 +126,16 @@ impl Segment {
         }
     }
 
+    /// Gives back the space allocated after the frames; returns whether there was any.
+    pub(crate) fn cut_to_frames(&mut self) -> io::Result<bool> {
+        if self.allocated <= self.size {
+            return Ok(false);
+        }
+        self.file.set_len(self.size)?;
+        self.allocated = self.size;
+        Ok(true)
+    }
+
     /// Notes a record of a partition stored here.
     pub(crate) fn note(&mut self, topic: u32, partition: u32, offset: u64) {
         let next = self.highest.entry((topic, partition)).or_insert(0);

@@ -189,12 +189,9 @@ impl Writer {
                 last_shared_group_end = Some(Instant::now());
             }
         }
-        let active = self.active();
-        if active.allocated > active.size {
-            // A clean stop leaves the file as long as its frames.
-            if active.file.set_len(active.size).is_ok() {
-                active.allocated = active.size;
-            }
+        // A clean stop leaves the file as long as its frames.
+        if let Err(error) = self.active().cut_to_frames() {
+            tracing::warn!(%error, "cannot cut the journal's allocated space off at a stop");
         }
         if !self.unsynced_commits.is_empty() {
             // A clean stop leaves every commit durable (a restart redelivers nothing).
@@ -347,14 +344,10 @@ impl Writer {
         if roll {
             let unsynced_commits = !self.unsynced_commits.is_empty();
             let active = self.active();
-            let preallocated = active.allocated > active.size;
-            if preallocated {
-                // A closed segment ends at its last frame: recovery takes zeros after the
-                // frames for the end only in the active segment.
-                active.file.set_len(active.size)?;
-                active.allocated = active.size;
-            }
-            if preallocated || unsynced_commits {
+            // A closed segment ends at its last frame: recovery takes zeros after the frames
+            // for the end only in the active segment.
+            let cut = active.cut_to_frames()?;
+            if cut || unsynced_commits {
                 // A closed segment ends synced: only the active one may have a torn tail.
                 active.file.sync_all()?;
             }
