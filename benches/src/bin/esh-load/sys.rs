@@ -1,10 +1,10 @@
-//! What the generator reads from the operating system: the server's CPU time and memory
-//! from /proc, its own CPU from getrusage, and the open-files limit it raises.
+//! What the generator reads from the operating system: the server's CPU time, memory and
+//! disk writes from /proc, its own CPU from getrusage, and the open-files limit it raises.
 
 use nix::sys::resource::{getrlimit, getrusage, setrlimit, Resource, UsageWho};
 use serde::Serialize;
 
-/// CPU time and memory of a process at one instant.
+/// CPU time, memory and disk writes of a process at one instant.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub(crate) struct ProcSample {
     /// user + system CPU seconds since the process started (all threads).
@@ -12,6 +12,9 @@ pub(crate) struct ProcSample {
     pub(crate) rss_kib: u64,
     /// Peak RSS.
     pub(crate) hwm_kib: u64,
+    /// Bytes the process caused to be written to storage (`write_bytes` of
+    /// /proc/<pid>/io: journal, WAL and checkpoint pages alike); 0 where unreadable.
+    pub(crate) written_bytes: u64,
 }
 
 fn clock_ticks() -> f64 {
@@ -21,7 +24,8 @@ fn clock_ticks() -> f64 {
     }
 }
 
-/// Reads /proc/<pid>/stat (utime + stime) and /proc/<pid>/status (VmRSS, VmHWM).
+/// Reads /proc/<pid>/stat (utime + stime), /proc/<pid>/status (VmRSS, VmHWM) and
+/// /proc/<pid>/io (write_bytes).
 pub(crate) fn sample(pid: u32) -> Option<ProcSample> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which may itself contain spaces and parentheses.
@@ -39,7 +43,17 @@ pub(crate) fn sample(pid: u32) -> Option<ProcSample> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
-    Some(ProcSample { cpu_s: (utime + stime) as f64 / clock_ticks(), rss_kib: kib("VmRSS:"), hwm_kib: kib("VmHWM:") })
+    Some(ProcSample {
+        cpu_s: (utime + stime) as f64 / clock_ticks(),
+        rss_kib: kib("VmRSS:"),
+        hwm_kib: kib("VmHWM:"),
+        written_bytes: written_bytes(pid).unwrap_or(0),
+    })
+}
+
+fn written_bytes(pid: u32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines().find_map(|line| line.strip_prefix("write_bytes:")).and_then(|value| value.trim().parse().ok())
 }
 
 /// CPU seconds of each thread of `pid` by thread id, with the thread's name.
@@ -92,7 +106,7 @@ pub(crate) fn self_cpu_s() -> f64 {
 
 /// The generator's own sample (CPU from getrusage, memory from /proc/self).
 pub(crate) fn self_sample() -> ProcSample {
-    let mut sample = sample(std::process::id()).unwrap_or(ProcSample { cpu_s: 0.0, rss_kib: 0, hwm_kib: 0 });
+    let mut sample = sample(std::process::id()).unwrap_or(ProcSample { cpu_s: 0.0, rss_kib: 0, hwm_kib: 0, written_bytes: 0 });
     sample.cpu_s = self_cpu_s();
     sample
 }
@@ -119,7 +133,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_cpu_and_memory_of_a_process_from_proc() {
+    fn reads_cpu_memory_and_disk_writes_of_a_process_from_proc() {
         // Burn a little CPU so that the sample has something to show.
         let mut x = 0u64;
         for i in 0..20_000_000u64 {
@@ -130,5 +144,16 @@ mod tests {
         assert!(own.rss_kib > 0 && own.hwm_kib >= own.rss_kib);
         assert!(own.cpu_s >= 0.0 && self_cpu_s() > 0.0);
         assert!(sample(u32::MAX).is_none(), "no such process");
+
+        // 1 MiB written and synced, so that it reaches storage rather than the page cache only.
+        let dir = std::env::temp_dir().join(format!("esh-load-sys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let before = written_bytes(std::process::id()).expect("our own /proc/<pid>/io");
+        let file = std::fs::File::create(dir.join("written")).unwrap();
+        std::io::Write::write_all(&mut &file, &vec![1u8; 1 << 20]).unwrap();
+        file.sync_all().unwrap();
+        let after = sample(std::process::id()).unwrap().written_bytes;
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(after >= before + (1 << 20), "{before} then {after} bytes written");
     }
 }
