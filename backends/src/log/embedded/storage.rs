@@ -15,8 +15,8 @@
 //! The active segment is allocated ahead of its writes, so its file ends in zeros; a
 //! segment is cut to its frames when it is closed and on a clean stop.
 //! Only the writer thread changes the journal and the indexes; readers take a
-//! partition's lock briefly to copy from the tail or to find journal positions, and read
-//! files outside the lock.
+//! partition's lock briefly to share records of the tail or to find journal positions,
+//! and copy records or read files outside the lock.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
@@ -25,6 +25,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::codec::{decode, read_frame_at, zeros_from, Entry, FrameReader, Step};
@@ -170,11 +172,13 @@ pub(crate) struct Loc {
     pub(crate) pos: u64,
 }
 
-/// A record held in memory, recently appended.
+/// A record held in memory, recently appended. Its key and value are shared, so that a
+/// reader takes them under the partition lock without copying: the copies a `Consumed`
+/// needs are made after the lock is released, and a large poll does not hold up appends.
 pub(crate) struct TailRecord {
     pub(crate) offset: u64,
-    pub(crate) key: String,
-    pub(crate) value: Vec<u8>,
+    pub(crate) key: Arc<str>,
+    pub(crate) value: Bytes,
 }
 
 /// What the lock of a partition guards.
@@ -255,16 +259,21 @@ impl Partition {
             }
             let tail_start = end - state.tail.len() as u64;
             if from >= tail_start {
-                let records: Vec<Consumed> = state
+                let shared: Vec<(u64, Arc<str>, Bytes)> = state
                     .tail
                     .range((from - tail_start) as usize..)
                     .take(max)
-                    .map(|r| Consumed {
+                    .map(|r| (r.offset, Arc::clone(&r.key), r.value.clone()))
+                    .collect();
+                drop(state);
+                let records: Vec<Consumed> = shared
+                    .into_iter()
+                    .map(|(offset, key, value)| Consumed {
                         topic: topic.name.clone(),
                         partition,
-                        offset: r.offset,
-                        key: r.key.clone(),
-                        value: r.value.clone(),
+                        offset,
+                        key: key.as_ref().to_owned(),
+                        value: value.to_vec(),
                     })
                     .collect();
                 let next = from + records.len() as u64;

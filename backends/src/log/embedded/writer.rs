@@ -306,7 +306,7 @@ impl Writer {
             let p = &mut batch.pending[slot];
             p.frames.push(batch.bytes.len());
             encode_record(&mut batch.bytes, topic.id, partition, p.next, &record.key, &record.value);
-            p.records.push(TailRecord { offset: p.next, key: record.key, value: record.value });
+            p.records.push(TailRecord { offset: p.next, key: record.key.into(), value: record.value.into() });
             p.next += 1;
         }
     }
