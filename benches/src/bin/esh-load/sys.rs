@@ -13,8 +13,9 @@ pub(crate) struct ProcSample {
     /// Peak RSS.
     pub(crate) hwm_kib: u64,
     /// Bytes the process caused to be written to storage (`write_bytes` of
-    /// /proc/<pid>/io: journal, WAL and checkpoint pages alike); 0 where unreadable.
-    pub(crate) written_bytes: u64,
+    /// /proc/<pid>/io: journal, WAL and checkpoint pages alike); none where unreadable
+    /// (another user's process).
+    pub(crate) written_bytes: Option<u64>,
 }
 
 fn clock_ticks() -> f64 {
@@ -47,7 +48,7 @@ pub(crate) fn sample(pid: u32) -> Option<ProcSample> {
         cpu_s: (utime + stime) as f64 / clock_ticks(),
         rss_kib: kib("VmRSS:"),
         hwm_kib: kib("VmHWM:"),
-        written_bytes: written_bytes(pid).unwrap_or(0),
+        written_bytes: written_bytes(pid),
     })
 }
 
@@ -106,7 +107,8 @@ pub(crate) fn self_cpu_s() -> f64 {
 
 /// The generator's own sample (CPU from getrusage, memory from /proc/self).
 pub(crate) fn self_sample() -> ProcSample {
-    let mut sample = sample(std::process::id()).unwrap_or(ProcSample { cpu_s: 0.0, rss_kib: 0, hwm_kib: 0, written_bytes: 0 });
+    let mut sample = sample(std::process::id())
+        .unwrap_or(ProcSample { cpu_s: 0.0, rss_kib: 0, hwm_kib: 0, written_bytes: None });
     sample.cpu_s = self_cpu_s();
     sample
 }
@@ -152,7 +154,7 @@ mod tests {
         let file = std::fs::File::create(dir.join("written")).unwrap();
         std::io::Write::write_all(&mut &file, &vec![1u8; 1 << 20]).unwrap();
         file.sync_all().unwrap();
-        let after = sample(std::process::id()).unwrap().written_bytes;
+        let after = sample(std::process::id()).unwrap().written_bytes.unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(after >= before + (1 << 20), "{before} then {after} bytes written");
     }

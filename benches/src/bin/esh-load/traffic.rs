@@ -95,10 +95,13 @@ fn usage(before: &ProcSample, after: &ProcSample, delivered: u64, elapsed_s: f64
         cpu_s: (cpu_s * 1000.0).round() / 1000.0,
         cpu_us_per_delivered: (delivered > 0).then(|| (cpu_s * 1e6 / delivered as f64 * 100.0).round() / 100.0),
         cpu_share_of_one_core: (cpu_s / elapsed_s.max(1e-9) * 100.0).round() / 100.0,
-        disk_written_kib_per_delivered: (delivered > 0).then(|| {
-            let kib = after.written_bytes.saturating_sub(before.written_bytes) as f64 / 1024.0;
-            (kib / delivered as f64 * 100.0).round() / 100.0
-        }),
+        disk_written_kib_per_delivered: match (before.written_bytes, after.written_bytes) {
+            (Some(before), Some(after)) if delivered > 0 => {
+                let kib = after.saturating_sub(before) as f64 / 1024.0;
+                Some((kib / delivered as f64 * 100.0).round() / 100.0)
+            }
+            _ => None,
+        },
         rss_before_mib: mib(before.rss_kib),
         rss_after_mib: mib(after.rss_kib),
         rss_peak_mib: mib(after.hwm_kib),
