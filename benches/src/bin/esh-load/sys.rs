@@ -147,8 +147,11 @@ mod tests {
         assert!(own.cpu_s >= 0.0 && self_cpu_s() > 0.0);
         assert!(sample(u32::MAX).is_none(), "no such process");
 
-        // 1 MiB written and synced, so that it reaches storage rather than the page cache only.
-        let dir = std::env::temp_dir().join(format!("esh-load-sys-{}", std::process::id()));
+        // 1 MiB written and synced, so that it reaches storage rather than the page cache
+        // only; beside the test binary, as the temporary directory may be a tmpfs, whose
+        // writes never reach storage.
+        let beside_binary = std::env::current_exe().unwrap().parent().unwrap().to_path_buf();
+        let dir = beside_binary.join(format!("esh-load-sys-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let before = written_bytes(std::process::id()).expect("our own /proc/<pid>/io");
         let file = std::fs::File::create(dir.join("written")).unwrap();

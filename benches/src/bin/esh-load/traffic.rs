@@ -89,17 +89,19 @@ fn mib(kib: u64) -> f64 {
     (kib as f64 / 1024.0 * 10.0).round() / 10.0
 }
 
+/// `total` per distinct message delivered, to two decimals; none if nothing was delivered.
+fn per_delivered(total: f64, delivered: u64) -> Option<f64> {
+    (delivered > 0).then(|| (total / delivered as f64 * 100.0).round() / 100.0)
+}
+
 fn usage(before: &ProcSample, after: &ProcSample, delivered: u64, elapsed_s: f64) -> Usage {
     let cpu_s = after.cpu_s - before.cpu_s;
     Usage {
         cpu_s: (cpu_s * 1000.0).round() / 1000.0,
-        cpu_us_per_delivered: (delivered > 0).then(|| (cpu_s * 1e6 / delivered as f64 * 100.0).round() / 100.0),
+        cpu_us_per_delivered: per_delivered(cpu_s * 1e6, delivered),
         cpu_share_of_one_core: (cpu_s / elapsed_s.max(1e-9) * 100.0).round() / 100.0,
         disk_written_kib_per_delivered: match (before.written_bytes, after.written_bytes) {
-            (Some(before), Some(after)) if delivered > 0 => {
-                let kib = after.saturating_sub(before) as f64 / 1024.0;
-                Some((kib / delivered as f64 * 100.0).round() / 100.0)
-            }
+            (Some(before), Some(after)) => per_delivered(after.saturating_sub(before) as f64 / 1024.0, delivered),
             _ => None,
         },
         rss_before_mib: mib(before.rss_kib),
