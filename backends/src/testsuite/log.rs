@@ -27,6 +27,8 @@ use crate::log::{Consumed, LogConsumer, MessageLog, Record};
 const PATIENCE: Duration = Duration::from_secs(20);
 /// How long a poll waits when records are expected.
 const POLL_WAIT: Duration = Duration::from_millis(200);
+/// The time a flooded consumer spends on each batch (see the starvation test).
+const BATCH_WORK: Duration = Duration::from_millis(100);
 /// How long to listen to be confident nothing more comes.
 const QUIET: Duration = Duration::from_millis(300);
 
@@ -212,6 +214,10 @@ pub async fn a_high_priority_flood_does_not_starve_low_priority(log: Arc<dyn Mes
             assert!(lows <= 10, "{lows} low-priority records in one batch while high ones wait");
         }
         order.extend(got.into_iter().map(|r| r.topic));
+        // A consumer spends time on each batch; meanwhile a client that fetches topics
+        // separately (Kafka) has fetched the low-priority topic too, however loaded the
+        // machine, so the flood cannot end before the low records are waiting.
+        tokio::time::sleep(BATCH_WORK).await;
     }
     let first_low = order.iter().position(|t| *t == low).expect("low arrived");
     let last_high = order.iter().rposition(|t| *t == high).expect("high arrived");
