@@ -161,6 +161,13 @@ pub struct Config {
     #[arg(long, env = "ESH_LOG_GROUP_WAIT", default_value = "500us", value_parser = parse_duration)]
     pub log_group_wait: Duration,
 
+    /// Threads running the async tasks (HTTP, sockets, routing). By default one per core,
+    /// less one when the embedded log or store runs in this process: their writer threads
+    /// need a core under load, and async workers competing with them for it only wake each
+    /// other up (BENCHMARKS.md measures it).
+    #[arg(long, env = "ESH_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub worker_threads: Option<u16>,
+
     /// Id of this deliverer node in presence and on the delivery bus; a random one when unset.
     #[arg(long, env = "ESH_NODE_ID")]
     pub node_id: Option<String>,
@@ -274,6 +281,20 @@ impl Config {
         ConfigOnly::try_parse_from(args).map(|parsed| parsed.config)
     }
 
+    /// How many async worker threads to run on a machine of `cores` cores (see
+    /// `worker_threads`).
+    pub fn async_workers(&self, cores: usize) -> usize {
+        if let Some(threads) = self.worker_threads {
+            return usize::from(threads);
+        }
+        let embedded_writers = self.log_url.is_none() || self.store_url.is_none();
+        if embedded_writers {
+            cores.saturating_sub(1).max(1)
+        } else {
+            cores.max(1)
+        }
+    }
+
     /// The defaults with the data directory `data_dir` and the listener on a free local
     /// port, ignoring the environment (for embedding and tests).
     pub fn local(data_dir: impl Into<PathBuf>) -> Config {
@@ -305,6 +326,7 @@ impl Config {
             kafka_properties: Vec::new(),
             log_retention: Duration::from_secs(7 * 24 * 3600),
             log_group_wait: esh_backends::log::DEFAULT_GROUP_WAIT,
+            worker_threads: None,
             node_id: None,
             stages: Stage::ALL.to_vec(),
             shutdown_grace: Duration::from_secs(10),
@@ -378,6 +400,25 @@ mod tests {
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("-5s").is_err());
+    }
+
+    #[test]
+    fn a_core_is_left_to_the_embedded_writers_unless_told_otherwise() {
+        let embedded = Config::local("/tmp/unused");
+        assert_eq!(embedded.async_workers(2), 1);
+        assert_eq!(embedded.async_workers(8), 7);
+        assert_eq!(embedded.async_workers(1), 1);
+        let remote = Config {
+            log_url: Some("kafka://k:9092".into()),
+            store_url: Some("scylla://s:9042".into()),
+            ..Config::local("/tmp/unused")
+        };
+        assert_eq!(remote.async_workers(2), 2);
+        let half_embedded = Config { store_url: None, ..remote.clone() };
+        assert_eq!(half_embedded.async_workers(2), 1);
+        let told = Config::from_args(["esh", "--worker-threads", "3"]).unwrap();
+        assert_eq!(told.async_workers(2), 3);
+        assert!(Config::from_args(["esh", "--worker-threads", "0"]).is_err());
     }
 
     #[test]

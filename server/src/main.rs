@@ -38,7 +38,16 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let serving = matches!(cli.command, None | Some(Command::Serve(_)));
     init_logging(if serving { "info" } else { "warn" });
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let command = match cli.command {
+        None => Command::Serve(Box::new(Config::from_env().unwrap_or_else(|error| error.exit()))),
+        Some(command) => command,
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Serve(config) = &command {
+        let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
+        builder.worker_threads(config.async_workers(cores));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("esh: cannot start the runtime: {error}");
@@ -46,10 +55,9 @@ fn main() -> std::process::ExitCode {
         }
     };
     let outcome = runtime.block_on(async move {
-        match cli.command {
-            None => serve(Config::from_env().unwrap_or_else(|error| error.exit())).await,
-            Some(Command::Serve(config)) => serve(*config).await,
-            Some(Command::Client(command)) => client::run(command).await,
+        match command {
+            Command::Serve(config) => serve(*config).await,
+            Command::Client(command) => client::run(command).await,
         }
     });
     match outcome {
