@@ -288,11 +288,7 @@ impl Config {
             return usize::from(threads);
         }
         let embedded_writers = self.log_url.is_none() || self.store_url.is_none();
-        if embedded_writers {
-            cores.saturating_sub(1).max(1)
-        } else {
-            cores.max(1)
-        }
+        cores.saturating_sub(usize::from(embedded_writers)).max(1)
     }
 
     /// The defaults with the data directory `data_dir` and the listener on a free local

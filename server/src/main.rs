@@ -35,17 +35,17 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    let serving = matches!(cli.command, None | Some(Command::Serve(_)));
-    init_logging(if serving { "info" } else { "warn" });
-    let command = match cli.command {
+    let command = match Cli::parse().command {
         None => Command::Serve(Box::new(Config::from_env().unwrap_or_else(|error| error.exit()))),
         Some(command) => command,
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Command::Serve(config) = &command {
+        init_logging("info");
         let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
         builder.worker_threads(config.async_workers(cores));
+    } else {
+        init_logging("warn");
     }
     let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
